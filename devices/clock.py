@@ -1,0 +1,59 @@
+"""Session clocks: seconds since session start, monotonic, injected everywhere (never read from globals).
+
+A `ScaledClock` runs a simulated session many times faster than real time; a `ManualClock` makes tests
+deterministic. Every stored time in the project is seconds on one of these clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Seconds on the session clock (0 at session start) and a way to wait on it."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class ScaledClock:
+    """Monotonic host time scaled by `speed` (1.0 = real time), starting at 0 when created."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.speed = speed
+        self._t0 = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+class RealClock(ScaledClock):
+    """The real-time session clock."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+
+class ManualClock:
+    """A clock that only moves when told to; `sleep` advances it instantly (for tests and offline runs)."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._t = start
+
+    def now(self) -> float:
+        return self._t
+
+    def advance(self, seconds: float) -> None:
+        self._t += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self._t += max(0.0, seconds)
+        await asyncio.sleep(0)

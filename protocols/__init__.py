@@ -1,0 +1,1 @@
+"""Floor 1: protocols and phases, the runner state machine, pacer, diary and questionnaire instruments."""

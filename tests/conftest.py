@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real public recordings live, and a private temporary store path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def _find_shared_data() -> Path | None:
+    env = os.environ.get("CMT_SHARED_DATA")
+    if env:
+        return Path(env)
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "data"
+        if (candidate / "README.md").exists():
+            return candidate
+    return None
+
+
+SHARED_DATA = _find_shared_data()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only folder of real recordings (../shared/data from the project root)."""
+    if SHARED_DATA is None:
+        pytest.fail("../shared/data not found: the real recordings are required by these tests")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.sqlite"
