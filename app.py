@@ -1,0 +1,296 @@
+"""Command line of the biofeedback session recorder: parses arguments, calls one function per command, prints.
+
+Run `python app.py --help` (or any command with `--help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """An error to show to the user as one clear line (exit status 2)."""
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _open_store(args: argparse.Namespace):
+    from recordings.store import Store, default_store_path
+
+    return Store(Path(args.store) if args.store else default_store_path())
+
+
+def _fmt(value, spec=".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _phase_table(analysis) -> Table:
+    table = Table(title=f"Session {analysis.session.id} · {analysis.session.participant_id} · "
+                        f"{analysis.session.protocol_name} · correction {analysis.correction}")
+    cols = [
+        ("phase", None), ("kind", None), ("start s", ".1f"), ("end s", ".1f"), ("beats", "d"),
+        ("corr %", ".1f"), ("HR", ".1f"), ("RMSSD", ".1f"), ("SDNN", ".1f"), ("pNN50", ".1f"),
+        ("LF ms²", ".0f"), ("HF ms²", ".0f"), ("breaths/min", ".1f"),
+    ]  # fmt: skip
+    for name, _ in cols:
+        table.add_column(name, justify="left" if _ is None else "right")
+    for p in analysis.phases:
+        values = [p.name, p.kind, p.start_s, p.end_s, p.n_beats, p.corrected_pct, p.mean_hr_bpm, p.rmssd_ms,
+                  p.sdnn_ms, p.pnn50_pct, p.lf_ms2, p.hf_ms2, p.breathing_rate_bpm]  # fmt: skip
+        table.add_row(*[str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    return table
+
+
+def _print_notes(analysis) -> None:
+    for p in analysis.phases:
+        for note in p.notes:
+            console.print(f"  [dim]{p.name}:[/dim] {note}")
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+
+
+def cmd_session_run(args: argparse.Namespace) -> int:
+    from biofeedback.analysis import analyze_session
+    from biofeedback.recorder import build_session, parse_device_specs, run_session_blocking
+    from protocols.library import get_protocol
+
+    specs = parse_device_specs(args.device or ["sim"], args.participant)
+    protocol = get_protocol(args.protocol)
+    with _open_store(args) as store:
+        rate = args.pacer_rate
+        if rate is None and len(specs) == 1:
+            rate = store.resonance_rate(specs[0].participant_id)
+        if rate is not None:
+            protocol = protocol.with_pacer_rate(rate)
+        session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg)
+        console.print(
+            f"Recording [bold]{protocol.name}[/bold] ({protocol.total_duration_s / 60:.0f} min) for "
+            f"{', '.join(s.participant_id for s in specs)} at speed ×{args.speed:g} into {store.path}"
+        )
+        if args.headless:
+            ids = run_session_blocking(session, view=sys.stdout.isatty())
+        else:
+            from biofeedback.display_app import run_with_displays
+
+            ids = run_with_displays(session)
+        for sid in ids:
+            console.print(_phase_table(analyze_session(store, sid)))
+        console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
+    return 0
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        sessions = store.sessions(args.participant)
+        if args.json:
+            print(json.dumps([s.to_dict() for s in sessions], indent=2))
+            return 0
+        table = Table(title=f"Sessions in {store.path}")
+        for col in ("id", "participant", "protocol", "device", "started (UTC)", "state", "beats"):
+            table.add_column(col)
+        for s in sessions:
+            table.add_row(str(s.id), s.participant_id, s.protocol_name, s.device, s.started_utc, s.state,
+                          str(store.counts(s.id)["beats"]))  # fmt: skip
+        console.print(table)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from biofeedback.analysis import analyze_session
+
+    with _open_store(args) as store:
+        analysis = analyze_session(store, args.session, correction=args.correction)
+        if args.json:
+            print(json.dumps(analysis.to_dict(), indent=2))
+        else:
+            console.print(_phase_table(analysis))
+            _print_notes(analysis)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from biofeedback.analysis import analyze_session
+    from recordings.capture import export_capture
+    from recordings.export_csv import export_csv
+
+    out = Path(args.out)
+    with _open_store(args) as store:
+        if args.format == "capture":
+            written = [export_capture(store, args.session, out, overwrite=args.force)]
+        elif args.format == "csv":
+            phases = [p.to_dict() for p in analyze_session(store, args.session, args.correction).phases]
+            written = export_csv(
+                store, args.session, out, phases=phases, include_text=args.include_text, overwrite=args.force
+            )
+        else:
+            raise UserError(f"unknown export format {args.format!r}")
+    for path in written:
+        console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_import_capture(args: argparse.Namespace) -> int:
+    from recordings.capture import import_capture
+
+    with _open_store(args) as store:
+        sid, counts = import_capture(store, Path(args.file), args.participant)
+    console.print(
+        f"imported session {sid}: {counts.packets} packets, {counts.beats} beats, {counts.malformed} malformed "
+        f"(kept raw), {counts.ecg_samples} ECG samples"
+    )
+    return 0
+
+
+def cmd_import_rr(args: argparse.Namespace) -> int:
+    from recordings.capture import import_rr
+
+    with _open_store(args) as store:
+        sid = import_rr(store, Path(args.file), args.participant, column=args.column)
+        n = store.counts(sid)["beats"]
+    console.print(f"imported session {sid}: {n} beats from {args.file}")
+    return 0
+
+
+def cmd_protocols_list(args: argparse.Namespace) -> int:
+    from protocols.library import builtin_protocols
+
+    table = Table(title="Built-in protocols")
+    for col in ("name", "minutes", "phases", "description"):
+        table.add_column(col)
+    for name, proto in builtin_protocols().items():
+        table.add_row(name, f"{proto.total_duration_s / 60:.1f}", str(len(proto.phases)), proto.description)
+    console.print(table)
+    return 0
+
+
+def cmd_protocols_show(args: argparse.Namespace) -> int:
+    from protocols.library import get_protocol
+
+    proto = get_protocol(args.name)
+    console.print(f"[bold]{proto.name}[/bold] (version {proto.version}): {proto.description}")
+    for i, ph in enumerate(proto.phases):
+        pacer = f", pacer {ph.pacer.rate_bpm:g}/min" if ph.pacer else ""
+        console.print(f"{i + 1}. {ph.name} [{ph.kind.value}] {ph.duration_s / 60:g} min, feedback {ph.feedback.value}"
+                      f"{pacer}")  # fmt: skip
+        if ph.prompt:
+            console.print(f"   [italic]{ph.prompt}[/italic]")
+        for p in ph.prompts:
+            console.print(f"   at {p.at_s:g} s: [italic]{p.text}[/italic]")
+    return 0
+
+
+def cmd_protocols_validate(args: argparse.Namespace) -> int:
+    from protocols.loader import load_protocol
+
+    proto = load_protocol(Path(args.file))
+    console.print(f"{args.file}: valid protocol {proto.name!r}, {len(proto.phases)} phases, "
+                  f"{proto.total_duration_s / 60:g} min")  # fmt: skip
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------------------
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="PATH", help="SQLite store (default: the user's data directory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="Biofeedback session recorder for compassion-focused research."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent, name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        _add_store(p)
+        return p
+
+    session = sub.add_parser("session", help="record sessions").add_subparsers(dest="sub", required=True)
+    p = command(session, "run", cmd_session_run, "run a protocol and record one or more straps")
+    p.add_argument("--participant", help="pseudonymous participant ID (for a single strap)")
+    p.add_argument("--protocol", default="cmt-soothing", help="built-in protocol name or a TOML file")
+    p.add_argument("--device", action="append", metavar="DEV[=ID]",
+                   help="'sim', a Bluetooth address or name prefix, optionally bound to a participant "
+                        "(repeat for a group: --device sim=P01 --device sim=P02)")  # fmt: skip
+    p.add_argument("--speed", type=float, default=1.0, help="simulated time per real second (simulator only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated participant(s)")
+    p.add_argument("--ecg", action="store_true", help="also record raw ECG (Polar H10 PMD, or simulated)")
+    p.add_argument("--pacer-rate", type=float, help="breathing pacer rate for paced phases (breaths/min)")
+    p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
+
+    sessions = sub.add_parser("sessions", help="list recorded sessions").add_subparsers(dest="sub", required=True)
+    p = command(sessions, "list", cmd_sessions_list, "list sessions in the store")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--participant")
+
+    p = command(sub, "analyze", cmd_analyze, "per-phase HRV of a session")
+    p.add_argument("session", type=int)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+
+    p = command(sub, "export", cmd_export, "export a session to files")
+    p.add_argument("session", type=int)
+    p.add_argument("--format", required=True, choices=["csv", "capture"])
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    p.add_argument("--include-text", action="store_true", help="also export free-text notes (sensitive)")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+
+    imp = sub.add_parser("import", help="import recordings").add_subparsers(dest="sub", required=True)
+    p = command(imp, "capture", cmd_import_capture, "import a raw JSON Lines capture as a new session")
+    p.add_argument("file")
+    p.add_argument("--participant", required=True)
+    p = command(imp, "rr", cmd_import_rr, "import RR intervals (ms; one per line or a CSV column)")
+    p.add_argument("file")
+    p.add_argument("--participant", required=True)
+    p.add_argument("--column", help="CSV column holding RR in ms")
+
+    protos = sub.add_parser("protocols", help="protocol library").add_subparsers(dest="sub", required=True)
+    command(protos, "list", cmd_protocols_list, "list built-in protocols")
+    p = command(protos, "show", cmd_protocols_show, "show a protocol's phases and prompts")
+    p.add_argument("name")
+    p = command(protos, "validate", cmd_protocols_validate, "check a protocol TOML file")
+    p.add_argument("file")
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from biofeedback.recorder import DeviceSpecError
+    from devices.errors import DecodeError
+    from protocols.library import UnknownProtocolError
+    from protocols.loader import ProtocolError
+    from recordings.capture import ImportFormatError
+    from recordings.files import OutputExistsError
+    from recordings.store import StoreError
+
+    return (UserError, DeviceSpecError, DecodeError, UnknownProtocolError, ProtocolError, ImportFormatError,
+            OutputExistsError, StoreError, FileNotFoundError)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # everything this process creates is private to the user
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as exc:
+        err_console.print(f"[bold]error:[/bold] {exc}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Setting up and running a recorded session from command-line style choices (devices, speed, seed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from devices.clock import Clock, ScaledClock
+from devices.link import StrapLink
+from devices.physiology import SimParticipant
+from devices.simulator import SimFaults, SimulatedStrap
+from protocols.model import Protocol
+from recordings.store import Store
+
+from .session import GuideFromRunner, LiveSession, StrapBinding
+
+
+class DeviceSpecError(ValueError):
+    """A `--device` value that cannot be understood."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """`sim`, `sim=P01`, `AA:BB:CC:DD:EE:FF=P02` or a name prefix such as `Polar H10`."""
+
+    device: str
+    participant_id: str
+
+    @property
+    def simulated(self) -> bool:
+        return self.device == "sim"
+
+
+def parse_device_specs(values: Sequence[str], participant: str | None) -> list[DeviceSpec]:
+    specs = []
+    for value in values:
+        device, sep, pid = value.partition("=")
+        device, pid = device.strip(), pid.strip()
+        if not device:
+            raise DeviceSpecError(f"--device {value!r}: name a device (sim, an address or a name prefix)")
+        if not sep:
+            if participant is None:
+                raise DeviceSpecError(f"--device {value!r}: give --participant, or bind it as {value}=P01")
+            pid = participant
+        elif not pid:
+            raise DeviceSpecError(f"--device {value!r}: the participant after '=' is empty")
+        specs.append(DeviceSpec(device, pid))
+    if not specs:
+        raise DeviceSpecError("give at least one --device")
+    pids = [s.participant_id for s in specs]
+    if len(set(pids)) != len(pids):
+        raise DeviceSpecError(f"each strap needs its own participant ID; got {pids}")
+    return specs
+
+
+def make_links(
+    specs: Sequence[DeviceSpec],
+    clock: Clock,
+    session_guide: Callable[[], object],
+    *,
+    seed: int = 0,
+    ecg: bool = False,
+    faults: dict[str, SimFaults] | None = None,
+    participants: dict[str, SimParticipant] | None = None,
+) -> list[StrapLink]:
+    links: list[StrapLink] = []
+    for i, spec in enumerate(specs):
+        if spec.simulated:
+            sim = (participants or {}).get(spec.participant_id) or SimParticipant(seed=seed + i)
+            links.append(
+                SimulatedStrap(
+                    f"sim-{i + 1}",
+                    clock,
+                    sim,
+                    guide=session_guide(),
+                    ecg=ecg,
+                    faults=(faults or {}).get(spec.participant_id),
+                )
+            )
+        else:
+            from devices.ble import BleStrapLink  # imported only when a real strap is used
+
+            links.append(BleStrapLink(spec.device, clock, ecg=ecg))
+    return links
+
+
+class _LateGuide:
+    """A breathing guide whose session is attached after the links are made (the session needs the links)."""
+
+    def __init__(self) -> None:
+        self.target: GuideFromRunner | None = None
+
+    def pacer(self, t: float):
+        return None if self.target is None else self.target.pacer(t)
+
+    def phase_kind(self, t: float) -> str:
+        return "rest" if self.target is None else self.target.phase_kind(t)
+
+
+def build_session(
+    store: Store,
+    protocol: Protocol,
+    specs: Sequence[DeviceSpec],
+    *,
+    speed: float = 1.0,
+    seed: int = 0,
+    ecg: bool = False,
+    clock: Clock | None = None,
+    faults: dict[str, SimFaults] | None = None,
+    participants: dict[str, SimParticipant] | None = None,
+    settings: dict | None = None,
+) -> LiveSession:
+    if speed != 1.0 and not all(s.simulated for s in specs):
+        raise DeviceSpecError("--speed other than 1 only makes sense with simulated straps")
+    clock = clock or ScaledClock(speed)
+    guides: list[_LateGuide] = []
+
+    def new_guide() -> _LateGuide:
+        guides.append(_LateGuide())
+        return guides[-1]
+
+    links = make_links(
+        specs, clock, new_guide, seed=seed, ecg=ecg, faults=faults, participants=participants
+    )
+    session = LiveSession(
+        store,
+        protocol,
+        [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)],
+        clock,
+        settings={"speed": speed, "seed": seed, "ecg": ecg, **(settings or {})},
+    )
+    for guide in guides:
+        guide.target = GuideFromRunner(session)
+    return session
+
+
+async def run_with_terminal_view(session: LiveSession, *, view: bool = True) -> list[int]:
+    """Run a session to its end, with the rich terminal view redrawing beside it when `view` is true."""
+    from .terminal_view import run_terminal_view
+
+    view_task = asyncio.create_task(run_terminal_view(session)) if view else None
+    try:
+        return await session.run()
+    finally:
+        if view_task is not None:
+            view_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await view_task
+
+
+def run_session_blocking(session: LiveSession, *, view: bool = True) -> list[int]:
+    """Run a session in this thread's event loop until it ends; Ctrl-C stops it cleanly (marked `stopped`)."""
+    try:
+        return asyncio.run(run_with_terminal_view(session, view=view))
+    except KeyboardInterrupt:
+        return session.session_ids

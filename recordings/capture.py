@@ -1,0 +1,225 @@
+"""Raw captures (JSON Lines) and plain RR files: import into sessions, export the raw layer back out.
+
+A capture has one notification per line: `{"t": <seconds>, "uuid": "<characteristic UUID>", "hex": "<bytes>"}`, with
+an optional `"device"`. Lines of the form `{"t": <seconds>, "event": "disconnected", "reason": "..."}` record link
+events, so a gap survives the round trip. Importing decodes the bytes exactly as live data would be; any problem in
+the file is refused with its line number and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .decode import DecodeCounts, decode_packets
+from .files import open_private_for_write
+from .store import Store
+
+WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_SHORT_UUID_RE = re.compile(r"^(0x)?[0-9a-fA-F]{4}$")
+
+
+class ImportFormatError(ValueError):
+    """An input file that cannot be imported; the message names the file and the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureLine:
+    t: float
+    uuid: str | None = None
+    data: bytes = b""
+    device: str = ""
+    event: str | None = None
+    reason: str = ""
+
+
+def _full_uuid(value: str) -> str:
+    if _UUID_RE.match(value):
+        return value.lower()
+    if _SHORT_UUID_RE.match(value):
+        short = value[-4:].lower()
+        return f"0000{short}-0000-1000-8000-00805f9b34fb"
+    raise ValueError(f'"uuid" {value!r} is not a characteristic UUID')
+
+
+def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
+    """Parse and validate a whole capture; raises ImportFormatError naming `source` and the line."""
+    lines = []
+    last_t = -math.inf
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{source}: line {lineno}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ImportFormatError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise ImportFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        t = obj.get("t")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise ImportFormatError(f'{where}: "t" must be a number of seconds, got {t!r}')
+        if t < last_t:
+            raise ImportFormatError(f'{where}: "t" goes backwards ({t} after {last_t})')
+        last_t = t
+        device = obj.get("device", "")
+        if not isinstance(device, str):
+            raise ImportFormatError(f'{where}: "device" must be a string')
+        if "event" in obj:
+            lines.append(CaptureLine(float(t), device=device, event=str(obj["event"]), reason=str(obj.get("reason", ""))))
+            continue
+        unknown = set(obj) - {"t", "uuid", "hex", "device"}
+        if unknown:
+            raise ImportFormatError(f"{where}: unknown field(s) {sorted(unknown)}; expected t, uuid, hex, device")
+        try:
+            uuid = _full_uuid(str(obj.get("uuid", "")))
+        except ValueError as exc:
+            raise ImportFormatError(f"{where}: {exc}") from None
+        hexstr = obj.get("hex")
+        if not isinstance(hexstr, str):
+            raise ImportFormatError(f'{where}: "hex" must be a string of payload bytes')
+        try:
+            data = bytes.fromhex(hexstr)
+        except ValueError:
+            raise ImportFormatError(f'{where}: "hex" is not hexadecimal bytes: {hexstr[:40]!r}') from None
+        lines.append(CaptureLine(float(t), uuid, data, device))
+    if not any(line.uuid for line in lines):
+        raise ImportFormatError(f"{source}: no notifications found")
+    return lines
+
+
+def import_capture(store: Store, path: Path, participant_id: str) -> tuple[int, DecodeCounts]:
+    """Create a session from a capture file, decoding its bytes as live data would be."""
+    lines = parse_capture(Path(path).read_text(encoding="utf-8"), str(path))
+    devices = sorted({line.device for line in lines if line.uuid}) or [""]
+    with store.transaction():
+        sid = store.create_session(
+            participant_id,
+            "whole",
+            WHOLE_PHASE,
+            devices[0] or "capture",
+            source="capture",
+            settings={"imported_from": Path(path).name},
+        )
+        packets = []
+        gaps = []
+        for line in lines:
+            if line.event is not None:
+                store.add_link_event(sid, line.t, line.device, line.event, line.reason)
+                if line.event == "disconnected":
+                    gaps.append(line.t)
+                continue
+            pid = store.add_packet(sid, line.t, line.uuid or "", line.data, line.device)
+            packets.append((pid, line.t, line.uuid or "", line.data))
+        counts = decode_packets(store, sid, packets, gaps)
+        _add_whole_markers(store, sid, lines[0].t, lines[-1].t)
+    return sid, counts
+
+
+def _add_whole_markers(store: Store, sid: int, t0: float, t1: float) -> None:
+    store.add_marker(sid, t0, "phase_start", "whole", phase_index=0, phase_name="whole", detail={"kind": "rest"})
+    store.add_marker(sid, t1, "phase_end", "whole", phase_index=0, phase_name="whole", detail={"kind": "rest"})
+
+
+def capture_lines(store: Store, session_id: int) -> Iterator[str]:
+    """The raw layer of a session as capture lines (notifications and link events in time order)."""
+    events = [
+        (t, 1, {"t": t, "event": state, "reason": reason, "device": dev})
+        for t, dev, state, reason in store.link_events(session_id)
+    ]
+    packets = [
+        (p.t, 0, {"t": p.t, "uuid": p.uuid, "hex": p.data.hex(), "device": p.device})
+        for p in store.packets(session_id)
+    ]
+    merged = sorted(events + packets, key=lambda item: (item[0], item[1]))
+    for _t, _k, obj in merged:
+        yield json.dumps(obj, separators=(",", ":"))
+
+
+def export_capture(store: Store, session_id: int, out_dir: Path, *, overwrite: bool = False) -> Path:
+    info = store.session(session_id)
+    path = Path(out_dir) / f"sub-{info.participant_id}_session-{session_id}_capture.jsonl"
+    with open_private_for_write(path, overwrite=overwrite) as fh:
+        for line in capture_lines(store, session_id):
+            fh.write(line + "\n")
+    return path
+
+
+def parse_rr_text(text: str, source: str = "<rr>", column: str | None = None) -> list[float]:
+    """RR intervals in ms: one number per line, or a CSV column (by name, or the only/first numeric one)."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ImportFormatError(f"{source}: no RR intervals found")
+    first = lines[0]
+    delimiter = next((d for d in (",", ";", "\t") if d in first), None)
+    values: list[float] = []
+    if delimiter is None and column is None:
+        start = 0
+        try:
+            float(first)
+        except ValueError:
+            start = 1  # a header line
+        for i, ln in enumerate(lines[start:], start=start + 1):
+            values.append(_rr_value(ln.strip(), f"{source}: line {i}"))
+    else:
+        reader = csv.DictReader(io.StringIO("\n".join(lines)), delimiter=delimiter or ",")
+        fields = reader.fieldnames or []
+        name = column or next(
+            (f for f in fields if f.strip().lower() in ("rr", "rr_ms", "ibi", "ibi_ms", "rr (ms)", "rr-interval")),
+            None,
+        )
+        if name is None or name not in fields:
+            raise ImportFormatError(
+                f"{source}: no RR column {'named ' + repr(column) if column else ''} in header {fields}; "
+                "give one with --column"
+            )
+        for i, row in enumerate(reader, start=2):
+            cell = (row.get(name) or "").strip()
+            if cell:
+                values.append(_rr_value(cell, f"{source}: line {i}, column {name!r}"))
+    if not values:
+        raise ImportFormatError(f"{source}: no RR intervals found")
+    return values
+
+
+def _rr_value(cell: str, where: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise ImportFormatError(f"{where}: {cell!r} is not a number") from None
+    if not 200.0 <= value <= 3000.0:
+        hint = " (seconds? RR must be in milliseconds)" if 0.2 <= value <= 3.0 else ""
+        raise ImportFormatError(f"{where}: RR {value} ms is outside 200–3000 ms{hint}")
+    return value
+
+
+def import_rr(
+    store: Store, path: Path, participant_id: str, column: str | None = None, protocol: dict[str, Any] | None = None
+) -> int:
+    """Create a session from RR intervals; beat times are their cumulative sum. Without markers: one phase `whole`."""
+    rr = parse_rr_text(Path(path).read_text(encoding="utf-8"), str(path), column)
+    with store.transaction():
+        sid = store.create_session(
+            participant_id,
+            "whole",
+            protocol or WHOLE_PHASE,
+            "rr-file",
+            source="rr",
+            settings={"imported_from": Path(path).name},
+        )
+        t = 0.0
+        rows = []
+        for i, value in enumerate(rr):
+            t += value / 1000.0
+            rows.append((t, value, i == 0, 0.0, None))
+        store.add_beats(sid, rows)
+        _add_whole_markers(store, sid, 0.0, t)
+    return sid

@@ -1,0 +1,98 @@
+"""Tidy CSV export of a session: beats.csv, markers.csv and (given by the caller) phases.csv.
+
+The per-phase table comes from the analysis layer above this one, so it is passed in as rows. Free-text notes leave
+the store only with `include_text=True`. Files are private to the user and never silently overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .files import OutputExistsError, open_private_for_write
+from .store import Store
+
+
+def _write_csv(path: Path, header: Sequence[str], rows, overwrite: bool) -> Path:
+    with open_private_for_write(path, overwrite=overwrite) as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def export_csv(
+    store: Store,
+    session_id: int,
+    out_dir: Path,
+    *,
+    phases: Sequence[dict[str, Any]] | None = None,
+    include_text: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the session's tables into `out_dir`; returns the files written."""
+    out_dir = Path(out_dir)
+    names = ["beats.csv", "markers.csv"] + (["phases.csv"] if phases is not None else [])
+    names += ["notes.csv"] if include_text else []
+    if not overwrite:
+        existing = [n for n in names if (out_dir / n).exists()]
+        if existing:
+            raise OutputExistsError(f"{out_dir} already holds {existing}; not overwriting (use --force)")
+    info = store.session(session_id)
+    beats = store.beats(session_id)
+    written = [
+        _write_csv(
+            out_dir / "beats.csv",
+            ["participant_id", "session_id", "t_s", "rr_ms", "gap_before", "arrival_lag_s"],
+            (
+                (info.participant_id, session_id, f"{t:.6f}", f"{rr:.4f}", int(g), f"{lag:.4f}")
+                for t, rr, g, lag in zip(beats.t, beats.rr_ms, beats.gap_before, beats.arrival_lag_s, strict=True)
+            ),
+            overwrite,
+        ),
+        _write_csv(
+            out_dir / "markers.csv",
+            ["participant_id", "session_id", "t_s", "kind", "phase_index", "phase_name", "label", "detail"],
+            (
+                (
+                    info.participant_id,
+                    session_id,
+                    f"{m.t:.6f}",
+                    m.kind,
+                    "" if m.phase_index is None else m.phase_index,
+                    m.phase_name or "",
+                    m.label,
+                    json.dumps(m.detail, sort_keys=True),
+                )
+                for m in store.markers(session_id)
+            ),
+            overwrite,
+        ),
+    ]
+    if phases is not None:
+        keys = list(phases[0].keys()) if phases else ["name"]
+        written.append(
+            _write_csv(
+                out_dir / "phases.csv",
+                ["participant_id", "session_id", *keys],
+                (
+                    [info.participant_id, session_id]
+                    + ["; ".join(row[k]) if isinstance(row[k], list) else ("" if row[k] is None else row[k]) for k in keys]
+                    for row in phases
+                ),
+                overwrite,
+            )
+        )
+    if include_text:
+        written.append(
+            _write_csv(
+                out_dir / "notes.csv",
+                ["participant_id", "session_id", "t_s", "text"],
+                ((info.participant_id, session_id, f"{t:.6f}", text) for t, text in store.notes(session_id)),
+                overwrite,
+            )
+        )
+    return written
