@@ -1,0 +1,327 @@
+'''Load protocols from TOML, with errors naming the file, phase, field, what was expected and what was found.
+
+Format (one file = one protocol)::
+
+    name = "cmt-soothing"              # required, non-empty
+    description = "..."                # optional text for the experimenter
+    version = "1"                      # optional, string or integer (default "1")
+
+    [[phase]]                          # one table per phase, in order; at least one
+    name = "baseline"                  # required, unique within the protocol
+    kind = "rest"                      # required: rest breathing grounding imagery recall refocus recovery
+                                       #           diary meditation other
+    duration = "5min"                  # required: seconds (300, 90.5) or "90s", "5min", "2min 30s", "1h"
+    prompt = "..."                     # optional text shown to the participant for the whole phase
+    feedback = "live"                  # optional: live (default), hidden, sham
+    show_numbers = false               # optional: show numbers on the participant display (default false)
+
+    [phase.pacer]                      # optional breathing pacer for this phase
+    rate_bpm = 6.0                     # required, 2-30 breaths per minute
+    ratio = "4:6"                      # optional inhale:exhale proportion (default "4:6")
+
+    [[phase.prompts]]                  # optional prompts appearing during the phase
+    at = "45s"                         # required: time into the phase, >= 0 and before its end
+    text = "..."                       # required
+
+Unknown fields are rejected with a suggestion. Every problem in a file is reported at once in one
+`ProtocolError`; phases are numbered from 1 in messages.
+'''
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocols.model import (
+    PACER_RATE_RANGE_BPM,
+    FeedbackMode,
+    Pacer,
+    Phase,
+    PhaseKind,
+    Protocol,
+    TimedPrompt,
+)
+
+TOP_FIELDS = ("name", "description", "version", "phase")
+PHASE_FIELDS = ("name", "kind", "duration", "prompt", "feedback", "show_numbers", "pacer", "prompts")
+PACER_FIELDS = ("rate_bpm", "ratio")
+PROMPT_FIELDS = ("at", "text")
+DEFAULT_RATIO = (4.0, 6.0)
+
+_UNIT_SECONDS = {
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+}  # fmt: skip
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
+_RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+_TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem; `phase_index` counts from 1, `field` is a dotted path in the phase or file."""
+
+    source: str
+    message: str
+    phase_index: int | None = None
+    phase_name: str | None = None
+    field: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        parts = [self.source]
+        if self.line is not None:
+            parts.append(f"line {self.line}, column {self.column}")
+        if self.phase_index is not None:
+            shown = json.dumps(self.phase_name, ensure_ascii=False) if self.phase_name else "unnamed"
+            parts.append(f"phase {self.phase_index} ({shown})")
+        if self.field is not None:
+            parts.append(f'field "{self.field}"')
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+class ProtocolError(ValueError):
+    """A protocol file is invalid; `problems` lists every problem found (the message shows them all)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = tuple(problems)
+        lines = [str(p) for p in problems]
+        if len(lines) == 1:
+            text = lines[0]
+        else:
+            text = f"{problems[0].source}: {len(lines)} problems:\n" + "\n".join(f"  {ln}" for ln in lines)
+        super().__init__(text)
+
+
+def _show(value: Any) -> str:
+    """How a TOML value is shown after "got"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def parse_duration(value: Any, *, allow_zero: bool = False) -> float | None:
+    """Seconds from a TOML number or a string like "90s", "5min", "2min 30s", "1.5h"; None if bad."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for m in _DURATION_PART.finditer(text):
+                if m.start() != pos or m.group(2) not in _UNIT_SECONDS:
+                    return None
+                seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+                pos = m.end()
+            if pos == 0 or pos != len(text):
+                return None
+    else:
+        return None
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        return None
+    return seconds
+
+
+class _Checker:
+    """Collects problems while reading one file."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+        self.phase_index: int | None = None
+        self.phase_name: str | None = None
+
+    def add(self, field: str | None, message: str) -> None:
+        self.problems.append(Problem(self.source, message, self.phase_index, self.phase_name, field))
+
+    def unknown_fields(self, table: dict[str, Any], allowed: tuple[str, ...], prefix: str, what: str) -> None:
+        for key in table:
+            if key in allowed:
+                continue
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f'did you mean "{close[0]}"? ' if close else ""
+            self.add(prefix + key, f"unknown {what} field; {hint}expected one of: {', '.join(allowed)}")
+
+    def text(self, table: dict[str, Any], key: str, field: str, *, required: bool) -> str | None:
+        if key not in table:
+            if required:
+                self.add(field, "required field is missing: expected a non-empty string")
+            return None
+        value = table[key]
+        if not isinstance(value, str) or (required and not value.strip()):
+            self.add(field, f"expected a non-empty string, got {_show(value)}")
+            return None
+        return value
+
+    def choice(self, table: dict[str, Any], key: str, field: str, enum: type, *, required: bool) -> Any:
+        valid = ", ".join(m.value for m in enum)
+        if key not in table:
+            if required:
+                self.add(field, f"required field is missing: expected one of {valid}")
+            return None
+        value = table[key]
+        if isinstance(value, str) and value.strip().lower() in {m.value for m in enum}:
+            return enum(value.strip().lower())
+        else:
+            close = difflib.get_close_matches(str(value), [m.value for m in enum], n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            self.add(field, f"expected one of {valid}, got {_show(value)}{hint}")
+            return None
+
+    def duration(self, table: dict[str, Any], key: str, field: str, *, allow_zero: bool) -> float | None:
+        like = '0, 45 or "1min"' if allow_zero else '300 or "5min"'
+        what = "a duration of 0 or more" if allow_zero else "a positive duration"
+        if key not in table:
+            self.add(field, f"required field is missing: expected {what} like {like}")
+            return None
+        seconds = parse_duration(table[key], allow_zero=allow_zero)
+        if seconds is None:
+            self.add(field, f"expected {what} like {like}, got {_show(table[key])}")
+        return seconds
+
+
+def parse_protocol(text: str, source: str = "<string>") -> Protocol:
+    """Parse protocol TOML `text` (`source` names it in messages); ProtocolError lists all problems."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = _TOML_POS.match(str(exc))
+        if m:
+            problem = Problem(
+                source, f"TOML syntax error: {m['msg']}", line=int(m["line"]), column=int(m["col"])
+            )
+        else:
+            problem = Problem(source, f"TOML syntax error: {exc}")
+        raise ProtocolError([problem]) from None
+
+    ck = _Checker(source)
+    ck.unknown_fields(data, TOP_FIELDS, "", "top-level")
+    name = ck.text(data, "name", "name", required=True)
+    description = ck.text(data, "description", "description", required=False) or ""
+    version = data.get("version", "1")
+    if isinstance(version, bool) or not isinstance(version, str | int) or not str(version).strip():
+        ck.add("version", f'expected a version string like "1.2" or an integer, got {_show(version)}')
+        version = "1"
+
+    raw_phases = data.get("phase")
+    phases: list[Phase] = []
+    if raw_phases is None:
+        ck.add("phase", "required: expected at least one [[phase]] table, got none")
+    elif not isinstance(raw_phases, list) or not all(isinstance(p, dict) for p in raw_phases):
+        ck.add("phase", f"expected [[phase]] tables (note the double brackets), got {_show(raw_phases)}")
+    elif not raw_phases:
+        ck.add("phase", "expected at least one [[phase]] table, got an empty array")
+    else:
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(raw_phases, start=1):
+            phase = _parse_phase(ck, i, raw)
+            if phase is None:
+                continue
+            if phase.name in seen:
+                ck.add("name", f"expected a name not used by another phase, but phase {seen[phase.name]} "
+                               f"is also called {_show(phase.name)}")
+            else:
+                seen[phase.name] = i
+                phases.append(phase)
+        ck.phase_index = ck.phase_name = None
+
+    if ck.problems:
+        raise ProtocolError(ck.problems)
+    assert name is not None
+    return Protocol(name=name, description=description, phases=tuple(phases), version=str(version))
+
+
+def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any]) -> Phase | None:
+    before = len(ck.problems)
+    ck.phase_index = index
+    raw_name = raw.get("name")
+    ck.phase_name = raw_name if isinstance(raw_name, str) and raw_name.strip() else None
+    ck.unknown_fields(raw, PHASE_FIELDS, "", "phase")
+    name = ck.text(raw, "name", "name", required=True)
+    kind = ck.choice(raw, "kind", "kind", PhaseKind, required=True)
+    duration = ck.duration(raw, "duration", "duration", allow_zero=False)
+    prompt = ck.text(raw, "prompt", "prompt", required=False) or ""
+    feedback = ck.choice(raw, "feedback", "feedback", FeedbackMode, required=False) or FeedbackMode.LIVE
+    show_numbers = raw.get("show_numbers", False)
+    if not isinstance(show_numbers, bool):
+        ck.add("show_numbers", f"expected true or false, got {_show(show_numbers)}")
+    pacer = _parse_pacer(ck, raw["pacer"]) if "pacer" in raw else None
+    prompts = _parse_prompts(ck, raw["prompts"], duration) if "prompts" in raw else ()
+    if len(ck.problems) > before:
+        return None
+    assert name is not None and kind is not None and duration is not None
+    return Phase(name, kind, duration, prompt, prompts, pacer, feedback, bool(show_numbers))
+
+
+def _parse_pacer(ck: _Checker, raw: Any) -> Pacer | None:
+    if not isinstance(raw, dict):
+        ck.add("pacer", f"expected a [phase.pacer] table with rate_bpm and ratio, got {_show(raw)}")
+        return None
+    ck.unknown_fields(raw, PACER_FIELDS, "pacer.", "pacer")
+    lo, hi = PACER_RATE_RANGE_BPM
+    rate = raw.get("rate_bpm")
+    expected = f"breaths per minute from {lo:g} to {hi:g}"
+    ok_rate = isinstance(rate, int | float) and not isinstance(rate, bool) and lo <= rate <= hi
+    if "rate_bpm" not in raw:
+        ck.add("pacer.rate_bpm", f"required field is missing: expected {expected}")
+    elif not ok_rate:
+        ck.add("pacer.rate_bpm", f"expected {expected}, got {_show(rate)}")
+    inhale, exhale = DEFAULT_RATIO
+    ratio = raw.get("ratio", "4:6")
+    m = _RATIO.match(ratio) if isinstance(ratio, str) else None
+    if m is None or float(m[1]) <= 0 or float(m[2]) <= 0:
+        ck.add("pacer.ratio", f'expected inhale:exhale as positive numbers like "4:6", got {_show(ratio)}')
+        return None
+    inhale, exhale = float(m[1]), float(m[2])
+    return Pacer.from_ratio(float(rate), inhale, exhale) if ok_rate else None
+
+
+def _parse_prompts(ck: _Checker, raw: Any, duration: float | None) -> tuple[TimedPrompt, ...]:
+    if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+        ck.add("prompts", f"expected [[phase.prompts]] tables with at and text, got {_show(raw)}")
+        return ()
+    out = []
+    for j, item in enumerate(raw, start=1):
+        prefix = f"prompts[{j}]."
+        ck.unknown_fields(item, PROMPT_FIELDS, prefix, "prompt")
+        at = ck.duration(item, "at", prefix + "at", allow_zero=True)
+        text = ck.text(item, "text", prefix + "text", required=True)
+        if at is not None and duration is not None and at >= duration:
+            got = _show(item["at"])
+            ck.add(prefix + "at", f"expected a time before the phase ends ({duration:g} s), got {got}")
+            continue
+        if at is not None and text is not None:
+            out.append(TimedPrompt(at, text))
+    return tuple(out)
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Load a protocol TOML file; errors name the file as given. Raises ProtocolError or OSError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        problem = Problem(str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})")
+        raise ProtocolError([problem]) from None
+    return parse_protocol(text, source=str(path))
