@@ -37,8 +37,10 @@ def _fmt(value, spec=".1f") -> str:
 
 
 def _phase_table(analysis) -> Table:
-    table = Table(title=f"Session {analysis.session.id} · {analysis.session.participant_id} · "
-                        f"{analysis.session.protocol_name} · correction {analysis.correction}")
+    table = Table(
+        title=f"Session {analysis.session.id} · {analysis.session.participant_id} · "
+        f"{analysis.session.protocol_name} · correction {analysis.correction}"
+    )
     cols = [
         ("phase", None), ("kind", None), ("start s", ".1f"), ("end s", ".1f"), ("beats", "d"),
         ("corr %", ".1f"), ("HR", ".1f"), ("RMSSD", ".1f"), ("SDNN", ".1f"), ("pNN50", ".1f"),

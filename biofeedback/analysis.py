@@ -100,7 +100,7 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
     counts = store.counts(session_id)
     lags = beats.arrival_lag_s
     quality = {
-        "n_beats": int(len(beats.t)),
+        "n_beats": len(beats.t),
         "gaps": int(beats.gap_before.sum()) - (1 if len(beats.t) else 0),
         "malformed_packets": counts["packet_errors"],
         "packets": counts["packets"],

@@ -7,10 +7,11 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from devices.clock import Clock, ScaledClock
-from devices.link import StrapLink
 from devices.physiology import SimParticipant
 from devices.simulator import SimFaults, SimulatedStrap
+
+from devices.clock import Clock, ScaledClock
+from devices.link import StrapLink
 from protocols.model import Protocol
 from recordings.store import Store
 
@@ -121,9 +122,7 @@ def build_session(
         guides.append(_LateGuide())
         return guides[-1]
 
-    links = make_links(
-        specs, clock, new_guide, seed=seed, ecg=ecg, faults=faults, participants=participants
-    )
+    links = make_links(specs, clock, new_guide, seed=seed, ecg=ecg, faults=faults, participants=participants)
     session = LiveSession(
         store,
         protocol,

@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from devices.physiology import PacerSetting
 
 from devices.clock import Clock
 from devices.link import PMD_DATA_UUID, LinkEvent, LinkState, Packet, StrapLink
-from devices.physiology import PacerSetting
 from protocols.model import Protocol
 from protocols.pacer import pacer_size
 from protocols.runner import Marker, ProtocolRunner
@@ -32,7 +32,7 @@ from recordings.protocol_json import protocol_to_dict
 from recordings.store import Store
 
 from .live_metrics import LiveMetrics
-from .view_model import MonitorView, ParticipantView, StrapView, soothing_level
+from .view_model import ParticipantView, StrapView, soothing_level
 
 ECG_WINDOW_S = 60.0
 RR_WINDOW_S = 300.0
@@ -121,9 +121,7 @@ class LiveSession:
                 group_id=group,
                 settings=settings,
             )
-            self.straps.append(
-                _StrapState(b, sid, SessionDecoder(store, sid), LiveMetrics())
-            )
+            self.straps.append(_StrapState(b, sid, SessionDecoder(store, sid), LiveMetrics()))
         self.markers: list[tuple[float, str]] = []
 
     @property
@@ -247,7 +245,10 @@ class LiveSession:
             feedback = phase.feedback.value
             prompt = st.current_prompt if hasattr(st, "current_prompt") else phase.prompt
             if phase.pacer is not None and not st.paused:
-                pacer = pacer_size(st.elapsed_in_phase(t) if callable(st.elapsed_in_phase) else st.elapsed_in_phase, phase.pacer)
+                pacer = pacer_size(
+                    st.elapsed_in_phase(t) if callable(st.elapsed_in_phase) else st.elapsed_in_phase,
+                    phase.pacer,
+                )
         level = None
         if feedback == "live" and snap is not None and snap.coherence is not None and len(base) >= 10:
             level = soothing_level(snap.coherence, float(np.mean(base)), float(np.std(base)) or 0.05)
@@ -306,9 +307,7 @@ class LiveSession:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.current_thread()
         self._record_markers(self.runner.start(self.clock.now()))
-        tasks = [
-            asyncio.create_task(self._run_strap(s), name=f"strap-{s.binding.participant_id}") for s in self.straps
-        ]
+        tasks = [asyncio.create_task(self._run_strap(s), name=f"strap-{s.binding.participant_id}") for s in self.straps]
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._protocol_loop()
@@ -350,9 +349,7 @@ class LiveSession:
 
     async def _run_strap(self, strap: _StrapState) -> None:
         try:
-            await strap.binding.link.run(
-                lambda p: self._on_packet(strap, p), lambda e: self._on_event(strap, e)
-            )
+            await strap.binding.link.run(lambda p: self._on_packet(strap, p), lambda e: self._on_event(strap, e))
         except Exception as exc:  # one strap failing must not end the others' recording
             strap.failed = f"{type(exc).__name__}: {exc}"
             self.store.add_link_event(

@@ -33,7 +33,8 @@ def render(session: LiveSession) -> Group:
             cue = f"   pacer {pv.pacer_label or ''} {bar}"
         paused = "  (paused)" if pv.paused else ""
         header = Text(
-            f"{pv.phase_name} [{pv.phase_kind}]  {_minutes(pv.phase_time_left_s)} left{paused}{cue}", style="bold"
+            f"{pv.phase_name} [{pv.phase_kind}]  {_minutes(pv.phase_time_left_s)} left{paused}{cue}",
+            style="bold",
         )
     table = Table(box=None, pad_edge=False)
     for col in ("participant", "strap", "link", "contact", "HR bpm", "RMSSD ms", "coherence", "artifacts"):

@@ -74,7 +74,9 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
         if not isinstance(device, str):
             raise ImportFormatError(f'{where}: "device" must be a string')
         if "event" in obj:
-            lines.append(CaptureLine(float(t), device=device, event=str(obj["event"]), reason=str(obj.get("reason", ""))))
+            lines.append(
+                CaptureLine(float(t), device=device, event=str(obj["event"]), reason=str(obj.get("reason", "")))
+            )
             continue
         unknown = set(obj) - {"t", "uuid", "hex", "device"}
         if unknown:
@@ -136,8 +138,7 @@ def capture_lines(store: Store, session_id: int) -> Iterator[str]:
         for t, dev, state, reason in store.link_events(session_id)
     ]
     packets = [
-        (p.t, 0, {"t": p.t, "uuid": p.uuid, "hex": p.data.hex(), "device": p.device})
-        for p in store.packets(session_id)
+        (p.t, 0, {"t": p.t, "uuid": p.uuid, "hex": p.data.hex(), "device": p.device}) for p in store.packets(session_id)
     ]
     merged = sorted(events + packets, key=lambda item: (item[0], item[1]))
     for _t, _k, obj in merged:
@@ -202,7 +203,11 @@ def _rr_value(cell: str, where: str) -> float:
 
 
 def import_rr(
-    store: Store, path: Path, participant_id: str, column: str | None = None, protocol: dict[str, Any] | None = None
+    store: Store,
+    path: Path,
+    participant_id: str,
+    column: str | None = None,
+    protocol: dict[str, Any] | None = None,
 ) -> int:
     """Create a session from RR intervals; beat times are their cumulative sum. Without markers: one phase `whole`."""
     rr = parse_rr_text(Path(path).read_text(encoding="utf-8"), str(path), column)

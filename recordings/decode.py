@@ -130,15 +130,11 @@ class SessionDecoder:
     def _pmd(self, packet_id: int, t: float, data: bytes) -> None:
         frame = decode_pmd_frame(data)
         if isinstance(frame, EcgFrame):
-            self.store.add_ecg_chunk(
-                self.session_id, t, frame.timestamp_ns, ECG_FS_HZ, frame.samples_uv, packet_id
-            )
+            self.store.add_ecg_chunk(self.session_id, t, frame.timestamp_ns, ECG_FS_HZ, frame.samples_uv, packet_id)
             self.counts.ecg_samples += len(frame.samples_uv)
         else:
             self.counts.unknown += 1
-            self.store.add_packet_error(
-                self.session_id, packet_id, f"kept raw, not decoded: {type(frame).__name__}"
-            )
+            self.store.add_packet_error(self.session_id, packet_id, f"kept raw, not decoded: {type(frame).__name__}")
 
 
 def decode_packets(

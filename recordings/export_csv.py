@@ -80,7 +80,10 @@ def export_csv(
                 ["participant_id", "session_id", *keys],
                 (
                     [info.participant_id, session_id]
-                    + ["; ".join(row[k]) if isinstance(row[k], list) else ("" if row[k] is None else row[k]) for k in keys]
+                    + [
+                        "; ".join(row[k]) if isinstance(row[k], list) else ("" if row[k] is None else row[k])
+                        for k in keys
+                    ]
                     for row in phases
                 ),
                 overwrite,

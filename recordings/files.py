@@ -14,9 +14,7 @@ class OutputExistsError(FileExistsError):
 
 
 @contextlib.contextmanager
-def open_private_for_write(
-    path: Path, *, overwrite: bool = False, binary: bool = False
-) -> Iterator[IO]:
+def open_private_for_write(path: Path, *, overwrite: bool = False, binary: bool = False) -> Iterator[IO]:
     """Write `path` via a private temporary file that replaces it only when writing succeeded."""
     path = Path(path)
     if path.exists() and not overwrite:

@@ -275,9 +275,7 @@ class Store:
     def ensure_participant(self, participant_id: str) -> str:
         pid = _check_participant_id(participant_id)
         self._begin()
-        self._db.execute(
-            "INSERT OR IGNORE INTO participants(id, created_utc) VALUES (?, ?)", (pid, utc_now())
-        )
+        self._db.execute("INSERT OR IGNORE INTO participants(id, created_utc) VALUES (?, ?)", (pid, utc_now()))
         return pid
 
     def participants(self) -> list[str]:
@@ -289,9 +287,7 @@ class Store:
         self.flush()
 
     def resonance_rate(self, participant_id: str) -> float | None:
-        row = self._db.execute(
-            "SELECT resonance_rate_bpm FROM participants WHERE id=?", (participant_id,)
-        ).fetchone()
+        row = self._db.execute("SELECT resonance_rate_bpm FROM participants WHERE id=?", (participant_id,)).fetchone()
         return None if row is None else row[0]
 
     # -- sessions ---------------------------------------------------------------------------------------------
@@ -337,18 +333,14 @@ class Store:
         if state not in SESSION_STATES:
             raise ValueError(f"unknown session state {state!r}")
         self._begin()
-        self._db.execute(
-            "UPDATE sessions SET state=?, ended_utc=? WHERE id=?", (state, utc_now(), session_id)
-        )
+        self._db.execute("UPDATE sessions SET state=?, ended_utc=? WHERE id=?", (state, utc_now(), session_id))
         self.flush()
 
     def recover_interrupted(self) -> list[int]:
         """Mark sessions left `running` by a process that no longer exists as `interrupted`."""
         host = socket.gethostname()
         found = []
-        for sid, pid, shost in self._db.execute(
-            "SELECT id, pid, host FROM sessions WHERE state='running'"
-        ).fetchall():
+        for sid, pid, shost in self._db.execute("SELECT id, pid, host FROM sessions WHERE state='running'").fetchall():
             if shost == host and pid is not None and (pid == os.getpid() or _pid_alive(pid)):
                 continue  # still being recorded, by this process or another one on this machine
             found.append(sid)
@@ -408,13 +400,12 @@ class Store:
     def packet_errors(self, session_id: int) -> list[tuple[int, str]]:
         return list(
             self._db.execute(
-                "SELECT packet_id, error FROM packet_errors WHERE session_id=? ORDER BY packet_id", (session_id,)
+                "SELECT packet_id, error FROM packet_errors WHERE session_id=? ORDER BY packet_id",
+                (session_id,),
             )
         )
 
-    def add_beats(
-        self, session_id: int, rows: Iterable[tuple[float, float, bool, float, int | None]]
-    ) -> None:
+    def add_beats(self, session_id: int, rows: Iterable[tuple[float, float, bool, float, int | None]]) -> None:
         """Rows of (t, rr_ms, gap_before, arrival_lag_s, packet_id)."""
         self._begin()
         self._db.executemany(
@@ -528,9 +519,9 @@ class Store:
     def counts(self, session_id: int) -> dict[str, int]:
         out = {}
         for table in ("packets", "packet_errors", "beats", "ecg_chunks", "markers", "notes", "link_events"):
-            out[table] = self._db.execute(
-                f"SELECT COUNT(*) FROM {table} WHERE session_id=?", (session_id,)
-            ).fetchone()[0]
+            out[table] = self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE session_id=?", (session_id,)).fetchone()[
+                0
+            ]
         return out
 
     def add_private_text(self, participant_id: str, kind: str, text: str) -> None:

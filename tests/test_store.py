@@ -16,7 +16,6 @@ from devices.heart_rate import encode_heart_rate
 from devices.link import HEART_RATE_MEASUREMENT_UUID
 from recordings.capture import (
     ImportFormatError,
-    capture_lines,
     export_capture,
     import_capture,
     import_rr,
@@ -135,12 +134,14 @@ def test_chain_never_puts_a_beat_after_its_notification():
 
 def _write_capture(path, n=120, gap_at=None):
     lines = []
-    t = 0.0
+    beat_t = 0.0
     for i in range(n):
-        t += 1.0
-        if gap_at is not None and i == gap_at:
-            lines.append(json.dumps({"t": t - 0.5, "event": "disconnected", "reason": "test"}))
         rr = [800 + (i % 7) * 10]
+        beat_t += rr[0] / 1024
+        if gap_at is not None and i == gap_at:
+            beat_t += 5.0
+            lines.append(json.dumps({"t": beat_t - 0.5, "event": "disconnected", "reason": "test"}))
+        t = beat_t + (0.03 if i % 3 else 0.01)  # arrival a little after the beat
         lines.append(json.dumps({"t": t, "uuid": "2a37", "hex": encode_heart_rate(70, rr).hex(), "device": "sim-1"}))
     lines.append(json.dumps({"t": t + 0.2, "uuid": "2a37", "hex": "11"}))  # malformed: truncated
     path.write_text("\n".join(lines) + "\n")
@@ -181,10 +182,10 @@ def test_redecode_rebuilds_the_same_beats_from_raw(tmp_path, store_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('{"t": 1, "uuid": "2a37", "hex": "0048"}\n{"t": 2, "uuid": "2a37", "hex": "zz"}', "line 2: \"hex\""),
+        ('{"t": 1, "uuid": "2a37", "hex": "0048"}\n{"t": 2, "uuid": "2a37", "hex": "zz"}', 'line 2: "hex"'),
         ('{"t": 1, "uuid": "2a37", "hex": "0048"}\n{"t": 0.5, "uuid": "2a37", "hex": "0048"}', "backwards"),
         ('{"t": 1, "uuid": "2a37", "hex": "0048"}\nnot json', "line 2: not valid JSON"),
-        ('{"t": "x", "uuid": "2a37", "hex": "0048"}', "line 1: \"t\""),
+        ('{"t": "x", "uuid": "2a37", "hex": "0048"}', 'line 1: "t"'),
         ('{"t": 1, "uuid": "heart", "hex": "0048"}', "not a characteristic UUID"),
         ('{"t": 1, "uuid": "2a37", "hex": "0048", "extra": 1}', "unknown field"),
     ],
