@@ -25,8 +25,9 @@ BG_BOTTOM = QtGui.QColor(29, 71, 86)
 PACER_CORE = QtGui.QColor(150, 220, 212)
 PACER_EDGE = QtGui.QColor(96, 170, 176)
 PACER_RIM = QtGui.QColor(206, 238, 232)
-GLOW_NEUTRAL = QtGui.QColor(170, 196, 204)
-GLOW_WARM = QtGui.QColor(246, 190, 112)
+GLOW_NEUTRAL = QtGui.QColor(96, 160, 178)
+GLOW_MID = QtGui.QColor(236, 204, 146)
+GLOW_WARM = QtGui.QColor(255, 190, 108)
 TEXT = QtGui.QColor(241, 237, 228)
 TEXT_SOFT = QtGui.QColor(188, 214, 216)
 
@@ -80,6 +81,13 @@ def _mix(a: QtGui.QColor, b: QtGui.QColor, x: float, alpha: float) -> QtGui.QCol
     )
     c.setAlphaF(max(0.0, min(1.0, alpha)))
     return c
+
+
+def glow_colour(level: float, alpha: float) -> QtGui.QColor:
+    """Soft teal (neutral) through pale gold to warm amber as `level` goes 0 → 1; never grey, never red."""
+    if level <= 0.5:
+        return _mix(GLOW_NEUTRAL, GLOW_MID, level * 2, alpha)
+    return _mix(GLOW_MID, GLOW_WARM, level * 2 - 1, alpha)
 
 
 class ParticipantState:
@@ -140,14 +148,16 @@ def paint_participant(
 
     level = state.glow_level
     center = QtCore.QPointF(lay.center_x, lay.center_y)
-    glow_r = lay.r_max * (1.45 + 0.45 * level)
+    glow_r = lay.r_max * (1.3 + 0.55 * level)
     glow = QtGui.QRadialGradient(center, glow_r)
-    glow.setColorAt(0.0, _mix(GLOW_NEUTRAL, GLOW_WARM, level, 0.22 + 0.30 * level))
-    glow.setColorAt(0.55, _mix(GLOW_NEUTRAL, GLOW_WARM, level, 0.08 + 0.14 * level))
-    glow.setColorAt(1.0, _mix(GLOW_NEUTRAL, GLOW_WARM, level, 0.0))
+    peak = 0.24 + 0.36 * level
+    for stop, share in ((0.0, 1.0), (0.35, 0.75), (0.65, 0.32), (0.85, 0.1), (1.0, 0.0)):
+        glow.setColorAt(stop, glow_colour(level, peak * share))
     p.setPen(QtCore.Qt.PenStyle.NoPen)
     p.setBrush(glow)
+    p.setCompositionMode(QtGui.QPainter.CompositionMode.CompositionMode_Screen)
     p.drawEllipse(center, glow_r, glow_r)
+    p.setCompositionMode(QtGui.QPainter.CompositionMode.CompositionMode_SourceOver)
 
     dim = 0.4 if view.paused else 1.0
     if view.pacer_size is not None and not view.finished:
@@ -226,7 +236,8 @@ def render_participant_png(
 _BUTTON_STYLE = """
 QPushButton {
     color: rgb(232, 228, 218); background-color: rgba(255, 255, 255, 26);
-    border: 1px solid rgba(255, 255, 255, 60); border-radius: %(r)dpx; padding: 6px 22px; font-size: %(f)dpx;
+    border: 1px solid rgba(255, 255, 255, 50); border-radius: %(r)dpx; padding: %(py)dpx %(px)dpx;
+    font-size: %(f)dpx;
 }
 QPushButton:hover { background-color: rgba(255, 255, 255, 46); }
 QPushButton:pressed { background-color: rgba(255, 255, 255, 70); }
@@ -331,7 +342,11 @@ class ParticipantWindow(QtWidgets.QWidget):
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
         h = self.height()
         f = max(12, round(h * 0.024))
-        self.setStyleSheet(_BUTTON_STYLE % {"r": round(f * 1.1), "f": f})
+        py, px = round(f * 0.5), round(f * 1.4)
+        # Qt ignores a radius above half the height: height = font line (~1.2 f) + 2 py + borders
+        self.setStyleSheet(
+            _BUTTON_STYLE % {"r": round((f * 1.2 + 2 * py) / 2) - 1, "f": f, "py": py, "px": px}
+        )
         margin = round(h * 0.035)
         x = self.width() - margin
         for b in (self.stop_button, self.pause_button):
