@@ -66,7 +66,11 @@ _MIN_SEGMENT_BEATS_FOR_CORRECTION = 5
 
 @dataclass
 class PhaseMetrics:
-    """HRV of one protocol phase; None where a value cannot be computed (see `notes`)."""
+    """HRV of one protocol phase; None where a value cannot be computed (see `notes`).
+
+    `n_beats` counts the usable NN intervals ending in the phase after correction; `corrected_pct` is None
+    when no correction was run; `breathing_rate_source` is None when the rate is unknown.
+    """
 
     name: str
     kind: str
