@@ -1,4 +1,4 @@
-"""Simulated participant: determinism, breathing oscillator, RSA resonance, phases, ectopic and missed beats."""
+"""Simulated participant: determinism, breathing, RSA resonance, phases, ectopic and missed beats."""
 
 from __future__ import annotations
 
