@@ -257,7 +257,7 @@ class SimulatedStrap:
         if self.ecg:
             stream = EcgStream(t_start=t_connect, fs=ecg_fs, seed=self.participant.seed,
                                breathing=lambda t: self.model.breathing_signal(t, self.guide))
-            stream.extend([b for b in self._true_times() if b > t_connect - 1.0], self.beats[-1].t_beat)
+            stream.extend([b for b in self.true_beat_times() if b > t_connect - 1.0], self.beats[-1].t_beat)
         lost_rng = np.random.default_rng([self.participant.seed, 99])
 
         while not self._stopped:
@@ -338,7 +338,8 @@ class SimulatedStrap:
                        self._malformed.next_boundary(now))
             await self._sleep(wake - now)
 
-    def _true_times(self) -> list[float]:
+    def true_beat_times(self) -> list[float]:
+        """Times of every beat so far, including ones the strap failed to detect (they are in the ECG)."""
         times: list[float] = []
         for b in self.beats:
             if b.undetected_t is not None:
