@@ -15,6 +15,7 @@ the strap fails to detect (a doubled RR) are drawn per beat.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -114,7 +115,7 @@ class SimParticipant:
 
     seed: int = 0
     baseline_hr_bpm: float = 72.0
-    rsa_gain: float = 60.0
+    rsa_gain: float = 80.0
     """RR modulation by breathing (ms, half peak-to-trough) at resonance breathing (6/min), baseline tone."""
     mayer_amplitude: float = 15.0
     """RR modulation (ms) of the ~0.1 Hz Mayer (blood-pressure) wave."""
@@ -266,7 +267,10 @@ class BeatModel:
             self._advance(t_max, guide)
         if not self._history_t:
             self._record()
-        out = np.interp(t_arr, self._history_t, self._history_v)
+        t_min = float(np.min(t_arr)) if t_arr.size else 0.0
+        lo = max(bisect.bisect_left(self._history_t, t_min) - 1, 0)
+        hi = bisect.bisect_right(self._history_t, t_max) + 1
+        out = np.interp(t_arr, self._history_t[lo:hi], self._history_v[lo:hi])
         return float(out) if np.ndim(out) == 0 else out
 
     # -- beats -----------------------------------------------------------------------------------------------
@@ -291,7 +295,7 @@ class BeatModel:
         p, osc = self.participant, self._osc
         self._advance(t_prev, guide)
         rough = self._expected_rr_ms(t_prev)
-        t_mid = t_prev + 0.5 * rough
+        t_mid = t_prev + 0.5 * rough / 1000.0
         self._advance(t_mid, guide)
         rr = self._expected_rr_ms(t_mid) - self._rsa_ms(t_mid, guide)
         rr += p.mayer_amplitude * math.sin(2 * math.pi * osc.mayer_phase)

@@ -33,7 +33,7 @@ from devices.link import (
     PacketSink,
 )
 from devices.physiology import REST_GUIDE, BeatModel, BreathingGuide, SimBeat, SimParticipant
-from devices.polar_pmd import encode_ecg_frame
+from devices.polar_pmd import HEADER_SIZE, encode_ecg_frame
 
 RR_UNITS_PER_S = 1024
 NOTIFY_INTERVAL_S = 1.0
@@ -126,6 +126,14 @@ class FaultWindows:
     def active(self, t: float) -> bool:
         return any(s <= t < e for s, e in self._all(t))
 
+    def mask(self, times: np.ndarray) -> np.ndarray:
+        """Boolean array: which of `times` fall inside a window."""
+        out = np.zeros(times.shape, dtype=bool)
+        if times.size:
+            for s, e in self._all(float(times.max())):
+                out |= (times >= s) & (times < e)
+        return out
+
     def next_boundary(self, t: float) -> float:
         """The first window start or end strictly after t (inf if none)."""
         edges = [x for w in self._all(t) for x in w if x > t + 1e-9]
@@ -216,10 +224,13 @@ class SimulatedStrap:
         return NOTIFY_INTERVAL_S + float(np.clip(self._rng.normal(0, 0.02), -0.06, 0.06))
 
     def _truncate(self, data: bytes, min_valid: int) -> bytes:
-        """A malformed copy no decoder can accept: shorter than `min_valid`, or with an odd tail."""
-        if len(data) <= min_valid or self._rng.uniform() < 0.5:
-            return data[: int(self._rng.integers(0, min(min_valid, len(data))))]
-        return data[:-1] if (len(data) - min_valid) % 2 == 0 else data[:-2]
+        """A malformed copy no decoder can accept: cut inside the fixed header, or one byte off the tail.
+
+        Cutting one byte leaves an odd RR tail (2-byte values) or a partial ECG sample (3-byte values).
+        """
+        if len(data) > min_valid and self._rng.uniform() < 0.5:
+            return data[:-1]
+        return data[: int(self._rng.integers(0, min_valid))]
 
     async def _run(self, on_packet: PacketSink, on_event: EventSink) -> None:
         self._event(on_event, LinkState.CONNECTING)
@@ -246,7 +257,7 @@ class SimulatedStrap:
         if self.ecg:
             stream = EcgStream(t_start=t_connect, fs=ecg_fs, seed=self.participant.seed,
                                breathing=lambda t: self.model.breathing_signal(t, self.guide))
-            stream.extend([b for b in self._true_times() if b > t_connect - 1.0], self.beats[-1].t_beat)
+            stream.extend([b for b in self.true_beat_times() if b > t_connect - 1.0], self.beats[-1].t_beat)
         lost_rng = np.random.default_rng([self.participant.seed, 99])
 
         while not self._stopped:
@@ -310,7 +321,7 @@ class SimulatedStrap:
                     frames_sent += 1
                     if not connected:
                         continue
-                    lost = np.array([self._contact_loss.active(float(t)) for t in times])
+                    lost = self._contact_loss.mask(times)
                     if lost.any():
                         values = values.copy()
                         values[lost] = np.rint(lost_rng.normal(0, 25, int(lost.sum()))).astype(values.dtype)
@@ -319,7 +330,7 @@ class SimulatedStrap:
                     )
                     data = encode_ecg_frame(device_ns, values.tolist())
                     if self._malformed.active(now):
-                        data = self._truncate(data, 10)
+                        data = self._truncate(data, HEADER_SIZE)
                     on_packet(Packet(now, PMD_DATA_UUID, data, self.device_id))
 
             wake = min(next_notify if connected else math.inf, next_frame,
@@ -327,7 +338,8 @@ class SimulatedStrap:
                        self._malformed.next_boundary(now))
             await self._sleep(wake - now)
 
-    def _true_times(self) -> list[float]:
+    def true_beat_times(self) -> list[float]:
+        """Times of every beat so far, including ones the strap failed to detect (they are in the ECG)."""
         times: list[float] = []
         for b in self.beats:
             if b.undetected_t is not None:

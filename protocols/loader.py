@@ -180,7 +180,7 @@ class _Checker:
             return None
         value = table[key]
         if not isinstance(value, str) or (required and not value.strip()):
-            self.add(field, f"expected a non-empty string, got {_show(value)}")
+            self.add(field, f"expected a {'non-empty ' if required else ''}string, got {_show(value)}")
             return None
         return value
 

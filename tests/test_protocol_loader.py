@@ -275,10 +275,13 @@ def test_duplicate_phase_names() -> None:
     )
 
 
-def test_show_numbers_and_version_types() -> None:
-    lines = problem_lines('name = "t"\nversion = 1.5\n' + phase("x", extra='show_numbers = "yes"\n'))
+def test_show_numbers_version_and_prompt_types() -> None:
+    lines = problem_lines(
+        'name = "t"\nversion = 1.5\n' + phase("x", extra='show_numbers = "yes"\nprompt = 3\n')
+    )
     assert lines == [
         'cmt.toml: field "version": expected a version string like "1.2" or an integer, got 1.5',
+        'cmt.toml: phase 1 ("x"): field "prompt": expected a string, got 3',
         'cmt.toml: phase 1 ("x"): field "show_numbers": expected true or false, got "yes"',
     ]
 
