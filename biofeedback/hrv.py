@@ -27,8 +27,9 @@ Method, in order:
    (``neurokit2.signal_psd``: mean removed, Hann window of half the run, 50 % overlap, no normalisation)
    and trapezoid band integrals over [lo, hi): LF 0.04–0.15 Hz, HF 0.15–0.40 Hz, in ms² absolute. This is
    the same computation as ``neurokit2.hrv_frequency(..., interpolation_rate=4, normalize=False)``.
-6. **Breathing rate**: the pacer rate when the phase has a pacer, else the frequency of the highest peak
-   of the same PSD in 0.05–0.5 Hz (respiratory sinus arrhythmia), x 60. Limits: it assumes breathing drives
+6. **Breathing rate**: the pacer rate when the phase has a pacer, else the respiratory sinus arrhythmia
+   peak of the same PSD, x 60: the highest peak in 0.13–0.5 Hz, or the highest in 0.05–0.13 Hz when that one
+   is at least 5x stronger (slow breathing makes a dominant slow peak; Mayer waves at rest do not). Limits: it assumes breathing drives
    the main HR oscillation; Mayer waves (~0.1 Hz), irregular breathing, talking or movement can dominate
    instead (short resting records often peak near 0.05–0.1 Hz); the PSD starts at 4 / run length Hz (60 s
    run: nothing below 4/min is visible) and its resolution is 2 / run length Hz; above about half the heart
@@ -59,6 +60,9 @@ SLOW_BREATHING_BPM = 9.0
 LF_BAND_HZ = (0.04, 0.15)
 HF_BAND_HZ = (0.15, 0.40)
 RSA_BAND_HZ = (0.05, 0.5)
+SPONTANEOUS_BREATHING_HZ = 0.13
+"""Below this (7.8/min) a spectral peak is more often a Mayer wave than breathing, unless it dominates."""
+SLOW_PEAK_DOMINANCE = 5.0
 INTERPOLATION_HZ = 4
 _TICKS_PER_S = 1_000_000  # peak-index grid handed to signal_fixpeaks
 _MIN_SEGMENT_BEATS_FOR_CORRECTION = 5
@@ -309,7 +313,7 @@ def _breathing(m: PhaseMetrics, pacer: float | None, psd: tuple[np.ndarray, np.n
     if pacer is not None:
         m.breathing_rate_bpm, m.breathing_rate_source = pacer, "pacer"
     elif psd is not None:
-        peak = _peak_hz(psd, RSA_BAND_HZ)
+        peak = _respiratory_peak_hz(psd)
         if peak is not None:
             m.breathing_rate_bpm, m.breathing_rate_source = 60.0 * peak, "rsa"
     if m.breathing_rate_bpm is None:
@@ -349,6 +353,22 @@ def band_power(psd: tuple[np.ndarray, np.ndarray], band: tuple[float, float]) ->
     if np.sum(where) < 2:
         return None
     return float(np.trapezoid(p[where], f[where]))
+
+
+def _respiratory_peak_hz(psd: tuple[np.ndarray, np.ndarray]) -> float | None:
+    """The RSA peak: in the spontaneous-breathing range, unless a slow peak clearly dominates (slow breathing).
+
+    Slow oscillations (Mayer waves, ~0.1 Hz) often rival the respiratory peak at rest, so a peak below
+    `SPONTANEOUS_BREATHING_HZ` is taken as the breathing rate only when its power is at least
+    `SLOW_PEAK_DOMINANCE` times the strongest peak above it, as it is with slow (e.g. paced) breathing.
+    """
+    f, p = psd
+    slow = _peak_hz(psd, (RSA_BAND_HZ[0], SPONTANEOUS_BREATHING_HZ))
+    fast = _peak_hz(psd, (SPONTANEOUS_BREATHING_HZ, RSA_BAND_HZ[1]))
+    if slow is None or fast is None:
+        return slow if fast is None else fast
+    power = dict(zip(f, p, strict=True))
+    return slow if power[slow] >= SLOW_PEAK_DOMINANCE * power[fast] else fast
 
 
 def _peak_hz(psd: tuple[np.ndarray, np.ndarray], band: tuple[float, float]) -> float | None:

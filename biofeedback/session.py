@@ -35,6 +35,8 @@ from .sham import sham_level
 from .view_model import MonitorView, ParticipantView, StrapView, soothing_level
 
 ECG_WINDOW_S = 60.0
+DRAIN_S = 1.5
+"""After the protocol ends, connected straps may deliver this much more (session seconds) before they stop."""
 
 
 @dataclass
@@ -58,6 +60,7 @@ class _StrapState:
     ecg: deque = field(default_factory=lambda: deque(maxlen=int(ECG_WINDOW_S * ECG_FS_HZ / 50) + 4))
     baseline: list = field(default_factory=list)  # live coherence during the baseline phase
     failed: str = ""
+    last_packet_t: float = -1.0
 
 
 class GuideFromRunner:
@@ -132,6 +135,7 @@ class LiveSession:
     # -- inputs from the straps -------------------------------------------------------------------------------
     def _on_packet(self, strap: _StrapState, packet: Packet) -> None:
         pid = self.store.add_packet(strap.session_id, packet.t, packet.uuid, packet.data, packet.device)
+        strap.last_packet_t = packet.t
         rows = strap.decoder.packet(pid, packet.t, packet.uuid, packet.data)
         with self._lock:
             m = strap.decoder.last_measurement
@@ -345,6 +349,9 @@ class LiveSession:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.current_thread()
         self._done = asyncio.Event()
+        restart = getattr(self.clock, "restart", None)
+        if restart is not None:
+            restart()  # 0 on the session clock is the moment the session starts
         self._record_markers(self.runner.start(self.clock.now()))
         tasks = [
             asyncio.create_task(self._run_strap(s), name=f"strap-{s.binding.participant_id}") for s in self.straps
@@ -352,6 +359,7 @@ class LiveSession:
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._protocol_loop()
+            await self._drain(self.clock.now() + DRAIN_S)
         except asyncio.CancelledError:
             self._end_state = "stopped"
             if not self.runner.state.finished:
@@ -383,6 +391,18 @@ class LiveSession:
             await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
             sleeper.cancel()
             stopper.cancel()
+
+    async def _drain(self, until: float, timeout_s: float = 3.0) -> None:
+        """Let connected straps deliver the beats of the last seconds (their notifications lag the beats)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            waiting = [
+                s for s in self.straps if s.link_state == LinkState.CONNECTED.value and s.last_packet_t < until
+            ]
+            if not waiting:
+                return
+            await asyncio.sleep(0.01)
 
     async def _flush_loop(self) -> None:
         while True:

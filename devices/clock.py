@@ -28,6 +28,10 @@ class ScaledClock:
         self.speed = speed
         self._t0 = time.monotonic()
 
+    def restart(self) -> None:
+        """Make now() read 0 again (called when the session actually starts)."""
+        self._t0 = time.monotonic()
+
     def now(self) -> float:
         return (time.monotonic() - self._t0) * self.speed
 
