@@ -27,14 +27,14 @@ Method, in order:
    (``neurokit2.signal_psd``: mean removed, Hann window of half the run, 50 % overlap, no normalisation)
    and trapezoid band integrals over [lo, hi): LF 0.04–0.15 Hz, HF 0.15–0.40 Hz, in ms² absolute. This is
    the same computation as ``neurokit2.hrv_frequency(..., interpolation_rate=4, normalize=False)``.
-6. **Breathing rate**: the pacer rate when the phase has a pacer, else the respiratory sinus arrhythmia
-   peak of the same PSD, x 60: the highest peak in 0.13–0.5 Hz, or the highest in 0.05–0.13 Hz when that one
-   is at least 5x stronger (slow breathing makes a dominant slow peak; Mayer waves at rest do not). Limits: it assumes breathing drives
-   the main HR oscillation; Mayer waves (~0.1 Hz), irregular breathing, talking or movement can dominate
-   instead (short resting records often peak near 0.05–0.1 Hz); the PSD starts at 4 / run length Hz (60 s
-   run: nothing below 4/min is visible) and its resolution is 2 / run length Hz; above about half the heart
-   rate the tachogram cannot represent breathing at all. Below `SLOW_BREATHING_BPM` RSA falls into LF and HF
-   is flagged as not vagal.
+6. **Breathing rate**: the pacer rate when the phase has a pacer, else the respiratory sinus arrhythmia peak of
+   the same PSD, x 60: the highest peak in 0.13–0.5 Hz, or the highest in 0.05–0.13 Hz when that one is at least
+   5x stronger (slow breathing makes a dominant slow peak; Mayer waves at rest do not). Limits: it assumes
+   breathing drives the main HR oscillation; Mayer waves (~0.1 Hz), irregular breathing, talking or movement can
+   dominate instead (short resting records often peak near 0.05–0.1 Hz); the PSD starts at 4 / run length Hz (60 s
+   run: nothing below 4/min is visible) and its resolution is 2 / run length Hz; above about half the heart rate
+   the tachogram cannot represent breathing at all. Below `SLOW_BREATHING_BPM` RSA falls into LF and HF is flagged
+   as not vagal.
 
 Window rules: RMSSD/SDNN/pNN50 and HF need >= 60 s of data in the phase, LF needs >= 120 s; otherwise the
 value is None and a note says why. "Data in the phase" is the phase time covered by gap-free segments (a
