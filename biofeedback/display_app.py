@@ -1,0 +1,62 @@
+"""Running a session with its windows: recording in a background asyncio thread, Qt in the main thread.
+
+The displays only pull views and send commands through the session's thread-safe controls, so a stalled or crashed
+window cannot lose recorded data. Closing the monitor ends the session (recorded as stopped by the experimenter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from PySide6 import QtCore, QtWidgets
+
+from .display_monitor import MonitorWindow
+from .display_participant import ParticipantWindow
+from .session import LiveSession
+
+
+class _SessionThread(threading.Thread):
+    def __init__(self, session: LiveSession) -> None:
+        super().__init__(name="session", daemon=True)
+        self.session = session
+        self.result: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = asyncio.run(self.session.run())
+        except BaseException as exc:  # reported by run_with_displays in the main thread
+            self.error = exc
+
+
+def run_with_displays(session: LiveSession, *, participant_windows: bool = True) -> list[int]:
+    """Open the experimenter monitor (and a participant display per strap) and run the session to its end."""
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    worker = _SessionThread(session)
+    monitor = MonitorWindow(session, session)
+    windows: list[QtWidgets.QWidget] = [monitor]
+    if participant_windows:
+        for strap in session.straps:
+            window = ParticipantWindow(session, strap.binding.participant_id, controls=session)
+            window.setWindowTitle(f"Session · {strap.binding.participant_id}")
+            windows.append(window)
+    monitor.show()
+    for window in windows[1:]:
+        window.present()
+
+    watcher = QtCore.QTimer()
+    watcher.setInterval(200)
+    watcher.timeout.connect(lambda: None if worker.is_alive() else app.quit())
+    worker.start()
+    watcher.start()
+    app.aboutToQuit.connect(lambda: session.end_session("monitor closed") if worker.is_alive() else None)
+    app.exec()
+    if worker.is_alive():
+        session.end_session("monitor closed")
+    worker.join(timeout=10)
+    for window in windows:
+        window.close()
+    if worker.error is not None:
+        raise worker.error
+    return worker.result or session.session_ids
