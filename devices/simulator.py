@@ -292,8 +292,8 @@ class SimulatedStrap:
                     continue
                 hr_now = 60000.0 / beat.rr_ms
                 hr_smooth = hr_now if hr_smooth is None else hr_smooth + HR_SMOOTHING * (hr_now - hr_smooth)
-                if connected:
-                    pending_rr.append(units)
+                if connected and not self._disconnects.active(beat.t_beat):
+                    pending_rr.append(units)  # beats during a link gap are never reported
 
             if connected and now >= next_notify - 1e-9:
                 next_notify += self._notify_gap()
