@@ -399,6 +399,7 @@ def _m_add_strap(_root, adapter_name, address, name, pmd, rssi):
         "writes": [],
         "subscribed": [],
         "pmd_errors": {},
+        "rssi": int(rssi),
         "rssi_flip": False,
     }
     _interfaces_added(path, DEVICE_IFACE, props)
@@ -418,6 +419,13 @@ def _m_set_connect_plan(_root, path, modes):
 
 def _m_set_advertising(_root, path, on):
     _strap_of(path)["advertising"] = bool(on)
+
+
+def _m_set_uuids(_root, path, uuids):
+    """Change what the strap advertises (the UUIDs property), as a new advertisement would."""
+    _changed(
+        _objects()[str(path)], DEVICE_IFACE, {"UUIDs": dbus.Array([str(u) for u in uuids], signature="s")}
+    )
 
 
 def _m_set_pmd_error(_root, path, opcode, error_code):
@@ -481,7 +489,7 @@ def _advertise() -> None:
         if adapter is None or not adapter.props[ADAPTER_IFACE]["Discovering"] or props["Connected"]:
             continue
         state["rssi_flip"] = not state["rssi_flip"]
-        _changed(device, DEVICE_IFACE, {"RSSI": dbus.Int16(-60 - int(state["rssi_flip"]))})
+        _changed(device, DEVICE_IFACE, {"RSSI": dbus.Int16(state["rssi"] - int(state["rssi_flip"]))})
 
 
 def load(mock, parameters):
@@ -494,6 +502,7 @@ def load(mock, parameters):
             ("SetConnectPlan", "sas", "", _m_set_connect_plan),
             ("SetAdvertising", "sb", "", _m_set_advertising),
             ("SetPmdError", "syy", "", _m_set_pmd_error),
+            ("SetUuids", "sas", "", _m_set_uuids),
             ("Notify", "ssay", "", _m_notify),
             ("DropLink", "s", "", _m_drop_link),
             ("IsNotifying", "ss", "b", _m_is_notifying),
@@ -580,6 +589,10 @@ class BluezMock:
 
     def set_advertising(self, path: str, on: bool) -> None:
         self.ctl.SetAdvertising(path, on)
+
+    def set_uuids(self, path: str, uuids: Sequence[str]) -> None:
+        """Make the strap advertise exactly these service UUIDs."""
+        self.ctl.SetUuids(path, dbus.Array(list(uuids), signature="s"))
 
     def set_pmd_error(self, path: str, opcode: int, error_code: int) -> None:
         """Make the PMD control point answer `opcode` with `error_code`."""

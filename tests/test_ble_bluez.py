@@ -1,0 +1,275 @@
+"""`devices.ble` through bleak's real BlueZ backend, against a fake BlueZ on a private system bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from bluez_mock import HR_MEASUREMENT, BluezMock, dbus_daemon_available
+
+from devices.ble import BleStrapLink, find_device, scan
+from devices.clock import ScaledClock
+from devices.link import HEART_RATE_MEASUREMENT_UUID, LinkEvent, LinkState, Packet
+
+pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="dbus-daemon not installed (apt: dbus)")
+
+H10 = "A0:9E:1A:12:34:56"
+H10_NAME = "Polar H10 1234ABCD"
+
+
+@pytest.fixture
+def bluez(tmp_path, monkeypatch):
+    from bleak.backends.bluezdbus.version import BlueZFeatures
+
+    # No bluetoothctl here: tell bleak the (fake) BlueZ is recent instead of letting it guess.
+    monkeypatch.setattr(BlueZFeatures, "checked_bluez_version", True)
+    monkeypatch.setattr(BlueZFeatures, "supported_version", True)
+    with BluezMock(log_path=tmp_path / "bluez-mock.log") as mock:
+        yield mock
+
+
+@dataclass
+class Recorder:
+    packets: list[Packet] = field(default_factory=list)
+    events: list[LinkEvent] = field(default_factory=list)
+
+    def states(self) -> list[LinkState]:
+        return [e.state for e in self.events]
+
+    def count(self, state: LinkState) -> int:
+        return self.states().count(state)
+
+    async def until(self, condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+        for _ in range(int(timeout_s / 0.01)):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}; events: {self.events}")
+
+
+def fast_link(device: str = H10, **kwargs) -> BleStrapLink:
+    options = dict(
+        backoff_initial_s=0.05, backoff_max_s=0.2, connect_timeout_s=1.0, scan_timeout_s=1.0, seed=1
+    )
+    options.update(kwargs)
+    return BleStrapLink(device, ScaledClock(), **options)
+
+
+def run_with_link(link: BleStrapLink, body: Callable[[Recorder], Awaitable[None]]) -> Recorder:
+    """Run the link while `body` drives the fake strap, then stop it (stop must end the link)."""
+    rec = Recorder()
+
+    async def main() -> None:
+        task = asyncio.create_task(link.run(rec.packets.append, rec.events.append))
+        try:
+            await body(rec)
+        finally:
+            link.stop()
+            await asyncio.wait_for(task, 10.0)
+
+    asyncio.run(main())
+    return rec
+
+
+def hr_frames(first_bpm: int, n: int) -> list[bytes]:
+    """Heart Rate Measurement values (flags 0x10: uint8 bpm + one RR interval)."""
+    return [bytes([0x10, first_bpm + i, 0x00, 0x04]) for i in range(n)]
+
+
+async def send_and_wait(bluez: BluezMock, path: str, rec: Recorder, frames: list[bytes]) -> None:
+    before = len(rec.packets)
+    for frame in frames:
+        bluez.notify(path, HR_MEASUREMENT, frame)
+    await rec.until(lambda: len(rec.packets) >= before + len(frames), f"{len(frames)} notifications")
+
+
+# -- scanning ------------------------------------------------------------------------------------------------
+
+
+def test_scan_lists_heart_rate_straps_only(bluez):
+    bluez.add_strap(H10, H10_NAME, pmd=True, rssi=-70)
+    bluez.add_strap("C0:FF:EE:00:00:02", "Garmin HRM-Dual", rssi=-50)
+    kettle = bluez.add_strap("C0:FF:EE:00:00:03", "Kettle")
+    bluez.set_uuids(kettle, ["0000180f-0000-1000-8000-00805f9b34fb"])  # battery only: not a heart-rate strap
+
+    straps = asyncio.run(scan(timeout_s=0.3))
+
+    assert [s.address for s in straps] == ["C0:FF:EE:00:00:02", H10]  # strongest first
+    polar = straps[1]
+    assert polar.name == H10_NAME
+    assert polar.has_pmd is True
+    assert straps[0].has_pmd is False
+    assert isinstance(polar.rssi, int) and polar.rssi < 0
+
+
+def test_has_pmd_from_advertised_service_alone(bluez):
+    bluez.add_strap("C0:FF:EE:00:00:09", "Unnamed strap", pmd=True)
+    (strap,) = asyncio.run(scan(timeout_s=0.3))
+    assert strap.has_pmd is True
+
+
+def test_find_device_by_address_or_name_prefix(bluez):
+    bluez.add_strap("C0:FF:EE:00:00:02", "Garmin HRM-Dual")
+    bluez.add_strap(H10, H10_NAME)
+
+    async def main():
+        by_name = await find_device("Polar H10", 1.0)
+        by_address = await find_device(H10.lower(), 1.0)
+        missing = await find_device("Wahoo", 0.2)
+        return by_name, by_address, missing
+
+    by_name, by_address, missing = asyncio.run(main())
+    assert by_name.address == H10
+    assert by_address.address == H10
+    assert missing is None
+
+
+def test_find_device_rejects_empty_target():
+    with pytest.raises(ValueError, match="must not be empty"):
+        asyncio.run(find_device("  ", 0.1))
+
+
+# -- streaming and reconnecting ------------------------------------------------------------------------------
+
+
+def test_link_records_notifications_raw_and_in_order(bluez):
+    path = bluez.add_strap(H10, H10_NAME)
+    frames = [*hr_frames(60, 20), b"\x16\x48\x00\x04\x10\x04"]  # RR-bearing and odd-length frames alike
+    link = fast_link(device="Polar H10")
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        await send_and_wait(bluez, path, rec, frames)
+
+    rec = run_with_link(link, body)
+    assert [p.data for p in rec.packets] == frames
+    assert {p.uuid for p in rec.packets} == {HEART_RATE_MEASUREMENT_UUID}
+    assert {p.device for p in rec.packets} == {"Polar H10"}
+    times = [p.t for p in rec.packets]
+    assert times == sorted(times) and times[0] >= rec.events[0].t
+    assert rec.states()[0] == LinkState.CONNECTING
+    assert rec.states()[-1] == LinkState.CLOSED
+    assert H10 in rec.events[rec.states().index(LinkState.CONNECTED)].reason
+    assert link.address == H10
+    assert bluez.stats(path)["connected"] is False  # stop() disconnected
+
+
+def test_three_drops_mid_stream_lose_nothing_sent_while_connected(bluez):
+    path = bluez.add_strap(H10, H10_NAME)
+    sent: list[bytes] = []
+
+    async def body(rec: Recorder) -> None:
+        for round_ in range(4):
+            await rec.until(
+                lambda r=round_: rec.count(LinkState.CONNECTED) == r + 1, f"connection {round_ + 1}"
+            )
+            assert bluez.is_notifying(path, HR_MEASUREMENT)  # re-subscribed after each reconnect
+            frames = hr_frames(50 + 10 * round_, 8)
+            sent.extend(frames)
+            await send_and_wait(bluez, path, rec, frames)
+            if round_ < 3:
+                bluez.drop_link(path)
+                await rec.until(lambda r=round_: rec.count(LinkState.DISCONNECTED) == r + 1, "disconnect")
+
+    rec = run_with_link(fast_link(), body)
+    assert [p.data for p in rec.packets] == sent
+    assert rec.count(LinkState.DISCONNECTED) == 3
+    assert rec.count(LinkState.CONNECTED) == 4
+    # each drop: DISCONNECTED (with a reason), then RECONNECTING, then CONNECTED again
+    states = rec.states()
+    for i, state in enumerate(states):
+        if state == LinkState.DISCONNECTED:
+            assert rec.events[i].reason
+            assert states[i + 1] == LinkState.RECONNECTING
+            assert LinkState.CONNECTED in states[i + 2 :]
+    assert bluez.stats(path)["connects"] == 4
+
+
+@pytest.mark.parametrize(
+    ("plan", "reason_fragment"),
+    [
+        (["in-progress", "in-progress"], "org.bluez.Error.InProgress"),
+        (["software-abort", "software-abort"], "Software caused connection abort"),
+        (["hang"], "timed out"),
+        (["delay:3.0"], "timed out"),
+        (["in-progress", "software-abort", "hang", "in-progress"], "org.bluez.Error.InProgress"),
+    ],
+)
+def test_connect_errors_are_retried_until_the_strap_connects(bluez, plan, reason_fragment):
+    path = bluez.add_strap(H10, H10_NAME)
+    bluez.set_connect_plan(path, plan)
+    link = fast_link(connect_timeout_s=0.4)
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection after errors")
+        await send_and_wait(bluez, path, rec, hr_frames(70, 3))
+
+    rec = run_with_link(link, body)
+    stats = bluez.stats(path)
+    assert stats["modes_used"][: len(plan)] == plan
+    assert stats["connects"] == 1
+    retries = [e for e in rec.events if e.state == LinkState.RECONNECTING]
+    assert len(retries) == len(plan)
+    assert reason_fragment in retries[0].reason
+    assert [p.data for p in rec.packets] == hr_frames(70, 3)
+
+
+def test_le_connection_abort_by_local_is_survived(bluez):
+    # bluetoothd reports a connect that the controller aborted; bleak retries it within the same connect call.
+    path = bluez.add_strap(H10, H10_NAME)
+    bluez.set_connect_plan(path, ["abort-by-local", "abort-by-local"])
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        await send_and_wait(bluez, path, rec, hr_frames(65, 4))
+
+    rec = run_with_link(fast_link(), body)
+    assert bluez.stats(path)["modes_used"][:3] == ["abort-by-local", "abort-by-local", "ok"]
+    assert rec.count(LinkState.DISCONNECTED) == 0  # the transient drop inside connect is not a lost link
+    assert len(rec.packets) == 4
+
+
+def test_strap_absent_at_start_is_searched_for_until_it_appears(bluez):
+    link = fast_link(device="Polar H10", scan_timeout_s=0.2)
+    holder: dict[str, str] = {}
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.RECONNECTING) >= 2, "two failed searches")
+        holder["path"] = bluez.add_strap(H10, H10_NAME)
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection once the strap advertises")
+        await send_and_wait(bluez, holder["path"], rec, hr_frames(80, 2))
+
+    rec = run_with_link(link, body)
+    first_retry = next(e for e in rec.events if e.state == LinkState.RECONNECTING)
+    assert "no strap matching 'Polar H10'" in first_retry.reason
+    assert len(rec.packets) == 2
+
+
+def test_stop_during_a_hanging_connect_ends_the_link_and_cancels_the_connect(bluez):
+    path = bluez.add_strap(H10, H10_NAME)
+    bluez.set_connect_plan(path, ["hang"])
+    link = fast_link(connect_timeout_s=30.0)
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: bluez.stats(path)["connect_calls"] == 1, "Connect call")
+
+    rec = run_with_link(link, body)  # stop() must not wait for the 30 s connect timeout (wait_for guards it)
+    assert rec.states()[-1] == LinkState.CLOSED
+    assert LinkState.CONNECTED not in rec.states()
+    stats = bluez.stats(path)
+    assert stats["disconnect_calls"] >= 1  # bleak cancelled the pending BlueZ connect
+    assert stats["connected"] is False
+
+
+def test_link_refuses_to_run_twice(bluez):
+    bluez.add_strap(H10, H10_NAME)
+    link = fast_link()
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        with pytest.raises(RuntimeError, match="already running"):
+            await link.run(rec.packets.append, rec.events.append)
+
+    run_with_link(link, body)
