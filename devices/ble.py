@@ -30,20 +30,37 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
 from devices.clock import Clock
+from devices.errors import DecodeError
 from devices.link import (
     HEART_RATE_MEASUREMENT_UUID,
     HEART_RATE_SERVICE_UUID,
+    PMD_CONTROL_POINT_UUID,
+    PMD_DATA_UUID,
     PMD_SERVICE_UUID,
     EventSink,
     LinkEvent,
     LinkState,
     Packet,
     PacketSink,
+)
+from devices.polar_pmd import (
+    ControlOpCode,
+    ControlResponse,
+    MeasurementType,
+    PmdControlError,
+    ResponseCode,
+    decode_control_response,
+    decode_features,
+    decode_settings,
+    ecg_settings_request,
+    raise_for_response,
+    start_ecg_request,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,6 +69,10 @@ T = TypeVar("T")
 
 # Models known to offer Polar Measurement Data (the PMD service is often not in the advertisement itself).
 POLAR_PMD_NAME_PREFIXES = ("Polar H10", "Polar OH1", "Polar Sense", "Polar Verity")
+
+ECG_SAMPLE_RATE_HZ = 130
+ECG_RESOLUTION_BITS = 14
+PMD_RESPONSE_TIMEOUT_S = 5.0
 
 _ADDRESS_RE = re.compile(
     r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$"
@@ -161,6 +182,10 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, BleakDeviceNotFoundError):
         return f"strap {exc.identifier} not found"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class EcgUnavailable(Exception):
+    """ECG could not be started on this strap (no PMD service, no ECG, or no usable answer)."""
 
 
 class _Stopped(Exception):
@@ -311,10 +336,63 @@ class BleStrapLink:
         if self.ecg:
             await self._start_ecg(client)
 
-    async def _start_ecg(
-        self, client: BleakClient
-    ) -> None:  # pragma: no cover - replaced with the PMD start-up
-        raise _AttemptFailed("ECG start-up not available yet")
+    async def _start_ecg(self, client: BleakClient) -> None:
+        """Polar PMD start-up; a refusal is recorded in `ecg_error` and heart rate keeps streaming.
+
+        Order: indications on the control point, notifications on PMD data, read the features, ask for the
+        ECG settings, start ECG at 130 Hz / 14 bit. Every control-point response (and the feature read) is
+        also passed on as a raw packet.
+        """
+        self.ecg_error = None
+        try:
+            await self._pmd_start(client)
+        except (PmdControlError, EcgUnavailable, DecodeError) as exc:
+            self.ecg_error = exc
+            logger.warning("ECG not started on %s: %s", self.device_id, exc)
+
+    async def _pmd_start(self, client: BleakClient) -> None:
+        control = client.services.get_characteristic(PMD_CONTROL_POINT_UUID)
+        data = client.services.get_characteristic(PMD_DATA_UUID)
+        if control is None or data is None:
+            raise EcgUnavailable("strap has no Polar Measurement Data (PMD) service")
+        self.mtu = control.max_write_without_response_size + 3
+        responses: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def on_control(_char: object, value: bytearray) -> None:
+            self._packet(PMD_CONTROL_POINT_UUID, value)
+            responses.put_nowait(bytes(value))
+
+        await client.start_notify(control, on_control)
+        await client.start_notify(data, lambda _c, value: self._packet(PMD_DATA_UUID, value))
+        features_raw = bytes(await client.read_gatt_char(control))
+        self._packet(PMD_CONTROL_POINT_UUID, features_raw)
+        if MeasurementType.ECG not in decode_features(features_raw):
+            raise EcgUnavailable(f"strap does not offer ECG (features {features_raw.hex()})")
+        answer = await self._pmd_request(client, control, ecg_settings_request(), responses)
+        rates = decode_settings(answer.parameters).get("sample_rate", ())
+        if rates and ECG_SAMPLE_RATE_HZ not in rates:
+            raise EcgUnavailable(f"strap offers ECG at {rates} Hz, not {ECG_SAMPLE_RATE_HZ} Hz")
+        start = start_ecg_request(sample_rate=ECG_SAMPLE_RATE_HZ, resolution=ECG_RESOLUTION_BITS)
+        try:
+            await self._pmd_request(client, control, start, responses)
+        except PmdControlError as exc:
+            if exc.response.error_code != ResponseCode.ALREADY_IN_STATE:  # still streaming from before: fine
+                raise
+
+    async def _pmd_request(
+        self, client: BleakClient, control: BleakGATTCharacteristic, request: bytes, responses: asyncio.Queue
+    ) -> ControlResponse:
+        """Write a control-point request and wait for its response (matched by opcode)."""
+        await client.write_gatt_char(control, request, response=True)
+        try:
+            async with asyncio.timeout(PMD_RESPONSE_TIMEOUT_S):
+                while True:
+                    response = decode_control_response(await responses.get())
+                    if response.opcode == request[0]:
+                        return raise_for_response(response)
+        except TimeoutError:
+            op = ControlOpCode(request[0]).name
+            raise EcgUnavailable(f"no PMD response to {op} within {PMD_RESPONSE_TIMEOUT_S:g} s") from None
 
     def _connected_reason(self, device: BLEDevice) -> str:
         parts = [f"address {device.address}"]
@@ -322,4 +400,6 @@ class BleStrapLink:
             parts.append(f"name {device.name}")
         if self.mtu:
             parts.append(f"MTU {self.mtu}")
+        if self.ecg:
+            parts.append(f"ECG not started: {self.ecg_error}" if self.ecg_error else "ECG streaming")
         return ", ".join(parts)

@@ -293,6 +293,7 @@ def _char_uuid(char) -> str:
 
 def _m_read_value(char, _options):
     state = _strap_of(char.path)
+    state["ops"].append(("read", _char_uuid(char), b""))
     if _char_uuid(char) == PMD_CONTROL:
         return _bytes(PMD_FEATURES)
     if _char_uuid(char) == BATTERY_LEVEL:
@@ -303,7 +304,7 @@ def _m_read_value(char, _options):
 def _m_write_value(char, value, _options):
     state = _strap_of(char.path)
     data = bytes(value)
-    state["writes"].append((_char_uuid(char), data))
+    state["ops"].append(("write", _char_uuid(char), data))
     if _char_uuid(char) != PMD_CONTROL or not data:
         return
     opcode = data[0]
@@ -324,7 +325,7 @@ def _indicate(state: dict, char_path: str, data: bytes) -> None:
 
 def _m_start_notify(char):
     state = _strap_of(char.path)
-    state["subscribed"].append(_char_uuid(char))
+    state["ops"].append(("start_notify", _char_uuid(char), b""))
     if not char.props[CHAR_IFACE]["Notifying"]:
         _changed(char, CHAR_IFACE, {"Notifying": dbus.Boolean(True)})
 
@@ -396,8 +397,7 @@ def _m_add_strap(_root, adapter_name, address, name, pmd, rssi):
         "connects": 0,
         "gatt": [],
         "chars": {},
-        "writes": [],
-        "subscribed": [],
+        "ops": [],
         "pmd_errors": {},
         "rssi": int(rssi),
         "rssi_flip": False,
@@ -461,7 +461,6 @@ def _m_stats(_root, path):
             "connects": dbus.Int32(state["connects"]),
             "disconnect_calls": dbus.Int32(state["disconnect_calls"]),
             "modes_used": dbus.Array(state["modes_used"], signature="s"),
-            "subscribed": dbus.Array(state["subscribed"], signature="s"),
             "connected": dbus.Boolean(bool(_objects()[path].props[DEVICE_IFACE]["Connected"])),
             "discovering": dbus.Boolean(
                 any(bool(o.props.get(ADAPTER_IFACE, {}).get("Discovering")) for o in _objects().values())
@@ -471,10 +470,14 @@ def _m_stats(_root, path):
     )
 
 
-def _m_writes(_root, path):
+def _m_ops(_root, path):
+    """What a client did on the strap's GATT database, in order: (start_notify|read|write, uuid, data)."""
     return dbus.Array(
-        [dbus.Struct((dbus.String(u), _bytes(d)), signature="say") for u, d in _strap_of(path)["writes"]],
-        signature="(say)",
+        [
+            dbus.Struct((dbus.String(op), dbus.String(u), _bytes(d)), signature="ssay")
+            for op, u, d in _strap_of(path)["ops"]
+        ],
+        signature="(ssay)",
     )
 
 
@@ -507,7 +510,7 @@ def load(mock, parameters):
             ("DropLink", "s", "", _m_drop_link),
             ("IsNotifying", "ss", "b", _m_is_notifying),
             ("Stats", "s", "a{sv}", _m_stats),
-            ("Writes", "s", "a(say)", _m_writes),
+            ("Ops", "s", "a(ssay)", _m_ops),
         ],
     )
     _every(float(parameters.get("advertising_interval_s", 0.03)), _advertise)
@@ -618,5 +621,6 @@ class BluezMock:
             for k, v in raw.items()
         }
 
-    def writes(self, path: str) -> list[tuple[str, bytes]]:
-        return [(str(u), bytes(d)) for u, d in self.ctl.Writes(path)]
+    def ops(self, path: str) -> list[tuple[str, str, bytes]]:
+        """GATT operations clients made on the strap, in order: (start_notify|read|write, uuid, data)."""
+        return [(str(op), str(u), bytes(d)) for op, u, d in self.ctl.Ops(path)]

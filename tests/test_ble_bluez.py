@@ -7,11 +7,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
-from bluez_mock import HR_MEASUREMENT, BluezMock, dbus_daemon_available
+from bluez_mock import HR_MEASUREMENT, PMD_CONTROL, PMD_DATA, BluezMock, dbus_daemon_available
 
-from devices.ble import BleStrapLink, find_device, scan
+from devices.ble import BleStrapLink, EcgUnavailable, find_device, scan
 from devices.clock import ScaledClock
-from devices.link import HEART_RATE_MEASUREMENT_UUID, LinkEvent, LinkState, Packet
+from devices.link import (
+    HEART_RATE_MEASUREMENT_UUID,
+    PMD_CONTROL_POINT_UUID,
+    PMD_DATA_UUID,
+    LinkEvent,
+    LinkState,
+    Packet,
+)
+from devices.polar_pmd import PmdControlError
 
 pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="dbus-daemon not installed (apt: dbus)")
 
@@ -273,3 +281,91 @@ def test_link_refuses_to_run_twice(bluez):
             await link.run(rec.packets.append, rec.events.append)
 
     run_with_link(link, body)
+
+
+# -- Polar PMD ECG -------------------------------------------------------------------------------------------
+
+SETTINGS_REQUEST = bytes([0x01, 0x00])
+START_ECG_130HZ_14BIT = bytes([0x02, 0x00, 0x00, 0x01, 0x82, 0x00, 0x01, 0x01, 0x0E, 0x00])
+ECG_STARTUP = [
+    ("start_notify", HR_MEASUREMENT, b""),
+    ("start_notify", PMD_CONTROL, b""),
+    ("start_notify", PMD_DATA, b""),
+    ("read", PMD_CONTROL, b""),
+    ("write", PMD_CONTROL, SETTINGS_REQUEST),
+    ("write", PMD_CONTROL, START_ECG_130HZ_14BIT),
+]
+
+
+def ecg_frame(timestamp_ns: int, samples_uv: list[int]) -> bytes:
+    body = b"".join(v.to_bytes(3, "little", signed=True) for v in samples_uv)
+    return bytes([0x00]) + timestamp_ns.to_bytes(8, "little") + bytes([0x00]) + body
+
+
+def test_ecg_start_up_order_frames_and_restart_after_a_drop(bluez):
+    path = bluez.add_strap(H10, H10_NAME, pmd=True)
+    link = fast_link(ecg=True)
+    frames = [ecg_frame(10**9 * (i + 1), [i, -i, 1000 + i, -(2**23)]) for i in range(6)]
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection with ECG")
+        for frame in frames[:3]:
+            bluez.notify(path, PMD_DATA, frame)
+        bluez.notify(path, HR_MEASUREMENT, hr_frames(60, 1)[0])
+        await rec.until(lambda: len(rec.packets) >= 3 + 3 + 1, "ECG and HR packets")
+        bluez.drop_link(path)
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 2, "reconnection with ECG")
+        for frame in frames[3:]:
+            bluez.notify(path, PMD_DATA, frame)
+        await rec.until(lambda: sum(p.uuid == PMD_DATA_UUID for p in rec.packets) == 6, "ECG after reconnect")
+
+    rec = run_with_link(link, body)
+    assert bluez.ops(path) == ECG_STARTUP + ECG_STARTUP  # same start-up again after the reconnect
+    assert [p.data for p in rec.packets if p.uuid == PMD_DATA_UUID] == frames
+    control = [p.data for p in rec.packets if p.uuid == PMD_CONTROL_POINT_UUID]
+    # the raw layer keeps the feature read and both responses of each start-up
+    assert control[:3] == [
+        bytes([0x0F, 0x05, 0x00]),
+        bytes([0xF0, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x82, 0x00, 0x01, 0x01, 0x0E, 0x00]),
+        bytes([0xF0, 0x02, 0x00, 0x00, 0x00]),
+    ]
+    assert control[3:] == control[:3]
+    assert [p.data for p in rec.packets if p.uuid == HEART_RATE_MEASUREMENT_UUID] == hr_frames(60, 1)
+    connected = [e for e in rec.events if e.state == LinkState.CONNECTED]
+    assert all("ECG streaming" in e.reason and "MTU 232" in e.reason for e in connected)
+    assert link.mtu == 232 and link.ecg_error is None
+
+
+def test_ecg_refused_by_the_control_point_is_a_clear_error_and_heart_rate_continues(bluez):
+    path = bluez.add_strap(H10, H10_NAME, pmd=True)
+    bluez.set_pmd_error(path, opcode=0x02, error_code=8)  # INVALID_SAMPLE_RATE on start
+    link = fast_link(ecg=True)
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        await send_and_wait(bluez, path, rec, hr_frames(62, 3))
+
+    rec = run_with_link(link, body)
+    assert isinstance(link.ecg_error, PmdControlError)
+    assert link.ecg_error.response.error_code == 8
+    assert "INVALID_SAMPLE_RATE" in str(link.ecg_error)
+    connected = next(e for e in rec.events if e.state == LinkState.CONNECTED)
+    assert "ECG not started" in connected.reason and "INVALID_SAMPLE_RATE" in connected.reason
+    assert rec.count(LinkState.DISCONNECTED) == 0
+    assert [p.data for p in rec.packets if p.uuid == HEART_RATE_MEASUREMENT_UUID] == hr_frames(62, 3)
+    assert [p.data[:4] for p in rec.packets if p.uuid == PMD_CONTROL_POINT_UUID][-1] == bytes([0xF0, 2, 0, 8])
+
+
+def test_ecg_requested_from_a_strap_without_pmd_keeps_heart_rate(bluez):
+    path = bluez.add_strap("C0:FF:EE:00:00:02", "Garmin HRM-Dual")
+    link = fast_link(device="Garmin", ecg=True)
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        await send_and_wait(bluez, path, rec, hr_frames(58, 2))
+
+    rec = run_with_link(link, body)
+    assert isinstance(link.ecg_error, EcgUnavailable)
+    assert "no Polar Measurement Data" in str(link.ecg_error)
+    assert len(rec.packets) == 2
+    assert [op for op, _u, _d in bluez.ops(path)] == ["start_notify"]
