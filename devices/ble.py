@@ -179,6 +179,8 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc.dbus_error}: {details}" if details else exc.dbus_error
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, _AttemptFailed):
+        return str(exc)
     if isinstance(exc, BleakDeviceNotFoundError):
         return f"strap {exc.identifier} not found"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -203,8 +205,12 @@ RETRYABLE = (BleakError, TimeoutError, EOFError, OSError, _AttemptFailed)
 class BleStrapLink:
     """A `StrapLink` to one real strap over Bluetooth LE (bleak), reconnecting until `stop()`.
 
-    `device` is an address or a name prefix ("Polar H10", "Polar H10 1A2B3C4D"); it is also the `device_id`
-    stamped on packets and events. Times are on `clock`; backoff waits use `clock.sleep`.
+    `device` is an address or a name prefix ("Polar H10", "Polar H10 1A2B3C4D"; the first strap seen that
+    matches is used); it is also the `device_id` stamped on packets and events. Times are on `clock`, and
+    backoff waits use `clock.sleep`; connect and scan timeouts are real (radio) time. `stop()` must be called
+    from the event loop's thread (from another thread use `loop.call_soon_threadsafe(link.stop)`).
+    After each connection `address`, `mtu` (ECG only) and `ecg_error` (None, or why ECG did not start)
+    describe the strap.
     """
 
     def __init__(

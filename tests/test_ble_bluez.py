@@ -251,7 +251,25 @@ def test_strap_absent_at_start_is_searched_for_until_it_appears(bluez):
 
     rec = run_with_link(link, body)
     first_retry = next(e for e in rec.events if e.state == LinkState.RECONNECTING)
-    assert "no strap matching 'Polar H10'" in first_retry.reason
+    assert first_retry.reason.startswith("no strap matching 'Polar H10' advertising within 0.2 s")
+    assert len(rec.packets) == 2
+
+
+def test_no_adapter_at_start_is_reported_and_retried(bluez):
+    bluez.bluez_mock.RemoveAdapter(bluez.adapter)
+    link = fast_link()
+    holder: dict[str, str] = {}
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.RECONNECTING) >= 1, "a failed attempt")
+        bluez.bluez_mock.AddAdapter(bluez.adapter, "cmt-lab-pc")
+        holder["path"] = bluez.add_strap(H10, H10_NAME)
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection once Bluetooth is back")
+        await send_and_wait(bluez, holder["path"], rec, hr_frames(75, 2))
+
+    rec = run_with_link(link, body)
+    first_retry = next(e for e in rec.events if e.state == LinkState.RECONNECTING)
+    assert "No Bluetooth adapters found" in first_retry.reason
     assert len(rec.packets) == 2
 
 
@@ -354,6 +372,22 @@ def test_ecg_refused_by_the_control_point_is_a_clear_error_and_heart_rate_contin
     assert rec.count(LinkState.DISCONNECTED) == 0
     assert [p.data for p in rec.packets if p.uuid == HEART_RATE_MEASUREMENT_UUID] == hr_frames(62, 3)
     assert [p.data[:4] for p in rec.packets if p.uuid == PMD_CONTROL_POINT_UUID][-1] == bytes([0xF0, 2, 0, 8])
+
+
+def test_ecg_already_running_counts_as_started(bluez):
+    # After a short drop a strap may still be streaming ECG; its ALREADY_IN_STATE answer is not a failure.
+    path = bluez.add_strap(H10, H10_NAME, pmd=True)
+    bluez.set_pmd_error(path, opcode=0x02, error_code=6)
+    link = fast_link(ecg=True)
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        bluez.notify(path, PMD_DATA, ecg_frame(5, [1, 2, 3]))
+        await rec.until(lambda: any(p.uuid == PMD_DATA_UUID for p in rec.packets), "an ECG frame")
+
+    rec = run_with_link(link, body)
+    assert link.ecg_error is None
+    assert "ECG streaming" in next(e for e in rec.events if e.state == LinkState.CONNECTED).reason
 
 
 def test_ecg_requested_from_a_strap_without_pmd_keeps_heart_rate(bluez):
