@@ -245,7 +245,7 @@ class BleStrapLink:
     # -- public ------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask `run` to disconnect and return (safe to call at any time, more than once)."""
+        """Ask `run` to disconnect and return (safe at any time and more than once; stopping is final)."""
         self._stop.set()
 
     async def run(self, on_packet: PacketSink, on_event: EventSink) -> None:
@@ -255,7 +255,7 @@ class BleStrapLink:
         self._running = True
         self._on_packet, self._on_event = on_packet, on_event
         self._emit(LinkState.CONNECTING, f"looking for {self.device_id}")
-        reason = "stopped"
+        closed_reason = "stopped"
         try:
             while not self._stop.is_set():
                 try:
@@ -275,9 +275,15 @@ class BleStrapLink:
                     await self._until_stopped(self.clock.sleep(delay))
                 except _Stopped:
                     break
+        except asyncio.CancelledError:
+            closed_reason = "cancelled"
+            raise
+        except Exception as exc:
+            closed_reason = f"failed: {describe_error(exc)}"
+            raise
         finally:
             self._running = False
-            self._emit(LinkState.CLOSED, "stopped")
+            self._emit(LinkState.CLOSED, closed_reason)
 
     # -- one connection ------------------------------------------------------------
 

@@ -291,6 +291,23 @@ def test_stop_during_a_hanging_connect_ends_the_link_and_cancels_the_connect(blu
     assert stats["connected"] is False
 
 
+def test_cancelling_run_disconnects_and_reports_closed(bluez):
+    path = bluez.add_strap(H10, H10_NAME)
+    link = fast_link()
+    rec = Recorder()
+
+    async def main() -> None:
+        task = asyncio.create_task(link.run(rec.packets.append, rec.events.append))
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert rec.events[-1].state == LinkState.CLOSED and rec.events[-1].reason == "cancelled"
+    assert bluez.stats(path)["connected"] is False
+
+
 def test_link_refuses_to_run_twice(bluez):
     bluez.add_strap(H10, H10_NAME)
     link = fast_link()
