@@ -6,6 +6,7 @@ Run `python app.py --help` (or any command with `--help`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -204,6 +205,27 @@ def cmd_protocols_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_scan(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from devices.ble import scan
+
+    straps = asyncio.run(scan(timeout_s=args.timeout))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(s) for s in straps], indent=2))
+        return 0
+    if not straps:
+        console.print(f"No heart-rate straps found in {args.timeout:g} s. Is the strap worn (it sleeps when dry)?")
+        return 0
+    table = Table(title="Heart-rate straps nearby")
+    for col in ("name", "address", "signal dBm", "Polar ECG (PMD)"):
+        table.add_column(col)
+    for s in straps:
+        table.add_row(s.name, s.address, str(s.rssi), "yes" if s.has_pmd else "no")
+    console.print(table)
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------------------
 
 
@@ -253,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--include-text", action="store_true", help="also export free-text notes (sensitive)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
+
+    devices = sub.add_parser("devices", help="Bluetooth straps").add_subparsers(dest="sub", required=True)
+    p = devices.add_parser("scan", help="list straps advertising the Heart Rate Service",
+                           description="list straps advertising the Heart Rate Service")  # fmt: skip
+    p.set_defaults(func=cmd_devices_scan)
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to listen (default 5)")
+    p.add_argument("--json", action="store_true")
 
     imp = sub.add_parser("import", help="import recordings").add_subparsers(dest="sub", required=True)
     p = command(imp, "capture", cmd_import_capture, "import a raw JSON Lines capture as a new session")

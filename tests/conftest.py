@@ -35,3 +35,16 @@ def shared_data() -> Path:
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "store.sqlite"
+
+
+@pytest.fixture
+def bluez(tmp_path, monkeypatch):
+    """A fake BlueZ on a private system bus, driven through bleak's real BlueZ backend (see bluez_mock.py)."""
+    from bleak.backends.bluezdbus.version import BlueZFeatures
+    from bluez_mock import BluezMock
+
+    # No bluetoothctl here: tell bleak the (fake) BlueZ is recent instead of letting it guess.
+    monkeypatch.setattr(BlueZFeatures, "checked_bluez_version", True)
+    monkeypatch.setattr(BlueZFeatures, "supported_version", True)
+    with BluezMock(log_path=tmp_path / "bluez-mock.log") as mock:
+        yield mock

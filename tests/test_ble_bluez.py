@@ -27,17 +27,6 @@ H10 = "A0:9E:1A:12:34:56"
 H10_NAME = "Polar H10 1234ABCD"
 
 
-@pytest.fixture
-def bluez(tmp_path, monkeypatch):
-    from bleak.backends.bluezdbus.version import BlueZFeatures
-
-    # No bluetoothctl here: tell bleak the (fake) BlueZ is recent instead of letting it guess.
-    monkeypatch.setattr(BlueZFeatures, "checked_bluez_version", True)
-    monkeypatch.setattr(BlueZFeatures, "supported_version", True)
-    with BluezMock(log_path=tmp_path / "bluez-mock.log") as mock:
-        yield mock
-
-
 @dataclass
 class Recorder:
     packets: list[Packet] = field(default_factory=list)
