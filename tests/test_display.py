@@ -365,7 +365,7 @@ def test_monitor_shades_a_disconnect_gap_and_breaks_the_tachogram(monitor):
     win, _session = monitor
     panel = win.panels["H10-A1B2C3"]
     shaded = [r.getRegion() for r in panel.gap_regions if r.isVisible()]
-    assert shaded == [pytest.approx((200.0, 231.5))]
+    assert shaded == [pytest.approx((200.0 - 300.0, 231.5 - 300.0))]  # x is seconds before now (t = 300)
     rr_t = np.array([198.0, 199.0, 232.0, 233.0])
     assert rr_connect(rr_t, [(200.0, 231.5)]).tolist() == [True, False, True, True]
     assert panel.ecg_plot.isVisible()
