@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 ECG_WINDOW_S = 60.0
 RR_WINDOW_S = 300.0
 RR_SCROLL_S = 0.5
+ECG_GROUP_STEP_S = 0.1
+"""In a group grid each small ECG trace scrolls at most 10 times a second (the single view: every frame)."""
 """Without a new beat the tachogram scrolls in steps of this many seconds (about 2 px): cheap and calm."""
 MARKER_LABELS = ("note", "distress", "technical", "participant moved", "protocol deviation")
 
@@ -218,6 +220,8 @@ class StrapPanel(QtWidgets.QFrame):
         self._ecg_sig: tuple[int, float, float] | None = None
         self._rr_sig: tuple[object, ...] | None = None
         self._rr_t0 = -math.inf
+        self._ecg_t0 = -math.inf
+        self._ecg_step = ECG_GROUP_STEP_S if compact else 0.0
         self._has_ecg: bool | None = None
         self._text: tuple[str, str, str] | None = None
 
@@ -263,7 +267,8 @@ class StrapPanel(QtWidgets.QFrame):
             self._has_ecg = has_ecg
         if has_ecg:
             sig = (*_signature(s.ecg_t), t)
-            if sig != self._ecg_sig:
+            if sig != self._ecg_sig and abs(t - self._ecg_t0) >= self._ecg_step:
+                self._ecg_t0 = t
                 i0 = int(np.searchsorted(s.ecg_t, t - ECG_WINDOW_S))
                 self.ecg_curve.setData(s.ecg_t[i0:] - t, s.ecg_uv[i0:])
                 self._ecg_sig = sig

@@ -205,15 +205,12 @@ def paint_participant(
 
     p.drawImage(0, 0, _backdrop(round(width), round(height), round(state.glow_level * GLOW_STEPS)))
 
-    dim = 0.4 if view.paused else 1.0
-    if view.pacer_size is not None and not view.finished:
+    if view.pacer_size is not None and not view.finished and not view.paused:  # paused: just the glow
         center = QtCore.QPointF(lay.center_x, lay.center_y)
         r = pacer_radius(view.pacer_size, width, height)
         p.setRenderHint(QtGui.QPainter.RenderHint.SmoothPixmapTransform, True)
-        p.setOpacity(dim)
         target = QtCore.QRectF(center.x() - r, center.y() - r, 2 * r, 2 * r)
         p.drawImage(target, _pacer_disc(round(lay.r_max)))  # a scaled image: far cheaper than stroking
-        p.setOpacity(1.0)
         if view.pacer_label and not view.paused:
             p.setPen(TEXT_SOFT)
             p.setFont(_font(lay.label_rect.height() * 0.5))

@@ -426,3 +426,10 @@ def test_monitor_group_session_and_screenshot(qtbot, shared_data, monitor):
     assert group.panels["H10-00"].ecg_plot.isVisible()
     ARTIFACTS.mkdir(exist_ok=True)
     assert group.grab().save(str(ARTIFACTS / "monitor_group.png"))
+
+
+def test_paused_frame_shows_no_pacer_only_the_message(qapp):
+    paused = to_array(render_participant_image(view(pacer_size=0.8, paused=True)))
+    assert np.array_equal(paused, to_array(render_participant_image(view(pacer_size=None, paused=True))))
+    no_message = to_array(render_participant_image(view(pacer_size=None, paused=False)))
+    assert not np.array_equal(paused, no_message)  # the gentle paused message is there
