@@ -91,7 +91,9 @@ def cmd_session_run(args: argparse.Namespace) -> int:
 
             ids = run_with_displays(session)
         for sid in ids:
-            console.print(_phase_table(analyze_session(store, sid)))
+            analysis = analyze_session(store, sid)
+            console.print(_phase_table(analysis))
+            _print_notes(analysis)
         console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
     return 0
 
