@@ -16,6 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from biofeedback.display_common import start_frame_timer
 from biofeedback.view_model import MonitorView, SessionControls, StrapView, ViewSource
 
 log = logging.getLogger(__name__)
@@ -398,11 +399,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
             QtGui.QShortcut(QtGui.QKeySequence(key), self, slot)
         QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Escape), self.marker_edit, self.cancel_marker)
 
-        self.timer = QtCore.QTimer(self)
-        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(max(1, int(1000 / fps)))  # 60 fps -> 16 ms: never slower than asked
-        self.timer.timeout.connect(self.refresh)
-        self.timer.start()
+        self.timer = start_frame_timer(self, fps, self.refresh)
         self.refresh()
 
     # --- controls -------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from biofeedback.display_common import start_frame_timer
 from biofeedback.view_model import ParticipantView, SessionControls, ViewSource
 
 log = logging.getLogger(__name__)
@@ -328,11 +329,7 @@ class ParticipantWindow(QtWidgets.QWidget):
         self.stop_button.clicked.connect(self.stop)
         QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Space), self, self.toggle_pause)
 
-        self.timer = QtCore.QTimer(self)
-        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(max(1, int(1000 / fps)))  # 60 fps -> 16 ms: never slower than asked
-        self.timer.timeout.connect(self.refresh)
-        self.timer.start()
+        self.timer = start_frame_timer(self, fps, self.refresh)
         self.refresh()
 
     def present(self) -> None:
