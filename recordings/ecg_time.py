@@ -67,10 +67,10 @@ class EcgTimeline:
         if not len(self.t):
             return 0.0, np.zeros(0)
         t0 = float(self.t[0])
-        values = np.full(int(round((self.t[-1] - t0) * self.fs_hz)) + 1, np.nan)
+        values = np.full(round((self.t[-1] - t0) * self.fs_hz) + 1, np.nan)
         for seg in range(self.n_segments):
             idx = np.flatnonzero(self.segment == seg)
-            start = int(round((self.t[idx[0]] - t0) * self.fs_hz))
+            start = round((self.t[idx[0]] - t0) * self.fs_hz)
             end = min(start + len(idx), len(values))
             values[start:end] = self.uv[idx[: end - start]]
         return t0, values

@@ -11,8 +11,18 @@ from devices.polar_pmd import datetime_to_pmd_time
 from recordings.ecg_time import EcgTimeError, map_ecg_chunks
 
 
-def synthetic_chunks(*, drift_ppm=-40.0, offset_s=3.25, fs_device=130.0, frame=73, n_frames=600, seed=1,
-                     drop=range(300, 320), device_epoch=datetime(2019, 5, 1, tzinfo=UTC), jitter_ns=300_000):
+def synthetic_chunks(
+    *,
+    drift_ppm=-40.0,
+    offset_s=3.25,
+    fs_device=130.0,
+    frame=73,
+    n_frames=600,
+    seed=1,
+    drop=range(300, 320),
+    device_epoch=datetime(2019, 5, 1, tzinfo=UTC),
+    jitter_ns=300_000,
+):
     """Frames whose sample k lies at device time d0 + k/fs_device and session time offset + scale·(that − d0)."""
     rng = np.random.default_rng(seed)
     scale = 1.0 + drift_ppm * 1e-6
@@ -52,7 +62,7 @@ def test_recovers_drift_rate_offset_and_keeps_the_gap():
     assert tl.median_latency_s == pytest.approx(0.006 + 0.03 * np.log(2), abs=0.01)
     # the gap stays a gap
     assert tl.n_segments == 2
-    (before, after), = tl.gaps
+    ((before, after),) = tl.gaps
     assert before == pytest.approx(3.25 + scale * (300 * 73 - 1) / 130.0, abs=0.012)
     assert after - before == pytest.approx(20 * 73 / 130.0 + 1 / 130.0, abs=0.012)
     t0, grid = tl.regular_grid()
