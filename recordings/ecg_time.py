@@ -45,7 +45,7 @@ class EcgTimeline:
     fs_hz: float  # estimated true sample rate on the session clock
     fs_device_hz: float  # sample rate measured on the strap's clock
     nominal_fs_hz: float
-    drift_ppm: float  # strap clock against session clock: (scale − 1) · 1e6
+    drift_ppm: float  # (session s per strap s − 1) · 1e6: positive when the strap clock runs slow
     min_latency_s: float  # smallest arrival − mapped-last-sample (0 by construction of the lower envelope)
     median_latency_s: float  # typical transport latency of a frame over the lower envelope
 
