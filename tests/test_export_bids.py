@@ -164,3 +164,20 @@ def test_colliding_labels_are_refused_before_anything_is_written(tmp_path, share
         with pytest.raises(BidsExportError, match="both become BIDS label sub-P01"):
             export_bids(store, tmp_path / "bids", [a, b])
     assert not (tmp_path / "bids").exists()
+
+
+def test_cli_exports_bids_kubios_and_edf(tmp_path, shared_data, capsys):
+    import app
+
+    with Store(tmp_path / "s.sqlite") as store:
+        make_session(store, shared_data, "P-01", duration_s=60)
+        make_session(store, shared_data, "P02", duration_s=60, ecg=False)
+    base = ["--store", str(tmp_path / "s.sqlite")]
+    assert app.main(["export", "--all", "--format", "bids", "--out", str(tmp_path / "bids"), *base]) == 0
+    assert "into BIDS dataset" in capsys.readouterr().out
+    assert validate(tmp_path / "bids") == []
+    assert app.main(["export", "--participant", "P02", "--format", "kubios", "--out", str(tmp_path / "k"), *base]) == 0
+    assert app.main(["export", "1", "--format", "edf", "--out", str(tmp_path / "e"), *base]) == 0
+    out = capsys.readouterr().out.replace("\n", "")
+    assert out.count("wrote") == 3  # every written file is reported
+    assert (tmp_path / "k" / "sub-P02_ses-2_rr.txt").exists() and (tmp_path / "e" / "sub-P01_ses-1.edf").exists()
