@@ -218,3 +218,12 @@ def test_rr_file_plain_and_csv(tmp_path, store_path, shared_data):
         markers = store.markers(sid)
         assert [m.kind for m in markers] == ["phase_start", "phase_end"]
         assert markers[0].phase_name == "whole"
+
+
+def test_an_import_that_fails_after_creating_its_session_leaves_nothing(store_path):
+    with Store(store_path) as store:
+        with pytest.raises(RuntimeError), store.transaction():
+            store.create_session("P01", "x", {}, "rr-file", source="rr")  # commits on its own outside a transaction
+            raise RuntimeError("broken input found late")
+        assert store.sessions() == []
+        assert store.participants() == []
