@@ -206,7 +206,7 @@ def cmd_import_capture(args: argparse.Namespace) -> int:
     from recordings.capture import import_capture
 
     with _open_store(args) as store:
-        sid, counts = import_capture(store, Path(args.file), args.participant)
+        sid, counts = import_capture(store, Path(args.file), args.participant, device=args.device)
     console.print(
         f"imported session {sid}: {counts.packets} packets, {counts.beats} beats, {counts.malformed} malformed "
         f"(kept raw), {counts.ecg_samples} ECG samples"
@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(imp, "capture", cmd_import_capture, "import a raw JSON Lines capture as a new session")
     p.add_argument("file")
     p.add_argument("--participant", required=True)
+    p.add_argument("--device", help="the strap to import from a capture of several straps")
     p = command(imp, "rr", cmd_import_rr, "import RR intervals (ms; one per line or a CSV column)")
     p.add_argument("file")
     p.add_argument("--participant", required=True)
