@@ -112,16 +112,82 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resonance_table(assessment) -> Table:
+    table = Table(title=f"Resonance assessment · session {assessment.session_id} · {assessment.participant_id}")
+    cols = [("phase", None), ("paced /min", "g"), ("beats", "d"), ("corr %", ".1f"), ("RSA bpm", ".1f"),
+            ("LF peak ms²", ".0f"), ("LF ms²", ".0f"), ("peak /min", ".2f"), ("score", ".2f"),
+            ("usable", None)]  # fmt: skip
+    for name, spec in cols:
+        table.add_column(name, justify="left" if spec is None else "right")
+    for r in assessment.rates:
+        values = [r.phase, r.rate_bpm, r.n_beats, r.corrected_pct, r.rsa_amplitude_bpm, r.lf_peak_ms2, r.lf_ms2,
+                  r.peak_bpm, r.score, "yes" if r.eligible else "no"]  # fmt: skip
+        table.add_row(*[str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    return table
+
+
+def _print_resonance(assessment) -> None:
+    console.print(_resonance_table(assessment))
+    for r in assessment.rates:
+        for note in r.notes:
+            console.print(f"  [dim]{r.phase}:[/dim] {note}")
+    if assessment.resonance_rate_bpm is None:
+        console.print(f"Resonance rate: not named ({assessment.reason})")
+    else:
+        console.print(
+            f"Resonance rate: [bold]{assessment.resonance_rate_bpm:g} breaths/min[/bold] ({assessment.reason})"
+        )
+        if len(assessment.close_rates_bpm) > 1:
+            console.print(f"  close: {', '.join(f'{r:g}' for r in assessment.close_rates_bpm)} /min")
+
+
+def _save_resonance(store, assessment) -> None:
+    from biofeedback.resonance import NotAnAssessmentError, save_resonance_rate
+
+    try:
+        rate = save_resonance_rate(store, assessment)
+    except NotAnAssessmentError as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"Saved {rate:g} breaths/min as the resonance rate of {assessment.participant_id}; "
+                  "later sessions pace at it unless --pacer-rate is given")  # fmt: skip
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from biofeedback.analysis import analyze_session
+    from biofeedback.resonance import assess_session, is_resonance_assessment
 
     with _open_store(args) as store:
         analysis = analyze_session(store, args.session, correction=args.correction)
+        assessment = None
+        if is_resonance_assessment(store.protocol_dict(args.session)):
+            assessment = assess_session(store, args.session, correction=args.correction)
+        elif args.save_resonance:
+            raise UserError(f"session {args.session} is not a resonance assessment: nothing to save")
         if args.json:
-            print(json.dumps(analysis.to_dict(), indent=2))
+            out = analysis.to_dict()
+            if assessment is not None:
+                out["resonance"] = assessment.to_dict()
+            print(json.dumps(out, indent=2))
         else:
             console.print(_phase_table(analysis))
             _print_notes(analysis)
+            if assessment is not None:
+                _print_resonance(assessment)
+        if args.save_resonance and assessment is not None:
+            _save_resonance(store, assessment)
+    return 0
+
+
+def cmd_resonance_save(args: argparse.Namespace) -> int:
+    from biofeedback.resonance import NotAnAssessmentError, assess_session
+
+    with _open_store(args) as store:
+        try:
+            assessment = assess_session(store, args.session, correction=args.correction)
+        except NotAnAssessmentError as exc:
+            raise UserError(str(exc)) from None
+        _print_resonance(assessment)
+        _save_resonance(store, assessment)
     return 0
 
 
@@ -266,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "analyze", cmd_analyze, "per-phase HRV of a session")
     p.add_argument("session", type=int)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    p.add_argument("--save-resonance", action="store_true",
+                   help="resonance assessments: store the named rate for the participant's later sessions")  # fmt: skip
+
+    resonance = sub.add_parser("resonance", help="resonance breathing rate").add_subparsers(dest="sub", required=True)
+    p = command(resonance, "save", cmd_resonance_save,
+                "name the resonance rate of a resonance-assessment session and store it for the participant",
+                )  # fmt: skip
+    p.add_argument("session", type=int)
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
 
     p = command(sub, "export", cmd_export, "export a session to files")
