@@ -96,6 +96,27 @@ def cmd_session_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from biofeedback.recorder import run_session_blocking
+    from biofeedback.replay import build_replay
+
+    if args.speed <= 0:
+        raise UserError(f"--speed must be > 0, got {args.speed:g}")
+    with _open_store(args) as store:
+        session = build_replay(store, args.session, speed=args.speed)
+    info = session.protocol
+    console.print(f"Replaying session {args.session} ([bold]{info.name}[/bold], {len(session.link.packets)} packets) "
+                  f"at speed ×{args.speed:g}; nothing is recorded")  # fmt: skip
+    if args.headless:
+        run_session_blocking(session, view=sys.stdout.isatty())
+    else:
+        from biofeedback.display_app import run_with_displays
+
+        run_with_displays(session)
+    console.print(f"Replay finished: {session.link.delivered} of {len(session.link.packets)} packets played")
+    return 0
+
+
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         sessions = store.sessions(args.participant)
@@ -328,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sessions, "list", cmd_sessions_list, "list sessions in the store")
     p.add_argument("--json", action="store_true")
     p.add_argument("--participant")
+
+    p = command(sub, "replay", cmd_replay, "play a stored session's raw packets through the live displays")
+    p.add_argument("session", type=int)
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed (2 = twice as fast)")
+    p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
 
     p = command(sub, "analyze", cmd_analyze, "per-phase HRV of a session")
     p.add_argument("session", type=int)
