@@ -86,7 +86,7 @@ def test_replay_link_delivers_stored_packets_unchanged_at_their_times():
     asyncio.run(main())
     delivered = [p for kind, _, p in got if kind == "packet"]
     assert delivered == packets  # same objects: bytes, uuid, device and stored time untouched
-    for kind, now, item in got[:-1]:
+    for _kind, now, item in got[:-1]:
         assert now == pytest.approx(item.t)  # each came out when the clock reached its stored time
     states = [item.state for kind, _, item in got if kind == "event"]
     assert states == [LinkState.CONNECTED, LinkState.DISCONNECTED, LinkState.CONNECTED, LinkState.CLOSED]
