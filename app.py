@@ -283,6 +283,18 @@ def cmd_protocols_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_protocols_preview(args: argparse.Namespace) -> int:
+    from biofeedback.preview import render_preview
+    from protocols.library import get_protocol
+
+    protocol = get_protocol(args.name)
+    written = render_preview(protocol, Path(args.out), size=(args.width, args.height), overwrite=args.force)
+    for path, phase in zip(written, protocol.phases, strict=True):
+        console.print(f"{path}  [dim]{phase.name} at {phase.duration_s / 2:g} s[/dim]")
+    console.print(f"{len(written)} frames of {protocol.name!r} (soothing visual shown neutral) in {args.out}")
+    return 0
+
+
 def cmd_protocols_validate(args: argparse.Namespace) -> int:
     from protocols.loader import load_protocol
 
@@ -397,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     command(protos, "list", cmd_protocols_list, "list built-in protocols")
     p = command(protos, "show", cmd_protocols_show, "show a protocol's phases and prompts")
     p.add_argument("name")
+    p = command(protos, "preview", cmd_protocols_preview,
+                "render the participant display at the middle of every phase to PNG files")  # fmt: skip
+    p.add_argument("name", help="built-in protocol name or a TOML file")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--force", action="store_true", help="replace existing PNG files")
     p = command(protos, "validate", cmd_protocols_validate, "check a protocol TOML file")
     p.add_argument("file")
     return parser
