@@ -98,6 +98,27 @@ def cmd_session_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from biofeedback.recorder import run_session_blocking
+    from biofeedback.replay import build_replay
+
+    if args.speed <= 0:
+        raise UserError(f"--speed must be > 0, got {args.speed:g}")
+    with _open_store(args) as store:
+        session = build_replay(store, args.session, speed=args.speed)
+    info = session.protocol
+    console.print(f"Replaying session {args.session} ([bold]{info.name}[/bold], {len(session.link.packets)} packets) "
+                  f"at speed ×{args.speed:g}; nothing is recorded")  # fmt: skip
+    if args.headless:
+        run_session_blocking(session, view=sys.stdout.isatty())
+    else:
+        from biofeedback.display_app import run_with_displays
+
+        run_with_displays(session)
+    console.print(f"Replay finished: {session.link.delivered} of {len(session.link.packets)} packets played")
+    return 0
+
+
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         sessions = store.sessions(args.participant)
@@ -114,16 +135,82 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resonance_table(assessment) -> Table:
+    table = Table(title=f"Resonance assessment · session {assessment.session_id} · {assessment.participant_id}")
+    cols = [("phase", None), ("paced /min", "g"), ("beats", "d"), ("corr %", ".1f"), ("RSA bpm", ".1f"),
+            ("LF peak ms²", ".0f"), ("LF ms²", ".0f"), ("peak /min", ".2f"), ("score", ".2f"),
+            ("usable", None)]  # fmt: skip
+    for name, spec in cols:
+        table.add_column(name, justify="left" if spec is None else "right")
+    for r in assessment.rates:
+        values = [r.phase, r.rate_bpm, r.n_beats, r.corrected_pct, r.rsa_amplitude_bpm, r.lf_peak_ms2, r.lf_ms2,
+                  r.peak_bpm, r.score, "yes" if r.eligible else "no"]  # fmt: skip
+        table.add_row(*[str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    return table
+
+
+def _print_resonance(assessment) -> None:
+    console.print(_resonance_table(assessment))
+    for r in assessment.rates:
+        for note in r.notes:
+            console.print(f"  [dim]{r.phase}:[/dim] {note}")
+    if assessment.resonance_rate_bpm is None:
+        console.print(f"Resonance rate: not named ({assessment.reason})")
+    else:
+        console.print(
+            f"Resonance rate: [bold]{assessment.resonance_rate_bpm:g} breaths/min[/bold] ({assessment.reason})"
+        )
+        if len(assessment.close_rates_bpm) > 1:
+            console.print(f"  close: {', '.join(f'{r:g}' for r in assessment.close_rates_bpm)} /min")
+
+
+def _save_resonance(store, assessment) -> None:
+    from biofeedback.resonance import NotAnAssessmentError, save_resonance_rate
+
+    try:
+        rate = save_resonance_rate(store, assessment)
+    except NotAnAssessmentError as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"Saved {rate:g} breaths/min as the resonance rate of {assessment.participant_id}; "
+                  "later sessions pace at it unless --pacer-rate is given")  # fmt: skip
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from biofeedback.analysis import analyze_session
+    from biofeedback.resonance import assess_session, is_resonance_assessment
 
     with _open_store(args) as store:
         analysis = analyze_session(store, args.session, correction=args.correction)
+        assessment = None
+        if is_resonance_assessment(store.protocol_dict(args.session)):
+            assessment = assess_session(store, args.session, correction=args.correction)
+        elif args.save_resonance:
+            raise UserError(f"session {args.session} is not a resonance assessment: nothing to save")
         if args.json:
-            print(json.dumps(analysis.to_dict(), indent=2))
+            out = analysis.to_dict()
+            if assessment is not None:
+                out["resonance"] = assessment.to_dict()
+            print(json.dumps(out, indent=2))
         else:
             console.print(_phase_table(analysis))
             _print_notes(analysis)
+            if assessment is not None:
+                _print_resonance(assessment)
+        if args.save_resonance and assessment is not None:
+            _save_resonance(store, assessment)
+    return 0
+
+
+def cmd_resonance_save(args: argparse.Namespace) -> int:
+    from biofeedback.resonance import NotAnAssessmentError, assess_session
+
+    with _open_store(args) as store:
+        try:
+            assessment = assess_session(store, args.session, correction=args.correction)
+        except NotAnAssessmentError as exc:
+            raise UserError(str(exc)) from None
+        _print_resonance(assessment)
+        _save_resonance(store, assessment)
     return 0
 
 
@@ -269,6 +356,18 @@ def cmd_protocols_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_protocols_preview(args: argparse.Namespace) -> int:
+    from biofeedback.preview import render_preview
+    from protocols.library import get_protocol
+
+    protocol = get_protocol(args.name)
+    written = render_preview(protocol, Path(args.out), size=(args.width, args.height), overwrite=args.force)
+    for path, phase in zip(written, protocol.phases, strict=True):
+        console.print(f"{path}  [dim]{phase.name} at {phase.duration_s / 2:g} s[/dim]")
+    console.print(f"{len(written)} frames of {protocol.name!r} (soothing visual shown neutral) in {args.out}")
+    return 0
+
+
 def cmd_protocols_validate(args: argparse.Namespace) -> int:
     from protocols.loader import load_protocol
 
@@ -336,9 +435,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--participant")
 
+    p = command(sub, "replay", cmd_replay, "play a stored session's raw packets through the live displays")
+    p.add_argument("session", type=int)
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed (2 = twice as fast)")
+    p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
+
     p = command(sub, "analyze", cmd_analyze, "per-phase HRV of a session")
     p.add_argument("session", type=int)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    p.add_argument("--save-resonance", action="store_true",
+                   help="resonance assessments: store the named rate for the participant's later sessions")  # fmt: skip
+
+    resonance = sub.add_parser("resonance", help="resonance breathing rate").add_subparsers(dest="sub", required=True)
+    p = command(resonance, "save", cmd_resonance_save,
+                "name the resonance rate of a resonance-assessment session and store it for the participant",
+                )  # fmt: skip
+    p.add_argument("session", type=int)
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
 
     p = command(sub, "export", cmd_export, "export sessions to files (BIDS, EDF+, Kubios RR text, CSV, raw capture)")
@@ -378,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     command(protos, "list", cmd_protocols_list, "list built-in protocols")
     p = command(protos, "show", cmd_protocols_show, "show a protocol's phases and prompts")
     p.add_argument("name")
+    p = command(protos, "preview", cmd_protocols_preview,
+                "render the participant display at the middle of every phase to PNG files")  # fmt: skip
+    p.add_argument("name", help="built-in protocol name or a TOML file")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--force", action="store_true", help="replace existing PNG files")
     p = command(protos, "validate", cmd_protocols_validate, "check a protocol TOML file")
     p.add_argument("file")
     return parser

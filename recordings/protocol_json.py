@@ -1,10 +1,18 @@
-"""A frozen JSON copy of the protocol a session ran, stored with the session (built-ins may change later)."""
+"""A frozen JSON copy of the protocol a session ran, stored with the session (built-ins may change later).
+
+`protocol_to_dict` writes it; `protocol_from_dict` rebuilds the exact `Protocol` (for replay and re-analysis), with a
+`ProtocolJsonError` naming the field when a stored copy is damaged.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from protocols.model import Protocol
+from protocols.model import Pacer, Phase, Protocol, TimedPrompt
+
+
+class ProtocolJsonError(ValueError):
+    """A stored protocol copy that cannot be turned back into a protocol."""
 
 
 def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
@@ -28,3 +36,47 @@ def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
             for ph in protocol.phases
         ],
     }
+
+
+def _phase_from_dict(i: int, raw: Any) -> Phase:
+    where = f"stored protocol, phase {i + 1}"
+    if not isinstance(raw, dict):
+        raise ProtocolJsonError(f"{where}: expected an object, found {type(raw).__name__}")
+    try:
+        pacer = raw.get("pacer")
+        return Phase(
+            name=str(raw["name"]),
+            kind=raw["kind"],
+            duration_s=float(raw["duration_s"]),
+            prompt=str(raw.get("prompt", "")),
+            prompts=tuple(TimedPrompt(float(p["at_s"]), str(p["text"])) for p in raw.get("prompts", ())),
+            pacer=None if pacer is None else Pacer(float(pacer["rate_bpm"]), float(pacer["inhale_fraction"])),
+            feedback=raw.get("feedback", "live"),
+            show_numbers=bool(raw.get("show_numbers", False)),
+        )
+    except KeyError as exc:
+        raise ProtocolJsonError(f"{where}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ProtocolJsonError(f"{where}: {exc}") from None
+
+
+def protocol_from_dict(data: Any) -> Protocol:
+    """The `Protocol` stored by `protocol_to_dict` (round trip: `protocol_from_dict(protocol_to_dict(p)) == p`)."""
+    if not isinstance(data, dict):
+        raise ProtocolJsonError(f"stored protocol: expected an object, found {type(data).__name__}")
+    phases = data.get("phases")
+    if not isinstance(phases, list) or not phases:
+        raise ProtocolJsonError("stored protocol: 'phases' must be a non-empty list")
+    try:
+        return Protocol(
+            name=str(data["name"]),
+            description=str(data.get("description", "")),
+            phases=tuple(_phase_from_dict(i, ph) for i, ph in enumerate(phases)),
+            version=str(data.get("version", "1")),
+        )
+    except KeyError as exc:
+        raise ProtocolJsonError(f"stored protocol: missing field {exc.args[0]!r}") from None
+    except ValueError as exc:
+        if isinstance(exc, ProtocolJsonError):
+            raise
+        raise ProtocolJsonError(f"stored protocol: {exc}") from None
