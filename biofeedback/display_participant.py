@@ -225,13 +225,13 @@ def paint_participant(
         p.drawText(QtCore.QRectF(0, 0, width, height), flags, view.message or view.prompt)
         return
     x = state.fade(view.t)
-    p.setFont(_font(prompt_px))
     show_prompt = dirty is None or dirty.intersects(lay.prompt_rect)
     for text, alpha in ((state.previous_prompt, 1.0 - x), (view.prompt, x)):
         if text and alpha > 0 and show_prompt:
             c = QtGui.QColor(TEXT)
             c.setAlphaF(alpha * (0.55 if view.paused else 1.0))
             p.setPen(c)
+            p.setFont(_fitting_font(text, lay.prompt_rect.width(), lay.prompt_rect.height(), prompt_px))
             p.drawText(lay.prompt_rect, flags, text)
     message = view.message or (DEFAULT_PAUSED_MESSAGE if view.paused else "")
     if message:
@@ -241,6 +241,19 @@ def paint_participant(
             lay.prompt_rect.left(), lay.center_y - lay.r_max * 0.5, lay.prompt_rect.width(), lay.r_max
         )
         p.drawText(box, flags, message)
+
+
+@functools.lru_cache(maxsize=64)
+def _fitting_font(text: str, width: float, height: float, px: float) -> QtGui.QFont:
+    """The largest prompt font (down to 60 % of `px`) whose wrapped text fits the prompt area; never clipped."""
+    flags = int(QtCore.Qt.AlignmentFlag.AlignCenter | QtCore.Qt.TextFlag.TextWordWrap)
+    size = px
+    while True:
+        font = _font(size)
+        box = QtGui.QFontMetricsF(font).boundingRect(QtCore.QRectF(0, 0, width, height), flags, text)
+        if box.height() <= height or size <= px * 0.6:
+            return font
+        size *= 0.92
 
 
 def render_participant_image(

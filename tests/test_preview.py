@@ -68,3 +68,22 @@ def test_cli_writes_one_png_per_phase_and_will_not_overwrite(tmp_path, capsys, q
     assert app.main(["protocols", "preview", "cmt-soothing", "--out", str(out)]) == 2
     assert "not overwriting" in capsys.readouterr().err
     assert app.main(["protocols", "preview", "cmt-soothing", "--out", str(out), "--force"]) == 0
+
+
+def test_no_builtin_prompt_is_clipped_on_the_participant_screen(qapp):
+    from pyqtgraph.Qt import QtCore, QtGui
+
+    from biofeedback.display_participant import _fitting_font, participant_layout
+    from protocols.library import builtin_protocols
+
+    flags = int(QtCore.Qt.AlignmentFlag.AlignCenter | QtCore.Qt.TextFlag.TextWordWrap)
+    for width, height in ((1280, 720), (1920, 1080), (1024, 768)):
+        lay = participant_layout(width, height)
+        rect = lay.prompt_rect
+        px = min(height, width * 9 / 16) * 0.052
+        for proto in builtin_protocols().values():
+            for phase in proto.phases:
+                for text in [phase.prompt, *(p.text for p in phase.prompts)]:
+                    font = _fitting_font(text, rect.width(), rect.height(), px)
+                    box = QtGui.QFontMetricsF(font).boundingRect(QtCore.QRectF(rect), flags, text)
+                    assert box.height() <= rect.height(), (proto.name, phase.name, text[:40])
