@@ -104,7 +104,7 @@ class PhaseMetrics:
 
 
 @dataclass
-class _Timeline:
+class CorrectedBeats:
     """Beats after correction: times, RR ending at each beat (NaN = unusable), gap-free segment id."""
 
     t: np.ndarray
@@ -124,12 +124,28 @@ def analyze_phases(
     gap_before: np.ndarray | None = None,
 ) -> list[PhaseMetrics]:
     """HRV metrics for each phase, in the order given (see the module docstring for the method)."""
+    timeline = corrected_beats(beat_t, rr_ms, correction, gap_before)
+    checked = [_validate_phase(i, p) for i, p in enumerate(phases)]
+    return [_phase_metrics(timeline, p, corrected=correction == "kubios") for p in checked]
+
+
+def corrected_beats(
+    beat_t: np.ndarray,
+    rr_ms: np.ndarray,
+    correction: Literal["kubios", "none"] = "kubios",
+    gap_before: np.ndarray | None = None,
+) -> CorrectedBeats:
+    """The beats exactly as `analyze_phases` uses them (validated, corrected per gap-free segment)."""
     t, rr, usable = _validate(beat_t, rr_ms, gap_before)
     if correction not in ("kubios", "none"):
         raise ValueError(f"correction must be 'kubios' or 'none', got {correction!r}")
-    checked = [_validate_phase(i, p) for i, p in enumerate(phases)]
-    timeline = _build_timeline(t, rr, usable, correct=correction == "kubios")
-    return [_phase_metrics(timeline, p, corrected=correction == "kubios") for p in checked]
+    return _build_timeline(t, rr, usable, correct=correction == "kubios")
+
+
+def gap_free_runs(beats: CorrectedBeats, start_s: float, end_s: float) -> list[np.ndarray]:
+    """Index arrays of the usable beats in [start_s, end_s), one per gap-free stretch."""
+    mask = (beats.t >= start_s) & (beats.t < end_s) & np.isfinite(beats.rr)
+    return _runs(mask, beats.seg)
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -188,7 +204,7 @@ def _segments(usable: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b - 1) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _build_timeline(t: np.ndarray, rr: np.ndarray, usable: np.ndarray, correct: bool) -> _Timeline:
+def _build_timeline(t: np.ndarray, rr: np.ndarray, usable: np.ndarray, correct: bool) -> CorrectedBeats:
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     changed: list[np.ndarray] = []
     removed: list[np.ndarray] = []
@@ -209,9 +225,9 @@ def _build_timeline(t: np.ndarray, rr: np.ndarray, usable: np.ndarray, correct: 
             parts.append((seg_t, seg_rr))
     if not parts:
         empty = np.zeros(0)
-        return _Timeline(empty, empty, np.zeros(0, dtype=int), np.zeros((0, 2)), empty, empty, t)
+        return CorrectedBeats(empty, empty, np.zeros(0, dtype=int), np.zeros((0, 2)), empty, empty, t)
     seg_ids = np.concatenate([np.full(p[0].size, k) for k, p in enumerate(parts)])
-    return _Timeline(
+    return CorrectedBeats(
         t=np.concatenate([p[0] for p in parts]),
         rr=np.concatenate([p[1] for p in parts]),
         seg=seg_ids,
@@ -253,7 +269,7 @@ def _runs(mask: np.ndarray, seg: np.ndarray) -> list[np.ndarray]:
     return np.split(idx, breaks)
 
 
-def _phase_metrics(tl: _Timeline, phase: Phase, corrected: bool) -> PhaseMetrics:
+def _phase_metrics(tl: CorrectedBeats, phase: Phase, corrected: bool) -> PhaseMetrics:
     name, kind, start, end, pacer = phase
     in_phase = (tl.t >= start) & (tl.t < end)
     mask = in_phase & np.isfinite(tl.rr)

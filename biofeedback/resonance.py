@@ -128,26 +128,25 @@ def assess_resonance(
     """Per-rate RSA amplitude and LF peak, and the resonance rate (pure; see the module docstring)."""
     if correction not in ("kubios", "none"):
         raise ValueError(f"correction must be 'kubios' or 'none', got {correction!r}")
-    t, rr, usable = hrv._validate(beat_t, rr_ms, gap_before)
     for name, start, end, rate in phases:
         if not end > start or not rate > 0:
             raise ValueError(f"paced phase {name!r}: needs end > start and a rate > 0, got {start}, {end}, {rate}")
     # the same corrected beats as the per-phase analysis (`analyze`), so the two tables agree
-    timeline = hrv._build_timeline(t, rr, usable, correct=correction == "kubios")
+    timeline = hrv.corrected_beats(beat_t, rr_ms, correction, gap_before)  # type: ignore[arg-type]
     per_phase = hrv.analyze_phases(
-        t, rr, [(n, "breathing", s, e, r) for n, s, e, r in phases], correction=correction, gap_before=gap_before
-    )
+        beat_t, rr_ms, [(n, "breathing", s, e, r) for n, s, e, r in phases], correction=correction,
+        gap_before=gap_before,
+    )  # fmt: skip
     results = [
         _rate_result(timeline, phase, metrics.corrected_pct) for phase, metrics in zip(phases, per_phase, strict=True)
     ]
     return choose_resonance(results)
 
 
-def _rate_result(tl: Any, phase: PacedPhase, corrected_pct: float | None) -> RateResult:
+def _rate_result(tl: hrv.CorrectedBeats, phase: PacedPhase, corrected_pct: float | None) -> RateResult:
     name, start, end, rate = phase
-    mask = (tl.t >= start) & (tl.t < end) & np.isfinite(tl.rr)
-    res = RateResult(name, rate, start, end, int(mask.sum()), corrected_pct=corrected_pct)
-    runs = hrv._runs(mask, tl.seg)
+    runs = hrv.gap_free_runs(tl, start, end)
+    res = RateResult(name, rate, start, end, int(sum(len(r) for r in runs)), corrected_pct=corrected_pct)
     if not runs:
         res.notes.append("no usable beats in this phase")
         return res
