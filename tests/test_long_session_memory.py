@@ -234,3 +234,23 @@ def test_running_stats_match_numpy():
     assert stats.mean == pytest.approx(values.mean(), rel=1e-12)
     assert stats.std == pytest.approx(values.std(), rel=1e-9)
     assert RunningStats().std == 0.0
+
+
+def test_wal_grown_by_one_large_transaction_is_truncated_back(tmp_path):
+    from recordings.store import WAL_SIZE_LIMIT_BYTES
+
+    path = tmp_path / "big.sqlite"
+    wal = Path(str(path) + "-wal")
+    store = Store(path)
+    sid = store.create_session("P01", "p", {}, "sim")
+    blob = bytes(range(256)) * 8
+    with store.transaction():  # about 20 MB in one transaction, like importing a long capture
+        for i in range(10_000):
+            store.add_packet(sid, float(i), "2a37", blob)
+    grown = wal.stat().st_size
+    store.add_marker(sid, 1.0, "manual", "after")  # the next transaction resets the checkpointed WAL
+    store.flush()
+    assert grown > 2 * WAL_SIZE_LIMIT_BYTES
+    assert wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES
+    assert store.counts(sid)["packets"] == 10_000
+    store.close()
