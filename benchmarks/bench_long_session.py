@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MB = 1024 * 1024
 SAMPLE_EVERY_S = 60.0
-TRACE_EVERY = 15
-"""RSS and WAL are sampled every minute of session time; the printed RSS trace keeps every 15th sample."""
+TRACE_EVERY = 30
+"""RSS and WAL are sampled every minute of session time; the printed RSS trace keeps every 30th sample."""
 TABLES = ("packets", "packet_errors", "beats", "heart_rate", "ecg_chunks", "markers", "link_events")
 
 
