@@ -7,11 +7,10 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from devices.physiology import SimParticipant
-from devices.simulator import SimFaults, SimulatedStrap
-
 from devices.clock import Clock, ScaledClock
 from devices.link import StrapLink
+from devices.physiology import SimParticipant
+from devices.simulator import SimFaults, SimulatedStrap
 from protocols.model import Protocol
 from recordings.store import Store
 

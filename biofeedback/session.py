@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -40,6 +41,25 @@ DRAIN_S = 1.5
 
 
 @dataclass
+class RunningStats:
+    """Count, mean and (population) standard deviation of a stream of numbers, in O(1) memory (Welford)."""
+
+    n: int = 0
+    mean: float = 0.0
+    _m2: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self._m2 += delta * (x - self.mean)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self._m2, 0.0) / self.n) if self.n else 0.0
+
+
+@dataclass
 class StrapBinding:
     """A strap and the participant wearing it."""
 
@@ -56,9 +76,9 @@ class _StrapState:
     link_state: str = LinkState.CONNECTING.value
     contact: str = "unknown"
     rr: deque = field(default_factory=lambda: deque(maxlen=2000))  # (t, rr_ms, artifact)
-    gaps: list = field(default_factory=list)  # [t0, t1 | None]
+    gaps: list = field(default_factory=list)  # [t0, t1 | None], only those still inside the `rr` window
     ecg: deque = field(default_factory=lambda: deque(maxlen=int(ECG_WINDOW_S * ECG_FS_HZ / 50) + 4))
-    baseline: list = field(default_factory=list)  # live coherence during the baseline phase
+    baseline: RunningStats = field(default_factory=RunningStats)  # live coherence during the baseline phase
     failed: str = ""
     last_packet_t: float = -1.0
 
@@ -146,7 +166,7 @@ class LiveSession:
                 snap = strap.metrics.add_beat(r.t, r.rr_ms, r.gap_before)
                 strap.rr.append((r.t, r.rr_ms, bool(snap is not None and snap.last_beat_artifact)))
                 if in_baseline and snap is not None and snap.coherence is not None:
-                    strap.baseline.append(snap.coherence)
+                    strap.baseline.add(snap.coherence)
             frame = strap.decoder.take_ecg_frame()
             if frame is not None:  # for display only: laid back from arrival (exports use the device clock)
                 n = len(frame.samples_uv)
@@ -158,6 +178,9 @@ class LiveSession:
             strap.link_state = event.state.value
             if event.state is LinkState.DISCONNECTED:
                 strap.decoder.link_gap()
+                oldest = strap.rr[0][0] if strap.rr else event.t
+                while strap.gaps and strap.gaps[0][1] is not None and strap.gaps[0][1] < oldest:
+                    strap.gaps.pop(0)  # closed before the oldest beat still shown
                 strap.gaps.append([event.t, None])
             elif event.state is LinkState.CONNECTED and strap.gaps and strap.gaps[-1][1] is None:
                 strap.gaps[-1][1] = event.t
@@ -259,9 +282,9 @@ class LiveSession:
         if feedback == "live":
             with self._lock:
                 snap = strap.metrics.snapshot()
-                base = np.asarray(strap.baseline, dtype=float)
-            if snap is not None and snap.coherence is not None and len(base) >= 10:
-                level = soothing_level(snap.coherence, float(base.mean()), max(float(base.std()), 0.05))
+                n, mean, sd = strap.baseline.n, strap.baseline.mean, strap.baseline.std
+            if snap is not None and snap.coherence is not None and n >= 10:
+                level = soothing_level(snap.coherence, mean, max(sd, 0.05))
         elif feedback == "sham":
             level = sham_level(t, seed=strap.session_id)
         return ParticipantView(

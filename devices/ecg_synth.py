@@ -9,6 +9,7 @@ same beats and seed always give the same samples, whether computed at once or st
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ REACH_BEFORE_S = 0.4
 """A beat influences samples from this long before its R peak ..."""
 REACH_AFTER_S = 0.55
 """... to this long after it (T wave plus tails)."""
+
+_FORGET_BLOCK = 64
+"""Beats no later sample can reach are dropped in blocks of at least this many (memory stays flat)."""
 
 Breathing = Callable[[np.ndarray], np.ndarray]
 
@@ -103,7 +107,7 @@ class EcgStream:
         self._breathing = breathing or _default_breathing(seed)
         self._noise_rng = np.random.default_rng([seed, 0])
         self._drift_rng = np.random.default_rng([seed, 2])
-        self._beats: list[float] = []
+        self._beats: list[float] = []  # only those later samples can still reach (plus the one before them)
         self._complete_until = -math.inf
         self._next_index = 0
         self._drift = 0.0
@@ -140,7 +144,20 @@ class EcgStream:
         idx = np.arange(self._next_index, n_end)
         t = self.t_start + idx / self.fs
         self._next_index = n_end
-        return t, self._render(t)
+        values = self._render(t)
+        self._forget_beats()
+        return t, values
+
+    def _forget_beats(self) -> None:
+        """Drop beats that cannot reach the next sample; keep the one before the first that can (its RR)."""
+        keep_from = bisect.bisect_left(self._beats, self.next_sample_time - REACH_AFTER_S) - 1
+        if keep_from >= _FORGET_BLOCK:
+            del self._beats[:keep_from]
+
+    @property
+    def beats_held(self) -> int:
+        """How many beat times the stream holds (bounded, whatever the length of the stream)."""
+        return len(self._beats)
 
     def _render(self, t: np.ndarray) -> np.ndarray:
         if t.size == 0:

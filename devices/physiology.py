@@ -31,6 +31,8 @@ BREATH_STEP_S = 0.05
 """Integration step of the breathing and Mayer oscillators (s)."""
 AUTONOMIC_TAU_S = 15.0
 """Time constant with which vagal tone and stress follow a change of phase (s)."""
+_TRIM_BLOCK = 1024
+"""Breathing history is dropped in blocks of this many integration steps once older than `history_s`."""
 ECTOPIC_PREMATURITY = 0.62
 """A premature beat arrives after this fraction of the expected RR; the pause makes the pair sum to 2 RR."""
 
@@ -191,9 +193,14 @@ class _OscState:
 
 @dataclass
 class BeatModel:
-    """Generates a participant's beats one after the other: call `next_beat` with the previous beat's time."""
+    """Generates a participant's beats one after the other: call `next_beat` with the previous beat's time.
+
+    The breathing signal is kept for the last `history_s` seconds of simulated time (all of it by default);
+    a long-running simulator bounds it so memory does not grow with the session.
+    """
 
     participant: SimParticipant
+    history_s: float = math.inf
     _rng: np.random.Generator = field(init=False, repr=False)
     _osc: _OscState = field(init=False, repr=False)
     _history_t: list[float] = field(init=False, repr=False)
@@ -202,6 +209,8 @@ class BeatModel:
     _pending_pause_ms: float | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.history_s > 0:
+            raise ValueError(f"history_s must be > 0, got {self.history_s}")
         self._rng = np.random.default_rng(self.participant.seed)
         self._osc = _OscState(
             breath_phase=float(self._rng.uniform(0, 1)), mayer_phase=float(self._rng.uniform(0, 1))
@@ -248,6 +257,14 @@ class BeatModel:
     def _record(self) -> None:
         self._history_t.append(self._osc.t)
         self._history_v.append(breath_waveform(self._osc.breath_phase, self._osc.inhale_fraction))
+        if len(self._history_t) > _TRIM_BLOCK and self._history_t[_TRIM_BLOCK] < self._osc.t - self.history_s:
+            del self._history_t[:_TRIM_BLOCK]  # trimmed in blocks: amortised O(1) per step
+            del self._history_v[:_TRIM_BLOCK]
+
+    @property
+    def history_start(self) -> float:
+        """The earliest time whose breathing signal is still kept."""
+        return self._history_t[0] if self._history_t else self._osc.t
 
     def breathing_signal(
         self, t: float | np.ndarray, guide: BreathingGuide | None = None
@@ -268,6 +285,11 @@ class BeatModel:
         if not self._history_t:
             self._record()
         t_min = float(np.min(t_arr)) if t_arr.size else 0.0
+        if self._history_t[0] > 0.0 and t_min < self._history_t[0] - 1e-9:  # asked for trimmed history
+            raise ValueError(
+                f"breathing_signal at t={t_min:.3f} s is before the kept history (from {self._history_t[0]:.3f} s; "
+                f"history_s={self.history_s:g})"
+            )
         lo = max(bisect.bisect_left(self._history_t, t_min) - 1, 0)
         hi = bisect.bisect_right(self._history_t, t_max) + 1
         out = np.interp(t_arr, self._history_t[lo:hi], self._history_v[lo:hi])

@@ -44,7 +44,10 @@ PACKET_LATENCY_S = 0.02
 BEAT_LOOKAHEAD_S = 2.0
 HR_SMOOTHING = 0.3
 """Weight of the newest beat in the strap's exponentially smoothed heart rate."""
+HISTORY_S = 120.0
+"""Without `keep_history`, beats and breathing older than this (s before the newest beat) are forgotten."""
 PMD_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_FORGET_BLOCK = 64
 DISCONNECT_REASON = "simulated: connection supervision timeout (HCI 0x08)"
 
 
@@ -151,8 +154,11 @@ class SimulatedStrap:
         guide: BreathingGuide | None = None,
         ecg: bool = False,
         faults: SimFaults | None = None,
+        *,
+        keep_history: bool = False,
     ) -> None:
         self.device_id = device_id
+        self.keep_history = keep_history
         self.clock = clock
         self.participant = participant
         self.guide: BreathingGuide = guide or REST_GUIDE
@@ -160,7 +166,7 @@ class SimulatedStrap:
         self.faults = faults or SimFaults()
         base = [participant.seed, zlib.crc32(device_id.encode())]
         self._rng = np.random.default_rng([*base, 1])
-        self.model = BeatModel(participant)
+        self.model = BeatModel(participant, history_s=math.inf if keep_history else HISTORY_S)
         f = self.faults
         self._disconnects = FaultWindows(f.disconnects, f.disconnect_rate_per_hour, f.disconnect_duration_s,
                                          [f.seed, 11])
@@ -176,7 +182,13 @@ class SimulatedStrap:
         self.device_clock_drift_ppm = float(self._rng.choice([-1, 1]) * self._rng.uniform(15, 25))
         """How much faster (ppm) the device clock runs than the session clock."""
         self.beats: list[SimBeat] = []
-        """Every beat the model produced so far (reported or not): the ground truth for tests."""
+        """The beats the model produced (reported or not): every one with `keep_history=True` (the ground truth
+        for tests), otherwise only those of the last `HISTORY_S` seconds, so a long session does not grow."""
+        self.beats_produced = 0
+        """How many beats the model produced in all."""
+        self._next_beat_index = 0  # into self.beats: the first beat not yet counted by the strap
+        self.ecg_stream: EcgStream | None = None
+        """The ECG generator of the current connection run (None before it starts or without `ecg`)."""
         self._stop_event = asyncio.Event()
         self._stopped = False
 
@@ -215,10 +227,21 @@ class SimulatedStrap:
             prev = self.beats[-1].t_beat if self.beats else start
             beat = self.model.next_beat(prev, self.guide)
             self.beats.append(beat)
+            self.beats_produced += 1
             if beat.undetected_t is not None:
                 new.append(beat.undetected_t)
             new.append(beat.t_beat)
+        self._forget_old_beats()
         return new
+
+    def _forget_old_beats(self) -> None:
+        """Drop counted beats older than `HISTORY_S` (in blocks), unless the whole history is kept."""
+        if self.keep_history:
+            return
+        cutoff = self.beats[-1].t_beat - HISTORY_S
+        while self._next_beat_index > _FORGET_BLOCK and self.beats[_FORGET_BLOCK].t_beat < cutoff:
+            del self.beats[:_FORGET_BLOCK]
+            self._next_beat_index -= _FORGET_BLOCK
 
     def _notify_gap(self) -> float:
         return NOTIFY_INTERVAL_S + float(np.clip(self._rng.normal(0, 0.02), -0.06, 0.06))
@@ -240,11 +263,10 @@ class SimulatedStrap:
         t_connect = self.clock.now()
         self._event(on_event, LinkState.CONNECTED)
         connected = True
-        next_beat_index = 0
         self._extend_beats(t_connect + BEAT_LOOKAHEAD_S, t_connect)
         # beats already complete at connection time are not reported
-        while next_beat_index < len(self.beats) and self.beats[next_beat_index].t_beat <= t_connect:
-            next_beat_index += 1
+        while self._next_beat_index < len(self.beats) and self.beats[self._next_beat_index].t_beat <= t_connect:
+            self._next_beat_index += 1
         carry = 0.0
         pending_rr: list[int] = []
         hr_smooth: float | None = None
@@ -258,6 +280,7 @@ class SimulatedStrap:
             stream = EcgStream(t_start=t_connect, fs=ecg_fs, seed=self.participant.seed,
                                breathing=lambda t: self.model.breathing_signal(t, self.guide))
             stream.extend([b for b in self.true_beat_times() if b > t_connect - 1.0], self.beats[-1].t_beat)
+            self.ecg_stream = stream
         lost_rng = np.random.default_rng([self.participant.seed, 99])
 
         while not self._stopped:
@@ -278,9 +301,9 @@ class SimulatedStrap:
                 next_notify = now + self._notify_gap()
 
             # beats completed up to now: quantise (always, the strap counts on), report only when possible
-            while next_beat_index < len(self.beats) and self.beats[next_beat_index].t_beat <= now + 1e-9:
-                beat = self.beats[next_beat_index]
-                next_beat_index += 1
+            while self._next_beat_index < len(self.beats) and self.beats[self._next_beat_index].t_beat <= now + 1e-9:
+                beat = self.beats[self._next_beat_index]
+                self._next_beat_index += 1
                 exact = beat.rr_ms * RR_UNITS_PER_S / 1000.0 + carry
                 units = round(exact)
                 carry = exact - units
@@ -339,7 +362,7 @@ class SimulatedStrap:
             await self._sleep(wake - now)
 
     def true_beat_times(self) -> list[float]:
-        """Times of every beat so far, including ones the strap failed to detect (they are in the ECG)."""
+        """Times of the beats in `beats`, including ones the strap failed to detect (they are in the ECG)."""
         times: list[float] = []
         for b in self.beats:
             if b.undetected_t is not None:

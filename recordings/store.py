@@ -28,6 +28,11 @@ import numpy as np
 import platformdirs
 
 SCHEMA_VERSION = 1
+WAL_AUTOCHECKPOINT_PAGES = 1000
+"""A commit that leaves the WAL above this many pages (about 4 MB) checkpoints it into the database; with one
+connection committing small transactions every flush, the WAL stays near this size for a session of any length."""
+WAL_SIZE_LIMIT_BYTES = 8 * 1024 * 1024
+"""After a checkpoint, a WAL that one large transaction (an import, a re-decode) grew beyond this is truncated back."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -228,6 +233,8 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
