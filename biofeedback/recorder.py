@@ -64,6 +64,7 @@ def make_links(
     ecg: bool = False,
     faults: dict[str, SimFaults] | None = None,
     participants: dict[str, SimParticipant] | None = None,
+    keep_history: bool = False,
 ) -> list[StrapLink]:
     links: list[StrapLink] = []
     for i, spec in enumerate(specs):
@@ -77,6 +78,7 @@ def make_links(
                     guide=session_guide(),
                     ecg=ecg,
                     faults=(faults or {}).get(spec.participant_id),
+                    keep_history=keep_history,
                 )
             )
         else:
@@ -111,6 +113,7 @@ def build_session(
     faults: dict[str, SimFaults] | None = None,
     participants: dict[str, SimParticipant] | None = None,
     settings: dict | None = None,
+    keep_history: bool = False,
 ) -> LiveSession:
     if speed != 1.0 and not all(s.simulated for s in specs):
         raise DeviceSpecError("--speed other than 1 only makes sense with simulated straps")
@@ -121,7 +124,9 @@ def build_session(
         guides.append(_LateGuide())
         return guides[-1]
 
-    links = make_links(specs, clock, new_guide, seed=seed, ecg=ecg, faults=faults, participants=participants)
+    links = make_links(
+        specs, clock, new_guide, seed=seed, ecg=ecg, faults=faults, participants=participants, keep_history=keep_history
+    )
     session = LiveSession(
         store,
         protocol,

@@ -134,7 +134,10 @@ def test_replay_through_the_displays_walks_the_same_phases(qtbot, tmp_path):
                 name = v.phases[v.current_phase_index][0]
                 if not seen or seen[-1] != name:
                     seen.append(name)
-                assert run.participant.view is None or run.participant.view.phase_name in ("", name)
+                pv = run.participant.view  # pulled at its own frame rate: compare at its own time
+                if pv is not None and pv.phase_name:
+                    near = {n for n, _k, t0, t1 in v.phases if t0 - 1.0 <= pv.t < t1 + 1.0}
+                    assert pv.phase_name in near
             qtbot.wait(15)
         (rid,) = run.finish()
         assert seen == [name for name, _ in original] == ["settle", "breathe", "image"]
@@ -146,7 +149,7 @@ def test_replay_through_the_displays_walks_the_same_phases(qtbot, tmp_path):
 
 def test_a_stalled_display_loses_no_beat(qtbot, tmp_path):
     store = Store(tmp_path / "s.sqlite")
-    session = new_session(store, speed=50)
+    session = new_session(store, speed=50, keep_history=True)  # the simulator keeps its ground truth
     sim = session.straps[0].binding.link
     run = Running(qtbot, session)
     run.wait_for_session_time(20.0)
