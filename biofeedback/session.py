@@ -14,28 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from devices.physiology import PacerSetting
 
 from devices.clock import Clock
-from devices.link import PMD_DATA_UUID, LinkEvent, LinkState, Packet, StrapLink
-from protocols.model import Protocol
-from protocols.pacer import pacer_size
+from devices.link import LinkEvent, LinkState, Packet, StrapLink
+from devices.physiology import PacerSetting
+from protocols.model import Phase, Protocol
+from protocols.pacer import pacer_phase, pacer_size
 from protocols.runner import Marker, ProtocolRunner
-from recordings.decode import SessionDecoder
+from recordings.decode import ECG_FS_HZ, SessionDecoder
 from recordings.protocol_json import protocol_to_dict
 from recordings.store import Store
 
 from .live_metrics import LiveMetrics
-from .view_model import ParticipantView, StrapView, soothing_level
+from .sham import sham_level
+from .view_model import MonitorView, ParticipantView, StrapView, soothing_level
 
 ECG_WINDOW_S = 60.0
-RR_WINDOW_S = 300.0
 
 
 @dataclass
@@ -56,8 +55,8 @@ class _StrapState:
     contact: str = "unknown"
     rr: deque = field(default_factory=lambda: deque(maxlen=2000))  # (t, rr_ms, artifact)
     gaps: list = field(default_factory=list)  # [t0, t1 | None]
-    ecg: deque = field(default_factory=lambda: deque(maxlen=int(ECG_WINDOW_S * 130 / 73) + 4))
-    baseline: list = field(default_factory=list)  # coherence values during the baseline phase
+    ecg: deque = field(default_factory=lambda: deque(maxlen=int(ECG_WINDOW_S * ECG_FS_HZ / 50) + 4))
+    baseline: list = field(default_factory=list)  # live coherence during the baseline phase
     failed: str = ""
 
 
@@ -68,15 +67,15 @@ class GuideFromRunner:
         self._session = session
 
     def pacer(self, t: float) -> PacerSetting | None:
-        phase = self._session.current_phase()
-        if phase is None or phase.pacer is None or self._session.runner.state.paused:
+        st = self._session.runner.state
+        if st.phase is None or st.phase.pacer is None or st.paused:
             return None
-        p = phase.pacer
+        p = st.phase.pacer
         return PacerSetting(p.rate_bpm, p.inhale_fraction / (1.0 - p.inhale_fraction))
 
     def phase_kind(self, t: float) -> str:
-        phase = self._session.current_phase()
-        return "rest" if phase is None else str(phase.kind.value)
+        phase = self._session.runner.state.phase
+        return "rest" if phase is None else phase.kind.value
 
 
 class LiveSession:
@@ -106,31 +105,29 @@ class LiveSession:
         self.on_marker = on_marker
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._done = asyncio.Event()
+        self._thread: threading.Thread | None = None
+        self._done: asyncio.Event | None = None
         self._end_state = "completed"
-        self._stop_requested = False
+        self.markers: list[tuple[float, str]] = []
+        self._prompt = ""
+        self._phase_starts: dict[int, float] = {}
+        self._phase_ends: dict[int, float] = {}
+        self._baseline_index = next((i for i, ph in enumerate(protocol.phases) if ph.kind.value == "rest"), None)
         group = store.new_group_id() if len(bindings) > 1 else None
         protocol_dict = protocol_to_dict(protocol)
         self.straps: list[_StrapState] = []
         for b in bindings:
             sid = store.create_session(
-                b.participant_id,
-                protocol.name,
-                protocol_dict,
-                b.link.device_id,
-                group_id=group,
-                settings=settings,
+                b.participant_id, protocol.name, protocol_dict, b.link.device_id, group_id=group, settings=settings
             )
             self.straps.append(_StrapState(b, sid, SessionDecoder(store, sid), LiveMetrics()))
-        self.markers: list[tuple[float, str]] = []
 
     @property
     def session_ids(self) -> list[int]:
         return [s.session_id for s in self.straps]
 
-    def current_phase(self):
-        st = self.runner.state
-        return None if st.finished or st.phase is None else st.phase
+    def current_phase(self) -> Phase | None:
+        return self.runner.state.phase
 
     # -- inputs from the straps -------------------------------------------------------------------------------
     def _on_packet(self, strap: _StrapState, packet: Packet) -> None:
@@ -139,39 +136,27 @@ class LiveSession:
         with self._lock:
             m = strap.decoder.last_measurement
             if m is not None:
-                strap.contact = m.contact.name.lower()
+                strap.contact = m.contact.name.lower().replace("_", " ")
+            in_baseline = self.runner.state.phase_index == self._baseline_index
             for r in rows:
                 snap = strap.metrics.add_beat(r.t, r.rr_ms, r.gap_before)
-                artifact = bool(snap.last_beat_artifact) if snap is not None else False
-                strap.rr.append((r.t, r.rr_ms, artifact))
-                phase = self.current_phase()
-                if (
-                    snap is not None
-                    and snap.coherence is not None
-                    and phase is not None
-                    and self.runner.state.phase_index == self._baseline_index()
-                ):
+                strap.rr.append((r.t, r.rr_ms, bool(snap is not None and snap.last_beat_artifact)))
+                if in_baseline and snap is not None and snap.coherence is not None:
                     strap.baseline.append(snap.coherence)
-            if packet.uuid == PMD_DATA_UUID and strap.decoder.counts.ecg_samples:
-                chunks = self.store.ecg_chunks_since(strap.session_id, len(strap.ecg))
-                strap.ecg.extend(chunks)
+            frame = strap.decoder.take_ecg_frame()
+            if frame is not None:  # for display only: laid back from arrival (exports use the device clock)
+                n = len(frame.samples_uv)
+                strap.ecg.append((packet.t - (n - 1 - np.arange(n)) / ECG_FS_HZ, frame.samples_uv))
 
     def _on_event(self, strap: _StrapState, event: LinkEvent) -> None:
         self.store.add_link_event(strap.session_id, event.t, event.device, event.state.value, event.reason)
         with self._lock:
             strap.link_state = event.state.value
-            if event.state in (LinkState.DISCONNECTED, LinkState.RECONNECTING):
-                if event.state is LinkState.DISCONNECTED:
-                    strap.decoder.link_gap()
-                    strap.gaps.append([event.t, None])
+            if event.state is LinkState.DISCONNECTED:
+                strap.decoder.link_gap()
+                strap.gaps.append([event.t, None])
             elif event.state is LinkState.CONNECTED and strap.gaps and strap.gaps[-1][1] is None:
                 strap.gaps[-1][1] = event.t
-
-    def _baseline_index(self) -> int | None:
-        for i, phase in enumerate(self.protocol.phases):
-            if phase.kind.value == "rest":
-                return i
-        return None
 
     # -- markers ---------------------------------------------------------------------------------------------
     def _record_markers(self, markers: Sequence[Marker]) -> None:
@@ -188,17 +173,29 @@ class LiveSession:
                 )
             with self._lock:
                 self.markers.append((mk.t, mk.label))
+                if mk.kind == "phase_start":
+                    self._phase_starts[mk.phase_index] = mk.t
+                    self._prompt = self.protocol.phases[mk.phase_index].prompt
+                    for strap in self.straps:
+                        strap.metrics.set_pacer(mk.detail.get("pacer_bpm"))
+                elif mk.kind == "phase_end":
+                    self._phase_ends[mk.phase_index] = mk.t
+                elif mk.kind == "prompt":
+                    self._prompt = mk.label
             if self.on_marker is not None:
                 self.on_marker(mk)
 
     # -- controls (thread-safe; called from the displays or the terminal) --------------------------------------
     def _call(self, fn: Callable[[], None]) -> None:
-        if self._loop is not None and self._loop.is_running() and threading.current_thread() is not self._thread:
-            self._loop.call_soon_threadsafe(fn)
+        loop = self._loop
+        if loop is not None and loop.is_running() and threading.current_thread() is not self._thread:
+            loop.call_soon_threadsafe(fn)
         else:
             fn()
 
     def add_marker(self, label: str, note: str = "") -> None:
+        """A manual marker at the current session time (the note is stored as private free text)."""
+
         def do() -> None:
             t = self.clock.now()
             for strap in self.straps:
@@ -223,48 +220,59 @@ class LiveSession:
         def do() -> None:
             if not self.runner.state.finished:
                 self._record_markers(self.runner.stop(self.clock.now(), reason))
-            self._end_state = "stopped"
-            self._done.set()
+                self._end_state = "stopped"
+            if self._done is not None:
+                self._done.set()
 
         self._call(do)
 
     # -- views pulled by displays ----------------------------------------------------------------------------
+    def _position(self, t: float) -> tuple[float, float]:
+        """(seconds into the current phase, seconds left) at session time `t`, pauses respected."""
+        st = self.runner.state
+        if st.phase is None:
+            return 0.0, 0.0
+        elapsed = st.elapsed_in_phase_s + (0.0 if st.paused or st.t is None else max(0.0, t - st.t))
+        elapsed = min(elapsed, st.phase.duration_s)
+        return elapsed, st.phase.duration_s - elapsed
+
     def participant_view(self, participant_id: str | None = None) -> ParticipantView:
+        """What the participant's screen shows now (pacer from the session clock, so exact after a stall)."""
         t = self.clock.now()
         strap = self._strap_for(participant_id)
         st = self.runner.state
-        phase = self.current_phase()
-        with self._lock:
-            snap = strap.metrics.snapshot()
-            base = list(strap.baseline)
-        pacer = None
-        label = None
-        feedback = "hidden"
-        prompt = ""
-        if phase is not None:
-            feedback = phase.feedback.value
-            prompt = st.current_prompt if hasattr(st, "current_prompt") else phase.prompt
-            if phase.pacer is not None and not st.paused:
-                pacer = pacer_size(
-                    st.elapsed_in_phase(t) if callable(st.elapsed_in_phase) else st.elapsed_in_phase,
-                    phase.pacer,
-                )
+        phase = st.phase
+        if phase is None:
+            message = "Thank you. The session has ended." if st.finished else "We will begin shortly."
+            return ParticipantView(t, "", "", "", 0.0, finished=st.finished, message=message)
+        elapsed, left = self._position(t)
+        size = label = None
+        if phase.pacer is not None and not st.paused:
+            size = pacer_size(elapsed, phase.pacer)
+            label = "breathe in" if pacer_phase(elapsed, phase.pacer)[1] == "inhale" else "breathe out"
+        feedback = phase.feedback.value
         level = None
-        if feedback == "live" and snap is not None and snap.coherence is not None and len(base) >= 10:
-            level = soothing_level(snap.coherence, float(np.mean(base)), float(np.std(base)) or 0.05)
+        if feedback == "live":
+            with self._lock:
+                snap = strap.metrics.snapshot()
+                base = np.asarray(strap.baseline, dtype=float)
+            if snap is not None and snap.coherence is not None and len(base) >= 10:
+                level = soothing_level(snap.coherence, float(base.mean()), max(float(base.std()), 0.05))
+        elif feedback == "sham":
+            level = sham_level(t, seed=strap.session_id)
         return ParticipantView(
             t=t,
-            phase_name=phase.name if phase else "",
-            phase_kind=phase.kind.value if phase else "",
-            prompt=prompt,
-            phase_time_left_s=st.time_left,
-            pacer_size=pacer,
+            phase_name=phase.name,
+            phase_kind=phase.kind.value,
+            prompt=self._prompt,
+            phase_time_left_s=left,
+            pacer_size=size,
             pacer_label=label,
             feedback=feedback,
             soothing_level=level,
             paused=st.paused,
-            finished=st.finished,
-            message="",
+            finished=False,
+            message="Paused. Take all the time you need." if st.paused else "",
         )
 
     def _strap_for(self, participant_id: str | None) -> _StrapState:
@@ -273,14 +281,16 @@ class LiveSession:
         for s in self.straps:
             if s.binding.participant_id == participant_id:
                 return s
-        raise KeyError(participant_id)
+        raise KeyError(f"no strap bound to participant {participant_id!r}")
 
     def strap_views(self) -> list[StrapView]:
         views = []
+        t = self.clock.now()
         with self._lock:
             for s in self.straps:
                 snap = s.metrics.snapshot()
                 rr = np.array(s.rr, dtype=float).reshape(-1, 3)
+                recent = [(et, ev) for et, ev in s.ecg if et[-1] >= t - ECG_WINDOW_S]
                 views.append(
                     StrapView(
                         device_id=s.binding.link.device_id,
@@ -294,26 +304,58 @@ class LiveSession:
                         rr_t=rr[:, 0],
                         rr_ms=rr[:, 1],
                         rr_corrected=rr[:, 2].astype(bool),
-                        gaps=[(g0, g1) for g0, g1 in s.gaps],
-                        ecg_t=np.zeros(0),
-                        ecg_uv=np.zeros(0),
+                        gaps=[(g0, t if g1 is None else g1) for g0, g1 in s.gaps],
+                        ecg_t=np.concatenate([et for et, _ in recent]) if recent else np.zeros(0),
+                        ecg_uv=np.concatenate([ev for _, ev in recent]).astype(float) if recent else np.zeros(0),
                     )
                 )
         return views
+
+    def monitor_view(self) -> MonitorView:
+        """The experimenter's view: every strap, the protocol timeline (actual so far, planned after), markers."""
+        t = self.clock.now()
+        st = self.runner.state
+        _elapsed, left = self._position(t)
+        with self._lock:
+            markers = list(self.markers)
+            starts = dict(self._phase_starts)
+            ends = dict(self._phase_ends)
+        phases = []
+        cursor = 0.0
+        for i, ph in enumerate(self.protocol.phases):
+            start = starts.get(i, cursor)
+            end = t + left if i == st.phase_index else ends.get(i, start + ph.duration_s)
+            phases.append((ph.name, ph.kind.value, start, end))
+            cursor = end
+        current = len(phases) if st.finished else (-1 if st.phase_index is None else st.phase_index)
+        return MonitorView(
+            t=t,
+            protocol_name=self.protocol.name,
+            phases=phases,
+            current_phase_index=current,
+            phase_time_left_s=left,
+            paused=st.paused,
+            straps=self.strap_views(),
+            markers=markers,
+        )
 
     # -- main loop -------------------------------------------------------------------------------------------
     async def run(self) -> list[int]:
         """Run the protocol to its end (or until `end_session`), then close every stored session."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.current_thread()
+        self._done = asyncio.Event()
         self._record_markers(self.runner.start(self.clock.now()))
-        tasks = [asyncio.create_task(self._run_strap(s), name=f"strap-{s.binding.participant_id}") for s in self.straps]
+        tasks = [
+            asyncio.create_task(self._run_strap(s), name=f"strap-{s.binding.participant_id}") for s in self.straps
+        ]
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._protocol_loop()
         except asyncio.CancelledError:
             self._end_state = "stopped"
-            self._record_markers(self.runner.stop(self.clock.now(), "interrupted by the experimenter"))
+            if not self.runner.state.finished:
+                self._record_markers(self.runner.stop(self.clock.now(), "interrupted from the keyboard"))
             raise
         finally:
             for s in self.straps:
@@ -329,18 +371,18 @@ class LiveSession:
         return self.session_ids
 
     async def _protocol_loop(self) -> None:
+        assert self._done is not None
         while not self._done.is_set():
-            markers = self.runner.update(self.clock.now())
-            self._record_markers(markers)
+            self._record_markers(self.runner.update(self.clock.now()))
             if self.runner.state.finished:
                 break
             deadline = self.runner.next_deadline()
-            wait = 0.25 if deadline is None else min(max(deadline - self.clock.now(), 0.0), 1.0)
+            wait = 1.0 if deadline is None else min(max(deadline - self.clock.now(), 0.0), 1.0)
             sleeper = asyncio.create_task(self.clock.sleep(wait))
-            done_wait = asyncio.create_task(self._done.wait())
-            await asyncio.wait({sleeper, done_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stopper = asyncio.create_task(self._done.wait())
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
             sleeper.cancel()
-            done_wait.cancel()
+            stopper.cancel()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -357,12 +399,3 @@ class LiveSession:
             )
             with self._lock:
                 strap.link_state = "failed"
-
-
-def wall_clock_speed(clock: Clock) -> float:
-    """How many session seconds pass per real second (for progress displays)."""
-    return getattr(clock, "speed", 1.0)
-
-
-def real_time() -> float:
-    return time.monotonic()

@@ -143,6 +143,16 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float | None:
     return seconds
 
 
+def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str | None:
+    """The option a typo most likely meant: a prefix match first, else the closest spelling."""
+    w = word.strip().lower()
+    prefixed = [o for o in options if len(w) >= 3 and (o.startswith(w) or w.startswith(o))]
+    if prefixed:
+        return min(prefixed, key=lambda o: abs(len(o) - len(w)))
+    close = difflib.get_close_matches(w, list(options), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 class _Checker:
     """Collects problems while reading one file."""
 
@@ -159,8 +169,8 @@ class _Checker:
         for key in table:
             if key in allowed:
                 continue
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f'did you mean "{close[0]}"? ' if close else ""
+            close = _suggest(key, allowed)
+            hint = f'did you mean "{close}"? ' if close else ""
             self.add(prefix + key, f"unknown {what} field; {hint}expected one of: {', '.join(allowed)}")
 
     def text(self, table: dict[str, Any], key: str, field: str, *, required: bool) -> str | None:
@@ -184,8 +194,8 @@ class _Checker:
         if isinstance(value, str) and value.strip().lower() in {m.value for m in enum}:
             return enum(value.strip().lower())
         else:
-            close = difflib.get_close_matches(str(value), [m.value for m in enum], n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            close = _suggest(str(value), [m.value for m in enum])
+            hint = f' (did you mean "{close}"?)' if close else ""
             self.add(field, f"expected one of {valid}, got {_show(value)}{hint}")
             return None
 

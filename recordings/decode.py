@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devices.errors import DecodeError
-from devices.heart_rate import HeartRateMeasurement, decode_heart_rate
+from devices.heart_rate import HeartRateMeasurement, SensorContact, decode_heart_rate
 from devices.link import HEART_RATE_MEASUREMENT_UUID, PMD_CONTROL_POINT_UUID, PMD_DATA_UUID
 from devices.polar_pmd import EcgFrame, decode_pmd_frame
 
@@ -90,7 +90,12 @@ class SessionDecoder:
     timeline: BeatTimeline = field(default_factory=BeatTimeline)
     counts: DecodeCounts = field(default_factory=DecodeCounts)
     last_measurement: HeartRateMeasurement | None = None
-    _contact_ok: bool = True
+    _ecg_frame: EcgFrame | None = None
+
+    def take_ecg_frame(self) -> EcgFrame | None:
+        """The ECG frame decoded from the last packet, if any (handed out once, for live displays)."""
+        frame, self._ecg_frame = self._ecg_frame, None
+        return frame
 
     def link_gap(self) -> None:
         self.timeline.mark_gap()
@@ -114,10 +119,8 @@ class SessionDecoder:
     def _heart_rate(self, packet_id: int, t: float, data: bytes) -> list[BeatRow]:
         m = decode_heart_rate(data)
         self.last_measurement = m
-        contact_ok = m.contact.name != "SUPPORTED_NOT_DETECTED"
-        if not contact_ok:
-            self.timeline.mark_gap()
-        self._contact_ok = contact_ok
+        if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
+            self.timeline.mark_gap()  # RR during lost contact cannot be trusted to join the previous beats
         self.store.add_heart_rate(self.session_id, t, m.heart_rate_bpm, m.contact.name.lower())
         rows = self.timeline.add(t, m.rr_1024, packet_id)
         if rows:
@@ -132,6 +135,7 @@ class SessionDecoder:
         if isinstance(frame, EcgFrame):
             self.store.add_ecg_chunk(self.session_id, t, frame.timestamp_ns, ECG_FS_HZ, frame.samples_uv, packet_id)
             self.counts.ecg_samples += len(frame.samples_uv)
+            self._ecg_frame = frame
         else:
             self.counts.unknown += 1
             self.store.add_packet_error(self.session_id, packet_id, f"kept raw, not decoded: {type(frame).__name__}")

@@ -1,0 +1,498 @@
+"""The experimenter's monitor: every strap's link, signals and live metrics, the protocol timeline, controls.
+
+The window pulls a `MonitorView` on a timer and updates pre-built plot items in place (`setData` on existing
+curves, a pool of gap regions and marker lines that are shown or hidden), so a frame costs little even with
+a minute of 130 Hz ECG per strap. Controls go through `SessionControls` only: buttons and keyboard shortcuts
+M (marker with a note), Space (pause/resume), N (skip phase), Ctrl+Q (end session, after confirmation).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pyqtgraph as pg
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
+
+from biofeedback.view_model import MonitorView, SessionControls, StrapView, ViewSource
+
+log = logging.getLogger(__name__)
+
+ECG_WINDOW_S = 60.0
+RR_WINDOW_S = 300.0
+MARKER_LABELS = ("note", "distress", "technical", "participant moved", "protocol deviation")
+
+BACKGROUND = "#1b1f24"
+PANEL = "#232930"
+FOREGROUND = "#c9d1d9"
+MUTED = "#8b949e"
+ECG_PEN = pg.mkPen("#7ec8e3", width=1)
+RR_PEN = pg.mkPen("#e6edf3", width=1.5)
+CORRECTED_BRUSH = pg.mkBrush("#f0a95b")
+GAP_BRUSH = pg.mkBrush(214, 96, 88, 60)
+MARKER_PEN = pg.mkPen("#b392f0", width=1, style=QtCore.Qt.PenStyle.DashLine)
+
+LINK_COLOURS = {
+    "connected": "#3fb950",
+    "connecting": "#d29922",
+    "reconnecting": "#d29922",
+    "disconnected": "#f85149",
+    "closed": "#8b949e",
+}
+CONTACT_TEXT = {
+    "ok": ("skin contact", "#3fb950"),
+    "lost": ("no skin contact", "#d29922"),
+    "unsupported": ("contact n/a", "#8b949e"),
+    "unknown": ("contact ?", "#8b949e"),
+}
+KIND_COLOURS = {
+    "baseline": "#4a6274",
+    "breathing": "#2f8f83",
+    "grounding": "#4f8a4b",
+    "imagery": "#b7873a",
+    "recall": "#7a5c9e",
+    "self-criticism": "#7a5c9e",
+    "rest": "#4a6274",
+    "recovery": "#3f7190",
+}
+_FALLBACK_KIND_COLOURS = ("#5a7d9a", "#8a6d9a", "#9a8a5a", "#5a9a8a")
+
+
+def kind_colour(kind: str) -> QtGui.QColor:
+    """A stable colour for a phase kind (unknown kinds get one of a few muted colours, by name)."""
+    if kind in KIND_COLOURS:
+        return QtGui.QColor(KIND_COLOURS[kind])
+    return QtGui.QColor(_FALLBACK_KIND_COLOURS[sum(map(ord, kind)) % len(_FALLBACK_KIND_COLOURS)])
+
+
+def format_mmss(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    s = max(0, round(seconds))
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "–" if value is None or not math.isfinite(value) else format(value, fmt)
+
+
+def rr_connect(rr_t: np.ndarray, gaps: list[tuple[float, float]]) -> np.ndarray:
+    """`connect` array for the tachogram: False between two beats that have a gap between them."""
+    connect = np.ones(len(rr_t), dtype=bool)
+    if len(rr_t) < 2 or not gaps:
+        return connect
+    starts = np.array([g[0] for g in gaps])
+    # a gap lies between beats i and i+1 when some gap start falls in [rr_t[i], rr_t[i+1])
+    before = np.searchsorted(starts, rr_t, side="right")
+    connect[:-1] = before[1:] == before[:-1]
+    return connect
+
+
+class TimelineWidget(QtWidgets.QWidget):
+    """The protocol as coloured blocks, the current phase outlined, a playhead at `t` and marker ticks."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.view: MonitorView | None = None
+        self.setMinimumHeight(34)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
+
+    def set_view(self, view: MonitorView) -> None:
+        self.view = view
+        self.update()
+
+    def paintEvent(self, event: QtGui.QPaintEvent) -> None:
+        p = QtGui.QPainter(self)
+        try:
+            self._paint(p)
+        finally:
+            p.end()
+
+    def _paint(self, p: QtGui.QPainter) -> None:
+        p.fillRect(self.rect(), QtGui.QColor(PANEL))
+        v = self.view
+        if v is None or not v.phases:
+            return
+        t0 = min(ph[2] for ph in v.phases)
+        t1 = max(max(ph[3] for ph in v.phases), v.t)
+        span = max(t1 - t0, 1e-9)
+        w, h = self.width() - 2, self.height() - 2
+
+        def x(t: float) -> float:
+            return 1 + (t - t0) / span * w
+
+        p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing, True)
+        font = p.font()
+        font.setPixelSize(11)
+        p.setFont(font)
+        for i, (name, kind, start, end) in enumerate(v.phases):
+            rect = QtCore.QRectF(x(start), 4, max(1.0, x(end) - x(start)), h - 6)
+            colour = kind_colour(kind)
+            if i < v.current_phase_index:
+                colour = colour.darker(150)
+            p.setPen(QtCore.Qt.PenStyle.NoPen)
+            p.setBrush(colour)
+            p.drawRoundedRect(rect.adjusted(1, 0, -1, 0), 3, 3)
+            if i == v.current_phase_index:
+                p.setBrush(QtCore.Qt.BrushStyle.NoBrush)
+                p.setPen(QtGui.QPen(QtGui.QColor("#ffffff"), 2))
+                p.drawRoundedRect(rect.adjusted(1, -1, -1, 1), 3, 3)
+            p.setPen(QtGui.QColor("#f0f3f6"))
+            text = p.fontMetrics().elidedText(name, QtCore.Qt.TextElideMode.ElideRight, int(rect.width()) - 6)
+            p.drawText(rect.adjusted(3, 0, -3, 0), QtCore.Qt.AlignmentFlag.AlignCenter, text)
+        p.setPen(QtGui.QPen(QtGui.QColor("#b392f0"), 1))
+        for mt, _label in v.markers:
+            p.drawLine(QtCore.QPointF(x(mt), 1), QtCore.QPointF(x(mt), 6))
+        p.setPen(QtGui.QPen(QtGui.QColor("#ffd479"), 2))
+        p.drawLine(QtCore.QPointF(x(v.t), 0), QtCore.QPointF(x(v.t), h + 2))
+
+
+def _signature(t: np.ndarray) -> tuple[int, float, float]:
+    return (len(t), float(t[0]), float(t[-1])) if len(t) else (0, 0.0, 0.0)
+
+
+class StrapPanel(QtWidgets.QFrame):
+    """One strap: header (participant, device, link, contact), metrics, ECG (when present) and tachogram."""
+
+    def __init__(self, device_id: str, compact: bool, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.device_id = device_id
+        self.setObjectName("strapPanel")
+        self.setStyleSheet(f"#strapPanel {{ background: {PANEL}; border-radius: 6px; }}")
+        base = 12 if compact else 14
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(8, 6, 8, 6)
+        lay.setSpacing(2)
+        head = QtWidgets.QHBoxLayout()
+        self.title = QtWidgets.QLabel()
+        self.title.setStyleSheet(f"color: {FOREGROUND}; font-size: {base + 2}px; font-weight: 600;")
+        self.link = QtWidgets.QLabel()
+        self.contact = QtWidgets.QLabel()
+        head.addWidget(self.title)
+        head.addStretch(1)
+        head.addWidget(self.contact)
+        head.addSpacing(10)
+        head.addWidget(self.link)
+        lay.addLayout(head)
+        self.metrics = QtWidgets.QLabel()
+        self.metrics.setStyleSheet(f"color: {FOREGROUND}; font-size: {base + (1 if compact else 4)}px;")
+        self.metrics.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        lay.addWidget(self.metrics)
+        self._base = base
+
+        self.plots = pg.GraphicsLayoutWidget()
+        self.plots.setBackground(PANEL)
+        self.plots.ci.setContentsMargins(0, 0, 0, 0)
+        self.plots.ci.setSpacing(2)
+        lay.addWidget(self.plots, 1)
+
+        self.ecg_plot = self.plots.addPlot(row=0, col=0)
+        self.rr_plot = self.plots.addPlot(row=1, col=0)
+        for plot, ylabel in ((self.ecg_plot, "ECG µV"), (self.rr_plot, "RR ms")):
+            plot.setMenuEnabled(False)
+            plot.setMouseEnabled(x=False, y=False)
+            plot.hideButtons()
+            plot.showGrid(x=True, y=True, alpha=0.15)
+            plot.setLabel("left", ylabel, color=MUTED)
+            plot.getAxis("left").setWidth(48)
+            plot.enableAutoRange(x=False, y=True)
+            plot.setAutoVisible(y=True)
+        self.ecg_curve = self.ecg_plot.plot(pen=ECG_PEN, skipFiniteCheck=True)
+        self.ecg_curve.setClipToView(True)
+        self.ecg_curve.setDownsampling(auto=True, method="peak")
+        self.rr_curve = self.rr_plot.plot(pen=RR_PEN)
+        self.corrected = pg.ScatterPlotItem(size=7, pen=None, brush=CORRECTED_BRUSH, symbol="o")
+        self.rr_plot.addItem(self.corrected)
+        self.gap_regions: list[pg.LinearRegionItem] = []
+        self.marker_lines: list[pg.InfiniteLine] = []
+        self.plots.ci.layout.setRowStretchFactor(0, 2)
+        self.plots.ci.layout.setRowStretchFactor(1, 3)
+        self._ecg_sig: tuple[int, float, float] | None = None
+        self._rr_sig: tuple[object, ...] | None = None
+        self._has_ecg: bool | None = None
+        self._text: tuple[str, str, str] | None = None
+
+    def _gap_region(self, i: int) -> pg.LinearRegionItem:
+        while len(self.gap_regions) <= i:
+            region = pg.LinearRegionItem(movable=False, brush=GAP_BRUSH, pen=pg.mkPen(None))
+            region.setZValue(-10)
+            self.rr_plot.addItem(region)
+            self.gap_regions.append(region)
+        return self.gap_regions[i]
+
+    def _marker_line(self, i: int) -> pg.InfiniteLine:
+        while len(self.marker_lines) <= i:
+            line = pg.InfiniteLine(angle=90, movable=False, pen=MARKER_PEN)
+            self.rr_plot.addItem(line)
+            self.marker_lines.append(line)
+        return self.marker_lines[i]
+
+    def set_strap(self, s: StrapView, t: float, markers: list[tuple[float, str]]) -> None:
+        title = f"{s.participant_id or '—'} <span style='color:{MUTED}; font-weight:400'>{s.device_id}</span>"
+        link_colour = LINK_COLOURS.get(s.link_state, MUTED)
+        link = f"<span style='color:{link_colour}'>● {s.link_state}</span>"
+        contact_text, contact_colour = CONTACT_TEXT.get(s.contact, (s.contact, MUTED))
+        contact = f"<span style='color:{contact_colour}'>{contact_text}</span>"
+        big = self._base + 6
+        metrics = (
+            f"HR <b style='font-size:{big}px'>{_fmt(s.hr_bpm, '.0f')}</b> bpm &nbsp;&nbsp; "
+            f"RMSSD <b style='font-size:{big}px'>{_fmt(s.rmssd_ms, '.0f')}</b> ms &nbsp;&nbsp; "
+            f"coherence <b>{_fmt(s.coherence, '.2f')}</b> &nbsp;&nbsp; "
+            f"artifacts <b>{s.artifacts}</b>"
+        )
+        if self._text != (title, link + contact, metrics):
+            self.title.setText(title)
+            self.link.setText(link)
+            self.contact.setText(contact)
+            self.metrics.setText(metrics)
+            self._text = (title, link + contact, metrics)
+
+        has_ecg = len(s.ecg_t) > 0
+        if has_ecg != self._has_ecg:
+            self.ecg_plot.setVisible(has_ecg)
+            self.plots.ci.layout.setRowMaximumHeight(0, 1e6 if has_ecg else 0)
+            self._has_ecg = has_ecg
+        if has_ecg:
+            sig = _signature(s.ecg_t)
+            if sig != self._ecg_sig:
+                i0 = int(np.searchsorted(s.ecg_t, s.ecg_t[-1] - ECG_WINDOW_S))
+                self.ecg_curve.setData(s.ecg_t[i0:], s.ecg_uv[i0:])
+                self._ecg_sig = sig
+            self.ecg_plot.setXRange(t - ECG_WINDOW_S, t, padding=0)
+
+        rr_sig = (*_signature(s.rr_t), len(s.gaps), s.gaps[-1] if s.gaps else None, int(s.rr_corrected.sum()))
+        if rr_sig != self._rr_sig:
+            self.rr_curve.setData(s.rr_t, s.rr_ms, connect=rr_connect(s.rr_t, s.gaps))
+            self.corrected.setData(s.rr_t[s.rr_corrected], s.rr_ms[s.rr_corrected])
+            self._rr_sig = rr_sig
+        lo = t - RR_WINDOW_S
+        visible_gaps = [g for g in s.gaps if g[1] >= lo]
+        for i, (g0, g1) in enumerate(visible_gaps):
+            region = self._gap_region(i)
+            region.setRegion((g0, g1))
+            region.setVisible(True)
+        for region in self.gap_regions[len(visible_gaps) :]:
+            region.setVisible(False)
+        visible_markers = [m for m in markers if m[0] >= lo]
+        for i, (mt, _label) in enumerate(visible_markers):
+            line = self._marker_line(i)
+            line.setValue(mt)
+            line.setVisible(True)
+        for line in self.marker_lines[len(visible_markers) :]:
+            line.setVisible(False)
+        self.rr_plot.setXRange(lo, t, padding=0)
+
+
+class MonitorWindow(QtWidgets.QMainWindow):
+    """The experimenter's window; pulls `source.monitor_view()` at `fps` and acts through `controls`."""
+
+    def __init__(
+        self,
+        source: ViewSource,
+        controls: SessionControls,
+        fps: float = 30.0,
+        parent: QtWidgets.QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.source = source
+        self.controls = controls
+        self.view: MonitorView | None = None
+        self.panels: dict[str, StrapPanel] = {}
+        self.confirm_end: Callable[[], bool] = self._ask_end
+        self._last_error = ""
+        self.setWindowTitle("Session monitor")
+        self.resize(1280, 800)
+
+        central = QtWidgets.QWidget()
+        central.setObjectName("monitor")
+        central.setStyleSheet(
+            f"#monitor {{ background: {BACKGROUND}; }} QLabel {{ color: {FOREGROUND}; }}"
+            f"QPushButton {{ color: {FOREGROUND}; background: #2d333b; border: 1px solid #444c56;"
+            " border-radius: 4px; padding: 5px 12px; }"
+            "QPushButton:hover { background: #373e47; }"
+            f"QLineEdit, QComboBox {{ color: {FOREGROUND}; background: #2d333b; border: 1px solid #444c56;"
+            " border-radius: 4px; padding: 4px; }"
+            f"QListWidget {{ color: {FOREGROUND}; background: {PANEL}; border: none; }}"
+        )
+        self.setCentralWidget(central)
+        root = QtWidgets.QVBoxLayout(central)
+        root.setContentsMargins(10, 8, 10, 8)
+        root.setSpacing(6)
+
+        top = QtWidgets.QHBoxLayout()
+        self.protocol_label = QtWidgets.QLabel()
+        self.protocol_label.setStyleSheet("font-size: 16px; font-weight: 600;")
+        self.phase_label = QtWidgets.QLabel()
+        self.phase_label.setStyleSheet("font-size: 15px;")
+        self.clock_label = QtWidgets.QLabel()
+        self.clock_label.setStyleSheet(f"font-size: 15px; color: {MUTED};")
+        top.addWidget(self.protocol_label)
+        top.addSpacing(16)
+        top.addWidget(self.phase_label, 1)
+        top.addWidget(self.clock_label)
+        root.addLayout(top)
+        self.timeline = TimelineWidget()
+        root.addWidget(self.timeline)
+
+        bar = QtWidgets.QHBoxLayout()
+        self.pause_button = QtWidgets.QPushButton("Pause  [Space]")
+        self.skip_button = QtWidgets.QPushButton("Skip phase  [N]")
+        self.marker_button = QtWidgets.QPushButton("Marker  [M]")
+        self.end_button = QtWidgets.QPushButton("End session  [Ctrl+Q]")
+        self.marker_label = QtWidgets.QComboBox()
+        self.marker_label.setEditable(True)
+        self.marker_label.addItems(MARKER_LABELS)
+        self.marker_edit = QtWidgets.QLineEdit()
+        self.marker_edit.setPlaceholderText("marker note — M to start, Enter to save, Esc to cancel")
+        for b in (self.pause_button, self.skip_button, self.marker_button, self.end_button):
+            b.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        bar.addWidget(self.pause_button)
+        bar.addWidget(self.skip_button)
+        bar.addSpacing(16)
+        bar.addWidget(self.marker_button)
+        bar.addWidget(self.marker_label)
+        bar.addWidget(self.marker_edit, 1)
+        bar.addSpacing(16)
+        bar.addWidget(self.end_button)
+        root.addLayout(bar)
+
+        self.grid_host = QtWidgets.QWidget()
+        self.grid = QtWidgets.QGridLayout(self.grid_host)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setSpacing(6)
+        root.addWidget(self.grid_host, 1)
+        self.marker_list = QtWidgets.QListWidget()
+        self.marker_list.setMaximumHeight(64)
+        self.marker_list.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        root.addWidget(self.marker_list)
+        self._markers_shown = 0
+
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.skip_button.clicked.connect(self.skip_phase)
+        self.marker_button.clicked.connect(self.begin_marker)
+        self.end_button.clicked.connect(self.end_session)
+        self.marker_edit.returnPressed.connect(self.commit_marker)
+        shortcuts = (
+            (QtCore.Qt.Key.Key_M, self.begin_marker),
+            (QtCore.Qt.Key.Key_Space, self.toggle_pause),
+            (QtCore.Qt.Key.Key_N, self.skip_phase),
+            (QtGui.QKeySequence("Ctrl+Q"), self.end_session),
+        )
+        for key, slot in shortcuts:
+            QtGui.QShortcut(QtGui.QKeySequence(key), self, slot)
+        QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Escape), self.marker_edit, self.cancel_marker)
+
+        self.timer = QtCore.QTimer(self)
+        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(max(1, round(1000 / fps)))
+        self.timer.timeout.connect(self.refresh)
+        self.timer.start()
+        self.refresh()
+
+    # --- controls -------------------------------------------------------------------------------------------
+    def begin_marker(self) -> None:
+        """Start a marker: focus the note field (Enter saves, Esc cancels)."""
+        self.marker_edit.setFocus(QtCore.Qt.FocusReason.ShortcutFocusReason)
+        self.marker_edit.selectAll()
+
+    def commit_marker(self) -> None:
+        label = self.marker_label.currentText().strip() or MARKER_LABELS[0]
+        self.controls.add_marker(label, self.marker_edit.text().strip())
+        self.marker_edit.clear()
+        self.marker_edit.clearFocus()
+        self.setFocus()
+
+    def cancel_marker(self) -> None:
+        self.marker_edit.clear()
+        self.marker_edit.clearFocus()
+        self.setFocus()
+
+    def toggle_pause(self) -> None:
+        try:
+            paused = self.source.monitor_view().paused
+        except Exception:
+            paused = self.view.paused if self.view is not None else False
+        if paused:
+            self.controls.resume()
+        else:
+            self.controls.pause()
+        self.refresh()
+
+    def skip_phase(self) -> None:
+        self.controls.skip_phase()
+        self.refresh()
+
+    def end_session(self) -> None:
+        if self.confirm_end():
+            self.controls.end_session()
+            self.refresh()
+
+    def _ask_end(self) -> bool:
+        answer = QtWidgets.QMessageBox.question(
+            self,
+            "End session",
+            "End the session now? Recording stops for every strap.",
+            QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.Cancel,
+            QtWidgets.QMessageBox.StandardButton.Cancel,
+        )
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
+
+    # --- frames ---------------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Pull one view and update the widgets in place; a failing source keeps the last frame."""
+        try:
+            view = self.source.monitor_view()
+        except Exception as exc:  # the display must never take the session down
+            if str(exc) != self._last_error:
+                log.exception("monitor view failed; keeping the last frame")
+                self._last_error = str(exc)
+            return
+        self._last_error = ""
+        self.view = view
+        self._update_header(view)
+        self.timeline.set_view(view)
+        self._ensure_panels([s.device_id for s in view.straps])
+        for s in view.straps:
+            self.panels[s.device_id].set_strap(s, view.t, view.markers)
+        if len(view.markers) != self._markers_shown:
+            for mt, label in view.markers[self._markers_shown :]:
+                self.marker_list.insertItem(0, f"{format_mmss(mt)}  {label}")
+            self._markers_shown = len(view.markers)
+
+    def _update_header(self, v: MonitorView) -> None:
+        self.protocol_label.setText(v.protocol_name)
+        n = len(v.phases)
+        if 0 <= v.current_phase_index < n:
+            name, kind, _s, _e = v.phases[v.current_phase_index]
+            phase = (
+                f"Phase {v.current_phase_index + 1}/{n}: <b>{name}</b> "
+                f"<span style='color:{MUTED}'>({kind})</span> — {format_mmss(v.phase_time_left_s)} left"
+            )
+        elif v.current_phase_index >= n:
+            phase = "Protocol finished"
+        else:
+            phase = "Not started"
+        if v.paused:
+            phase += " &nbsp;<span style='color:#d29922'><b>PAUSED</b></span>"
+        if self.phase_label.text() != phase:
+            self.phase_label.setText(phase)
+        self.clock_label.setText(f"session {format_mmss(v.t)}")
+        label = "Resume  [Space]" if v.paused else "Pause  [Space]"
+        if self.pause_button.text() != label:
+            self.pause_button.setText(label)
+
+    def _ensure_panels(self, device_ids: list[str]) -> None:
+        if list(self.panels) == device_ids:
+            return
+        for panel in self.panels.values():
+            self.grid.removeWidget(panel)
+            panel.deleteLater()
+        self.panels = {}
+        n = len(device_ids)
+        cols = 1 if n <= 1 else 2 if n <= 4 else 3 if n <= 9 else 4
+        for i, dev in enumerate(device_ids):
+            panel = StrapPanel(dev, compact=n > 1)
+            self.grid.addWidget(panel, i // cols, i % cols)
+            self.panels[dev] = panel

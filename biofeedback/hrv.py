@@ -1,0 +1,359 @@
+"""Batch HRV per protocol phase: artifact correction, time and frequency domain, breathing rate.
+
+Pure functions on arrays (no store access). Inputs are beat times in seconds on the session clock, the RR
+interval in ms that *ends* at each beat, an optional `gap_before` mask (the beat's RR spans a disconnect and
+is never used), and phases `(name, kind, start_s, end_s, pacer_rate_bpm | None)`.
+
+Method, in order:
+
+1. **Segments.** The recording is split at gaps (`gap_before` or a missing/NaN RR). Nothing is ever
+   interpolated across a gap and no successive difference spans one.
+2. **Artifact correction** (``correction="kubios"``): Lipponen & Tarvainen (2019) via
+   ``neurokit2.signal_fixpeaks(method="kubios", iterative=True)``, run once per gap-free segment over the
+   whole recording (the method needs context), then cut per phase. Beats are handed to neurokit2 as integer
+   peak indices on a 1 MHz grid built from the cumulative RR sum, so the strap's RR resolution survives the
+   integer casts neurokit2 does. RR of beats the correction did not touch are the original values exactly.
+   A beat counts as corrected when the correction moved, inserted or deleted it (per phase: the larger of
+   new-or-moved output beats and missing-or-moved recorded beats, so a move counts once); ``corrected_pct``
+   is corrected / recorded beats in the phase, and a note is added above `CORRECTED_NOTE_PCT`. An ectopic
+   beat typically moves two beats (the premature one and the one after it).
+3. **Phase cut.** A beat belongs to a phase when ``start_s <= beat time < end_s``; its RR is the interval
+   ending at that beat.
+4. **Time domain** over the phase's NN intervals: mean HR = 60000 / mean NN, SDNN (ddof=1), RMSSD over
+   successive differences inside gap-free runs, pNN50 = #(|diff| > 50 ms) / #NN x 100. On gap-free data these
+   equal ``neurokit2.hrv_time`` (which uses #diff + 1 = #NN as denominator).
+5. **Frequency domain** on the longest gap-free run of the phase: the RR tachogram interpolated at 4 Hz
+   (``neurokit2.intervals_process``, quadratic spline, times from the cumulative RR sum), Welch PSD
+   (``neurokit2.signal_psd``: mean removed, Hann window of half the run, 50 % overlap, no normalisation)
+   and trapezoid band integrals over [lo, hi): LF 0.04–0.15 Hz, HF 0.15–0.40 Hz, in ms² absolute. This is
+   the same computation as ``neurokit2.hrv_frequency(..., interpolation_rate=4, normalize=False)``.
+6. **Breathing rate**: the pacer rate when the phase has a pacer, else the frequency of the highest peak
+   of the same PSD in 0.05–0.5 Hz (respiratory sinus arrhythmia), x 60. Limits: it assumes breathing drives
+   the main HR oscillation; Mayer waves (~0.1 Hz), irregular breathing, talking or movement can dominate
+   instead (short resting records often peak near 0.05–0.1 Hz); the PSD starts at 4 / run length Hz (60 s
+   run: nothing below 4/min is visible) and its resolution is 2 / run length Hz; above about half the heart
+   rate the tachogram cannot represent breathing at all. Below `SLOW_BREATHING_BPM` RSA falls into LF and HF
+   is flagged as not vagal.
+
+Window rules: RMSSD/SDNN/pNN50 and HF need >= 60 s of data in the phase, LF needs >= 120 s; otherwise the
+value is None and a note says why. "Data in the phase" is the phase time covered by gap-free segments (a
+segment spans its first to its last beat), so a gap-free 60 s phase has 60 s although its NN sum is a
+fraction of a beat shorter; LF/HF use the coverage of the longest gap-free stretch alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import neurokit2 as nk
+import numpy as np
+
+Phase = tuple[str, str, float, float, float | None]
+
+CORRECTED_NOTE_PCT = 5.0
+MIN_SHORT_WINDOW_S = 60.0
+MIN_LF_WINDOW_S = 120.0
+SLOW_BREATHING_BPM = 9.0
+LF_BAND_HZ = (0.04, 0.15)
+HF_BAND_HZ = (0.15, 0.40)
+RSA_BAND_HZ = (0.05, 0.5)
+INTERPOLATION_HZ = 4
+_TICKS_PER_S = 1_000_000  # peak-index grid handed to signal_fixpeaks
+_MIN_SEGMENT_BEATS_FOR_CORRECTION = 5
+
+
+@dataclass
+class PhaseMetrics:
+    """HRV of one protocol phase; None where a value cannot be computed (see `notes`).
+
+    `n_beats` counts the usable NN intervals ending in the phase after correction; `corrected_pct` is None
+    when no correction was run; `breathing_rate_source` is None when the rate is unknown.
+    """
+
+    name: str
+    kind: str
+    start_s: float
+    end_s: float
+    n_beats: int
+    corrected_pct: float | None = None
+    mean_hr_bpm: float | None = None
+    rmssd_ms: float | None = None
+    sdnn_ms: float | None = None
+    pnn50_pct: float | None = None
+    lf_ms2: float | None = None
+    hf_ms2: float | None = None
+    lf_peak_hz: float | None = None
+    breathing_rate_bpm: float | None = None
+    breathing_rate_source: Literal["pacer", "rsa"] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (floats, None for missing values)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, np.floating | np.integer):
+                out[key] = value.item()
+        out["notes"] = list(self.notes)
+        return out
+
+
+@dataclass
+class _Timeline:
+    """Beats after correction: times, RR ending at each beat (NaN = unusable), gap-free segment id."""
+
+    t: np.ndarray
+    rr: np.ndarray
+    seg: np.ndarray
+    seg_span: np.ndarray  # (n_segments, 2): first and last beat time of each gap-free segment
+    changed_t: np.ndarray  # times of beats moved or inserted by the correction
+    removed_t: np.ndarray  # times of recorded beats deleted by the correction
+    recorded_t: np.ndarray  # times of all recorded beats
+
+
+def analyze_phases(
+    beat_t: np.ndarray,
+    rr_ms: np.ndarray,
+    phases: list[Phase],
+    correction: Literal["kubios", "none"] = "kubios",
+    gap_before: np.ndarray | None = None,
+) -> list[PhaseMetrics]:
+    """HRV metrics for each phase, in the order given (see the module docstring for the method)."""
+    t, rr, usable = _validate(beat_t, rr_ms, gap_before)
+    if correction not in ("kubios", "none"):
+        raise ValueError(f"correction must be 'kubios' or 'none', got {correction!r}")
+    checked = [_validate_phase(i, p) for i, p in enumerate(phases)]
+    timeline = _build_timeline(t, rr, usable, correct=correction == "kubios")
+    return [_phase_metrics(timeline, p, corrected=correction == "kubios") for p in checked]
+
+
+# ----------------------------------------------------------------------------------------------- input
+
+
+def _validate(
+    beat_t: np.ndarray, rr_ms: np.ndarray, gap_before: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = np.asarray(beat_t, dtype=float)
+    rr = np.asarray(rr_ms, dtype=float)
+    if t.ndim != 1 or rr.ndim != 1:
+        raise ValueError(f"beat_t and rr_ms must be 1-D, got shapes {t.shape} and {rr.shape}")
+    if t.shape != rr.shape:
+        raise ValueError(f"beat_t has {t.size} beats but rr_ms has {rr.size}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"beat_t has {int(np.sum(~np.isfinite(t)))} non-finite value(s)")
+    if t.size > 1 and np.any(np.diff(t) <= 0):
+        i = int(np.argmax(np.diff(t) <= 0)) + 1
+        raise ValueError(f"beat_t must increase strictly; beat {i} at {t[i]} s follows {t[i - 1]} s")
+    bad = np.isfinite(rr) & (rr <= 0)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"rr_ms must be > 0; beat {i} has {rr[i]} ms")
+    if gap_before is None:
+        gap = np.zeros(t.size, dtype=bool)
+    else:
+        gap = np.asarray(gap_before)
+        if gap.shape != t.shape or gap.dtype != bool:
+            raise ValueError(
+                f"gap_before must be a bool array of {t.size} beats, got {gap.dtype} {gap.shape}"
+            )
+    usable = ~gap & np.isfinite(rr)
+    return t, rr, usable
+
+
+def _validate_phase(i: int, phase: Phase) -> Phase:
+    try:
+        name, kind, start, end, pacer = phase
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"phase {i} must be (name, kind, start_s, end_s, pacer_rate_bpm|None), got {phase!r}"
+        ) from None
+    if not end > start:
+        raise ValueError(f"phase {i} ({name!r}) ends at {end} s, not after its start {start} s")
+    if pacer is not None and not pacer > 0:
+        raise ValueError(f"phase {i} ({name!r}) has pacer rate {pacer}; give a rate > 0 or None")
+    return str(name), str(kind), float(start), float(end), None if pacer is None else float(pacer)
+
+
+# ------------------------------------------------------------------------------------- correction
+
+
+def _segments(usable: np.ndarray) -> list[tuple[int, int]]:
+    """[first, last] beat index of each gap-free run: every beat after `first` has a usable RR."""
+    bounds = [0, *list(np.flatnonzero(~usable[1:]) + 1), usable.size]
+    return [(a, b - 1) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _build_timeline(t: np.ndarray, rr: np.ndarray, usable: np.ndarray, correct: bool) -> _Timeline:
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    changed: list[np.ndarray] = []
+    removed: list[np.ndarray] = []
+    for first, last in _segments(usable):
+        seg_t = t[first : last + 1]
+        seg_rr = rr[first : last + 1].copy()
+        if usable[first]:  # anchor: the beat that started the first RR (before the recording's first beat)
+            seg_t = np.concatenate([[seg_t[0] - seg_rr[0] / 1000.0], seg_t])
+            seg_rr = np.concatenate([[np.nan], seg_rr])
+        else:
+            seg_rr[0] = np.nan
+        if correct and seg_t.size >= _MIN_SEGMENT_BEATS_FOR_CORRECTION:
+            new_t, new_rr, ch, rm = _kubios_segment(seg_t, seg_rr)
+            changed.append(ch)
+            removed.append(rm)
+            parts.append((new_t, new_rr))
+        else:
+            parts.append((seg_t, seg_rr))
+    if not parts:
+        empty = np.zeros(0)
+        return _Timeline(empty, empty, np.zeros(0, dtype=int), np.zeros((0, 2)), empty, empty, t)
+    seg_ids = np.concatenate([np.full(p[0].size, k) for k, p in enumerate(parts)])
+    return _Timeline(
+        t=np.concatenate([p[0] for p in parts]),
+        rr=np.concatenate([p[1] for p in parts]),
+        seg=seg_ids,
+        seg_span=np.array([[p[0][0], p[0][-1]] for p in parts]),
+        changed_t=np.concatenate(changed) if changed else np.zeros(0),
+        removed_t=np.concatenate(removed) if removed else np.zeros(0),
+        recorded_t=t,
+    )
+
+
+def _kubios_segment(
+    seg_t: np.ndarray, seg_rr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Correct one gap-free segment; returns new times, new RR, changed-beat times, removed-beat times."""
+    ticks = np.concatenate([[0], np.round(np.cumsum(seg_rr[1:]) * (_TICKS_PER_S / 1000.0))]).astype(np.int64)
+    _, fixed = nk.signal_fixpeaks(ticks, sampling_rate=_TICKS_PER_S, iterative=True, method="kubios")
+    fixed = np.asarray(fixed, dtype=np.int64)
+    is_orig = np.isin(fixed, ticks)
+    pos = np.searchsorted(ticks, fixed)
+    new_t = np.interp(fixed, ticks, seg_t)  # unchanged beats keep their recorded time exactly
+    new_rr = np.full(fixed.size, np.nan)
+    new_rr[1:] = np.diff(fixed) * (1000.0 / _TICKS_PER_S)
+    keep = np.zeros(fixed.size, dtype=bool)
+    keep[1:] = is_orig[1:] & is_orig[:-1] & (np.diff(pos) == 1)
+    new_rr[keep] = seg_rr[pos[keep]]  # untouched intervals keep the strap's exact value
+    removed = seg_t[~np.isin(ticks, fixed)]
+    return new_t, new_rr, new_t[~is_orig], removed
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def _runs(mask: np.ndarray, seg: np.ndarray) -> list[np.ndarray]:
+    """Index arrays of consecutive usable beats within one segment."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(seg[idx]) != 0)) + 1
+    return np.split(idx, breaks)
+
+
+def _phase_metrics(tl: _Timeline, phase: Phase, corrected: bool) -> PhaseMetrics:
+    name, kind, start, end, pacer = phase
+    in_phase = (tl.t >= start) & (tl.t < end)
+    mask = in_phase & np.isfinite(tl.rr)
+    nn = tl.rr[mask]
+    m = PhaseMetrics(name=name, kind=kind, start_s=start, end_s=end, n_beats=int(nn.size))
+    recorded = int(np.sum((tl.recorded_t >= start) & (tl.recorded_t < end)))
+    if corrected and recorded:
+        # a moved beat is both new and missing: count it once (inserted/deleted beats count once too)
+        n_new = np.sum((tl.changed_t >= start) & (tl.changed_t < end))
+        n_gone = np.sum((tl.removed_t >= start) & (tl.removed_t < end))
+        n_fixed = max(n_new, n_gone)
+        m.corrected_pct = float(100.0 * n_fixed / recorded)
+        if m.corrected_pct > CORRECTED_NOTE_PCT:
+            m.notes.append(
+                f"{m.corrected_pct:.1f}% of beats corrected (above {CORRECTED_NOTE_PCT:.0f}%): "
+                "interpret HRV with caution"
+            )
+    elif corrected:
+        m.corrected_pct = 0.0
+    if nn.size == 0:
+        m.notes.append("no usable beats in this phase")
+        _breathing(m, pacer, None)
+        return m
+    m.mean_hr_bpm = float(60000.0 / np.mean(nn))
+    runs = _runs(mask, tl.seg)
+    cover = np.clip(np.minimum(tl.seg_span[:, 1], end) - np.maximum(tl.seg_span[:, 0], start), 0.0, None)
+    duration = float(np.sum(cover))
+    if duration >= MIN_SHORT_WINDOW_S:
+        diffs = np.concatenate([np.diff(tl.rr[r]) for r in runs])
+        m.sdnn_ms = float(np.std(nn, ddof=1))
+        m.rmssd_ms = float(np.sqrt(np.mean(diffs**2))) if diffs.size else None
+        m.pnn50_pct = float(100.0 * np.sum(np.abs(diffs) > 50) / nn.size)
+    else:
+        m.notes.append(f"RMSSD/SDNN/pNN50 need ≥ {MIN_SHORT_WINDOW_S:.0f} s; phase has {duration:.1f} s")
+    if len(runs) > 1:
+        m.notes.append(f"phase has {len(runs)} gap-free stretches; differences never span a gap")
+    longest = max(runs, key=lambda r: float(cover[tl.seg[r[0]]]))
+    run_s = float(cover[tl.seg[longest[0]]])
+    if len(runs) > 1:
+        m.notes.append(f"LF/HF and RSA from the longest gap-free stretch ({run_s:.1f} s of {duration:.1f} s)")
+    psd = None
+    if run_s >= MIN_SHORT_WINDOW_S:
+        psd = tachogram_psd(tl.t[longest], tl.rr[longest])
+        m.hf_ms2 = band_power(psd, HF_BAND_HZ)
+    else:
+        m.notes.append(f"HF needs ≥ {MIN_SHORT_WINDOW_S:.0f} s; phase has {run_s:.1f} s")
+    if run_s >= MIN_LF_WINDOW_S and psd is not None:
+        m.lf_ms2 = band_power(psd, LF_BAND_HZ)
+        m.lf_peak_hz = _peak_hz(psd, LF_BAND_HZ)
+    else:
+        m.notes.append(f"LF needs ≥ {MIN_LF_WINDOW_S:.0f} s; phase has {run_s:.1f} s")
+    _breathing(m, pacer, psd)
+    return m
+
+
+def _breathing(m: PhaseMetrics, pacer: float | None, psd: tuple[np.ndarray, np.ndarray] | None) -> None:
+    if pacer is not None:
+        m.breathing_rate_bpm, m.breathing_rate_source = pacer, "pacer"
+    elif psd is not None:
+        peak = _peak_hz(psd, RSA_BAND_HZ)
+        if peak is not None:
+            m.breathing_rate_bpm, m.breathing_rate_source = 60.0 * peak, "rsa"
+    if m.breathing_rate_bpm is None:
+        m.notes.append(f"breathing rate unknown: no pacer and RSA needs ≥ {MIN_SHORT_WINDOW_S:.0f} s")
+    elif m.breathing_rate_bpm < SLOW_BREATHING_BPM:
+        m.notes.append(
+            f"breathing ~{m.breathing_rate_bpm:.1f}/min moves RSA into LF; "
+            "HF does not index vagal activity here"
+        )
+
+
+# --------------------------------------------------------------------------------------- spectrum
+
+
+def tachogram_psd(beat_t: np.ndarray, rr_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Welch PSD (ms²/Hz) of one gap-free run of RR, interpolated at `INTERPOLATION_HZ`.
+
+    Beat times are rebuilt from the cumulative RR sum (anchored at the first beat) so host-clock jitter does
+    not enter the spectrum. Same steps and parameters as ``neurokit2.hrv_frequency`` with
+    ``interpolation_rate=4, normalize=False`` (Welch, Hann, nperseg = half the samples).
+    """
+    rr = np.asarray(rr_ms, dtype=float)
+    t_rr = float(beat_t[0]) + (np.cumsum(rr) - rr[0]) / 1000.0
+    tach, _, fs = nk.intervals_process(
+        rr, intervals_time=t_rr, interpolate=True, interpolation_rate=INTERPOLATION_HZ
+    )
+    psd = nk.signal_psd(
+        tach, sampling_rate=fs, method="welch", normalize=False, max_frequency=0.5, silent=True
+    )
+    return psd["Frequency"].to_numpy(), psd["Power"].to_numpy()
+
+
+def band_power(psd: tuple[np.ndarray, np.ndarray], band: tuple[float, float]) -> float | None:
+    """Trapezoid integral of the PSD over [lo, hi) in ms²; None when the band holds no PSD bins."""
+    f, p = psd
+    where = (f >= band[0]) & (f < band[1])
+    if np.sum(where) < 2:
+        return None
+    return float(np.trapezoid(p[where], f[where]))
+
+
+def _peak_hz(psd: tuple[np.ndarray, np.ndarray], band: tuple[float, float]) -> float | None:
+    f, p = psd
+    where = (f >= band[0]) & (f <= band[1])
+    if not np.any(where):
+        return None
+    return float(f[where][np.argmax(p[where])])
