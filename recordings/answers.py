@@ -75,6 +75,10 @@ _SKIPPED = {"", "na", "n/a", "-", "skip", "skipped"}
 RESERVED_COLUMNS = ("participant", "week", "time", "session")
 
 
+class TimePointError(ValueError):
+    """A time point that is neither a week nor a short label."""
+
+
 class AnswerStoreError(StoreError):
     """A request the answer store cannot fulfil (duplicate entry, unknown answer set, changed instrument...)."""
 
@@ -86,7 +90,7 @@ def parse_time_point(value: str | int) -> tuple[str, int | None]:
     if m:
         week = int(m[1])
         if week < 1:
-            raise ValueError(f"time point {value!r}: weeks count from 1")
+            raise TimePointError(f"time point {value!r}: weeks count from 1")
         return f"week {week}", week
     if not _LABEL.match(text):
         raise ValueError(
@@ -447,7 +451,7 @@ class AnswerFileError(ValueError):
         super().__init__(text)
 
 
-def _number(raw: Any) -> float | str | None:
+def parse_cell(raw: Any) -> float | str | None:
     """A cell as an answer: None when skipped, a float, or the raw text when it is not a number."""
     if raw is None:
         return None
@@ -536,7 +540,7 @@ def read_answer_file(
                 problems.append(f'{where}: column "session": expected a session number, got {rec["session"]!r}')
         values: dict[str, float | None] = {}
         for item in instrument.items:
-            value = _number(rec.get(item.id))
+            value = parse_cell(rec.get(item.id))
             if isinstance(value, str) or (value is not None and not item.scale.contains(value)):
                 problems.append(
                     f'{where}: column "{item.id}": expected a whole number from {item.scale.min} to '
