@@ -235,6 +235,13 @@ def _show(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _suggest(value: str, options: list[str]) -> str:
+    """' (did you mean "x"?)' for the closest option, ignoring case; "" when none is close."""
+    lowered = {o.lower(): o for o in options}
+    close = difflib.get_close_matches(value.lower(), list(lowered), n=1)
+    return f' (did you mean "{lowered[close[0]]}"?)' if close else ""
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -441,8 +448,7 @@ def _parse_subscales(ck: _Checker, raw: Any, items: list[Item]) -> tuple[Subscal
         listed = _names(ck, entry.get("items", []), "items")
         for item_id in listed:
             if item_id not in item_ids:
-                close = difflib.get_close_matches(item_id, item_ids, n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                hint = _suggest(item_id, item_ids)
                 ck.add("items", f"expected ids of items in this file, got {_show(item_id)}{hint}")
         members = [i.id for i in items if i.id in listed or (name is not None and name in i.subscales)]
         missing = _parse_missing(ck, entry.get("missing"), len(members))
@@ -460,8 +466,7 @@ def _parse_subscales(ck: _Checker, raw: Any, items: list[Item]) -> tuple[Subscal
         for sub in item.subscales:
             if sub not in declared:
                 ck.where = f"item {n} ({_show(item.id)})"
-                close = difflib.get_close_matches(sub, sorted(declared), n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                hint = _suggest(sub, sorted(declared))
                 ck.add("subscales", f"expected a subscale declared in a [[subscale]] table, got {_show(sub)}{hint}")
     ck.where = None
     return tuple(out)
