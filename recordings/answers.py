@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from protocols.instruments import AnswerError, Instrument, SubscaleScore, check_answers, parse_instrument, score
-from recordings.store import Store, StoreError, utc_now
+from recordings.store import Store, StoreError, _check_participant_id, utc_now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instrument_defs (
@@ -93,7 +93,7 @@ def parse_time_point(value: str | int) -> tuple[str, int | None]:
             raise TimePointError(f"time point {value!r}: weeks count from 1")
         return f"week {week}", week
     if not _LABEL.match(text):
-        raise ValueError(
+        raise TimePointError(
             f'time point {value!r}: expected a week ("week 3", "W3" or 3) or a short label such as pre, post '
             "or follow-up (letters first, then letters, digits, spaces, '-' or '_', at most 32)"
         )
@@ -239,7 +239,7 @@ class AnswerStore:
             where = p.origin or (f"entry {n}" if len(pending) > 1 else "")
             prefix = f"{where}: " if where else ""
             try:
-                pid = p.participant_id.strip()
+                pid = _check_participant_id(p.participant_id)
                 label, week = parse_time_point(p.time_point)
                 checked = check_answers(instrument, p.values, p.texts)
                 self._check_session(p.session_id, pid)
