@@ -79,7 +79,9 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             rate = store.resonance_rate(specs[0].participant_id)
         if rate is not None:
             protocol = protocol.with_pacer_rate(rate)
-        session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg)
+        settings = {} if args.week is None else {"week": args.week}
+        session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
+                                settings=settings)  # fmt: skip
         console.print(
             f"Recording [bold]{protocol.name}[/bold] ({protocol.total_duration_s / 60:.0f} min) for "
             f"{', '.join(s.participant_id for s in specs)} at speed ×{args.speed:g} into {store.path}"
@@ -398,6 +400,195 @@ def cmd_devices_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- instruments, answers and the study view -------------------------------------------------------------------
+
+
+def _key_values(pairs: Sequence[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{what} {pair!r}: expected ID=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def _enter_answers(args: argparse.Namespace, instrument_name: str, time_point: str | None) -> int:
+    from biofeedback.answer_entry import ask_answers, confirm, summary_table
+    from protocols.instruments import get_instrument
+    from recordings.answers import AnswerStore, PendingAnswers, parse_time_point, read_answer_file
+
+    instrument = get_instrument(instrument_name)
+    with _open_store(args) as store:
+        answers = AnswerStore(store)
+        if args.from_file:
+            pending = read_answer_file(args.from_file, instrument, participant_id=args.participant,
+                                       time_point=time_point, session_id=args.session)  # fmt: skip
+            ids = answers.add_many(pending, instrument, by=args.by, source="file")
+            console.print(f"saved {len(ids)} {instrument.name} answer set(s) from {args.from_file}")
+            return 0
+        if not args.participant or time_point is None:
+            raise UserError("give --participant and the time point (or --from FILE)")
+        label = parse_time_point(time_point)[0]
+        if answers.find_one(args.participant, instrument.name, label) is not None:
+            raise UserError(f"{args.participant} already has {instrument.name} answers for {label}; "
+                            "use `answers edit` to change them")  # fmt: skip
+        values, texts = ask_answers(instrument, console)
+        console.print(summary_table(instrument, values, texts))
+        if not confirm(console):
+            console.print("Nothing was saved.")
+            return 1
+        pending = [PendingAnswers(args.participant, time_point, values, texts, args.session)]
+        (set_id,) = answers.add_many(pending, instrument, by=args.by, source="terminal")
+        console.print(f"Saved as answer set {set_id} ({args.participant}, {label}). Thank you.")
+    return 0
+
+
+def cmd_diary_add(args: argparse.Namespace) -> int:
+    return _enter_answers(args, args.instrument, None if args.week is None else f"week {args.week}")
+
+
+def cmd_instrument_answer(args: argparse.Namespace) -> int:
+    return _enter_answers(args, args.name, args.time)
+
+
+def cmd_instrument_list(args: argparse.Namespace) -> int:
+    from protocols.instruments import builtin_instruments
+
+    table = Table(title="Built-in instruments")
+    for col in ("name", "kind", "items", "subscales", "title"):
+        table.add_column(col)
+    for name, inst in builtin_instruments().items():
+        table.add_row(name, inst.kind.value, str(len(inst.items)), ", ".join(s.name for s in inst.subscales),
+                      inst.title)  # fmt: skip
+    console.print(table)
+    return 0
+
+
+def cmd_instrument_show(args: argparse.Namespace) -> int:
+    from protocols.instruments import get_instrument
+
+    inst = get_instrument(args.name)
+    console.print(f"[bold]{inst.name}[/bold] ({inst.kind.value}, version {inst.version}): {inst.title}")
+    if inst.description:
+        console.print(inst.description, highlight=False)
+    console.print(f"scale {inst.scale.describe()}", highlight=False)
+    for n, item in enumerate(inst.items, start=1):
+        extra = (" [reverse]" if item.reverse else "") + (f" scale {item.scale.describe()}" if item.scale != inst.scale
+                                                          else "")  # fmt: skip
+        console.print(f"{n}. [{item.id}] {item.text} → {', '.join(item.subscales) or '–'}{extra}", highlight=False)
+    for sub in inst.subscales:
+        console.print(f"subscale {sub.name}: {sub.method.value} of {', '.join(sub.items)}; {sub.missing.describe()}",
+                      highlight=False)  # fmt: skip
+    for field in inst.texts:
+        console.print(f"free text [{field.id}]: {field.prompt}", highlight=False)
+    return 0
+
+
+def cmd_instrument_validate(args: argparse.Namespace) -> int:
+    from protocols.instruments import load_instrument
+
+    inst = load_instrument(Path(args.file))
+    console.print(f"{args.file}: valid instrument {inst.name!r}, {len(inst.items)} items, subscales "
+                  f"{', '.join(s.name for s in inst.subscales) or 'none'}")  # fmt: skip
+    return 0
+
+
+def cmd_answers_list(args: argparse.Namespace) -> int:
+    from recordings.answers import AnswerStore
+
+    with _open_store(args) as store:
+        answers = AnswerStore(store)
+        sets = answers.find(args.participant, args.instrument, include_text=args.include_text)
+        if args.json:
+            print(json.dumps([a.to_dict(include_text=args.include_text) for a in sets], indent=2))
+            return 0
+        table = Table(title=f"Answer sets in {store.path}")
+        for col in ("id", "participant", "instrument", "time point", "session", "scores", "entered by"):
+            table.add_column(col)
+        for a in sets:
+            scores = ", ".join(f"{k} {'–' if v.value is None else format(v.value, 'g')}{'*' if v.prorated else ''}"
+                               for k, v in answers.scores(a).items())  # fmt: skip
+            table.add_row(str(a.id), a.participant_id, a.instrument, a.time_point, str(a.session_id or "–"), scores,
+                          a.entered_by)  # fmt: skip
+        console.print(table)
+        console.print("[dim]* prorated (an item was skipped)[/dim]")
+    return 0
+
+
+def cmd_answers_show(args: argparse.Namespace) -> int:
+    from recordings.answers import AnswerStore
+
+    with _open_store(args) as store:
+        answers = AnswerStore(store)
+        aset = answers.get(args.id, include_text=args.include_text)
+        history = answers.history(args.id, include_text=args.include_text)
+        scores = {k: v.to_dict() for k, v in answers.scores(aset).items()}
+        if args.json:
+            out = {**aset.to_dict(include_text=args.include_text), "scores": scores,
+                   "edits": [e.to_dict() for e in history]}  # fmt: skip
+            print(json.dumps(out, indent=2))
+            return 0
+        console.print(aset.to_dict(include_text=args.include_text))
+        console.print(scores)
+        for e in history:
+            console.print(f"{e.edited_utc} {e.edited_by}: {e.field} {e.old!r} → {e.new!r} {e.reason}", highlight=False)
+    return 0
+
+
+def cmd_answers_edit(args: argparse.Namespace) -> int:
+    from recordings.answers import AnswerStore, parse_cell
+
+    values = {}
+    for key, raw in _key_values(args.set, "--set").items():
+        value = parse_cell(raw)
+        if isinstance(value, str):
+            raise UserError(f"--set {key}={raw}: expected a number, or nothing to mark the item skipped")
+        values[key] = value
+    texts = {k: (v or None) for k, v in _key_values(args.text, "--text").items()}
+    with _open_store(args) as store:
+        edits = AnswerStore(store).edit(args.id, values=values, texts=texts, time_point=args.time,
+                                        session_id=args.session, by=args.by, reason=args.reason)  # fmt: skip
+    if not edits:
+        console.print("nothing changed")
+    for e in edits:
+        console.print(f"answer set {args.id}: {e.field} {e.old!r} → {e.new!r} (by {e.edited_by})", highlight=False)
+    return 0
+
+
+def cmd_study_analyze(args: argparse.Namespace) -> int:
+    from biofeedback.study import analyze_study, markdown, write_outputs
+
+    with _open_store(args) as store:
+        result = analyze_study(store, first=args.first, last=args.last, include_text=args.include_text)
+    if args.out:
+        for path in write_outputs(result, Path(args.out), overwrite=args.force):
+            err_console.print(f"wrote {path}")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif not args.out:
+        console.print(markdown(result), highlight=False)
+    return 0
+
+
+def cmd_study_simulate(args: argparse.Namespace) -> int:
+    from biofeedback.study_sim import SHORT_PROTOCOL, simulate_study
+    from protocols.library import get_protocol
+
+    protocol = SHORT_PROTOCOL if args.protocol is None else get_protocol(args.protocol)
+    if not (1 <= args.participants <= 99 and 2 <= args.weeks <= 104 and 0 <= args.miss_rate < 1):
+        raise UserError("--participants must be 1-99, --weeks 2-104 and --miss-rate in [0, 1)")
+    with _open_store(args) as store:
+        result = simulate_study(store, participants=args.participants, weeks=args.weeks, speed=args.speed,
+                                seed=args.seed, miss_rate=args.miss_rate, protocol=protocol,
+                                progress=lambda msg: console.print(msg, highlight=False))  # fmt: skip
+        n = sum(len(v) for v in result.sessions.values())
+        console.print(f"simulated {len(result.participants)} participants over {result.weeks} weeks into "
+                      f"{store.path}: {n} sessions, {result.diaries} diaries, {len(result.missed_sessions)} missed "
+                      f"sessions, {len(result.missed_diaries)} missed diaries")  # fmt: skip
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------------------
 
 
@@ -429,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ecg", action="store_true", help="also record raw ECG (Polar H10 PMD, or simulated)")
     p.add_argument("--pacer-rate", type=float, help="breathing pacer rate for paced phases (breaths/min)")
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
+    p.add_argument("--week", type=int, help="study week of this session (links it to that week's diary)")
 
     sessions = sub.add_parser("sessions", help="list recorded sessions").add_subparsers(dest="sub", required=True)
     p = command(sessions, "list", cmd_sessions_list, "list sessions in the store")
@@ -500,14 +692,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace existing PNG files")
     p = command(protos, "validate", cmd_protocols_validate, "check a protocol TOML file")
     p.add_argument("file")
+
+    diary = sub.add_parser("diary", help="weekly diary").add_subparsers(dest="sub", required=True)
+    p = command(diary, "add", cmd_diary_add, "enter a weekly diary (interactively, or a CSV/JSON file)")
+    p.add_argument("--participant", help="pseudonymous participant ID")
+    p.add_argument("--week", type=int, help="week number (1, 2, ...)")
+    p.add_argument("--from", dest="from_file", metavar="FILE", help="CSV or JSON file of answers (batch entry)")
+    p.add_argument("--session", type=int, help="the session these answers belong to")
+    p.add_argument("--by", help="who enters the answers (default: the operating-system user)")
+    p.add_argument("--instrument", default="cmt-weekly-diary", help="diary instrument name or TOML file")
+
+    inst = sub.add_parser("instrument", help="questionnaires and diaries").add_subparsers(dest="sub", required=True)
+    command(inst, "list", cmd_instrument_list, "list built-in instruments")
+    p = command(inst, "show", cmd_instrument_show, "show an instrument's items, scales and subscales")
+    p.add_argument("name")
+    p = command(inst, "validate", cmd_instrument_validate, "check an instrument TOML file")
+    p.add_argument("file")
+    p = command(inst, "answer", cmd_instrument_answer, "enter answers to an instrument")
+    p.add_argument("name", help="built-in instrument name or TOML file")
+    p.add_argument("--participant")
+    p.add_argument("--time", help="time point: pre, post, follow-up, week 3, ...")
+    p.add_argument("--from", dest="from_file", metavar="FILE", help="CSV or JSON file of answers (batch entry)")
+    p.add_argument("--session", type=int)
+    p.add_argument("--by", help="who enters the answers (default: the operating-system user)")
+
+    ans = sub.add_parser("answers", help="stored answers").add_subparsers(dest="sub", required=True)
+    p = command(ans, "list", cmd_answers_list, "list answer sets with their scores")
+    p.add_argument("--participant")
+    p.add_argument("--instrument")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--include-text", action="store_true", help="include free-text answers (sensitive)")
+    p = command(ans, "show", cmd_answers_show, "show one answer set and its edit history")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--include-text", action="store_true", help="include free-text answers (sensitive)")
+    p = command(ans, "edit", cmd_answers_edit, "change answers; every change is kept in an audit trail")
+    p.add_argument("id", type=int, help="answer set id (see `answers list`)")
+    p.add_argument("--set", action="append", metavar="ITEM=VALUE", help="new answer (empty value: skipped)")
+    p.add_argument("--text", action="append", metavar="FIELD=TEXT", help="new free text (empty: removed)")
+    p.add_argument("--time", help="move the answers to another time point")
+    p.add_argument("--session", type=int, help="link the answers to a session")
+    p.add_argument("--by", help="who makes the change (default: the operating-system user)")
+    p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+
+    study = sub.add_parser("study", help="the study across weeks").add_subparsers(dest="sub", required=True)
+    p = command(study, "analyze", cmd_study_analyze, "first vs last time point of every measure (Wilcoxon, SPSS)")
+    p.add_argument("--first", help="first time point (default: the earliest week; pre for questionnaires)")
+    p.add_argument("--last", help="last time point (default: the latest week; post for questionnaires)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", metavar="DIR", help="write table (Markdown, CSV), JSON, long data and plots here")
+    p.add_argument("--include-text", action="store_true", help="also output free-text answers (sensitive)")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p = command(study, "simulate", cmd_study_simulate, "record a simulated weekly group study")
+    p.add_argument("--participants", type=int, default=6)
+    p.add_argument("--weeks", type=int, default=12)
+    p.add_argument("--speed", type=float, help="run at this multiple of real time (default: as fast as possible)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--miss-rate", type=float, default=0.1, help="chance a participant misses a week's session")
+    p.add_argument("--protocol", help="weekly protocol (default: a short simulation-sized cmt-soothing)")
     return parser
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from biofeedback.answer_entry import EntryAborted
     from biofeedback.recorder import DeviceSpecError
     from devices.errors import DecodeError
+    from protocols.instruments import AnswerError, InstrumentError, UnknownInstrumentError
     from protocols.library import UnknownProtocolError
     from protocols.loader import ProtocolError
+    from recordings.answers import AnswerFileError, TimePointError
     from recordings.capture import ImportFormatError
     from recordings.ecg_time import EcgTimeError
     from recordings.export_bids import BidsExportError
@@ -518,7 +771,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     return (UserError, DeviceSpecError, DecodeError, UnknownProtocolError, ProtocolError, ImportFormatError,
             OutputExistsError, StoreError, FileNotFoundError, EcgTimeError, BidsExportError, EdfExportError,
-            KubiosExportError)  # fmt: skip
+            KubiosExportError, InstrumentError, UnknownInstrumentError, AnswerError, AnswerFileError, EntryAborted,
+            TimePointError)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
