@@ -6,9 +6,9 @@ participant) and fill in the weekly diary. Over the weeks every participant's ph
 self-criticism falls and self-soothing rises, with noise. Some weeks are missed (a session, a diary, or both) and
 an occasional diary item is skipped; that is normal in a real group and the analysis must cope.
 
-The weekly session uses a SHORT protocol by default (`SHORT_PROTOCOL`: 70 s resting baseline, then 70 s of
-soothing-rhythm breathing at 6/min; each just over the 60 s RMSSD/HF minimum); pass `protocol=` for the full
-25-minute cmt-soothing. By default time is a `VirtualClock` (discrete-event: as fast as the CPU allows and exact
+The weekly session uses a SHORT protocol by default (`SHORT_PROTOCOL`: 70 s resting baseline, then 70 s of soothing-
+rhythm breathing at 6/min; each just over the 60 s RMSSD/HF minimum); pass `protocol=` for the full 25-minute cmt-
+soothing. By default time is virtual (`devices.virtual_time`, discrete-event: as fast as the CPU allows and exact
 even on a loaded machine), so a 12-week study of 6 takes about half a minute, bounded by the pure-Python strap
 simulator. `speed=X` instead runs on a `ScaledClock` at X times real time; above about ×60 six simulated straps
 cannot keep up on a 2-core machine and beats are lost (straps connect late, phases come out short).
@@ -17,16 +17,14 @@ cannot keep up on a 2-core machine and beats are lost (straps connect late, phas
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
-import itertools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from devices.physiology import SimParticipant
+from devices.virtual_time import LoopClock, run_virtual
 from protocols.instruments import DIARY_NAME, Instrument, get_instrument
 from protocols.model import FeedbackMode, Pacer, Phase, PhaseKind, Protocol
 from recordings.answers import AnswerStore
@@ -35,60 +33,6 @@ from recordings.store import Store
 from .recorder import build_session, parse_device_specs
 
 T = TypeVar("T")
-
-
-class VirtualClock:
-    """Session time that jumps straight to the next wake-up whenever every task is waiting on this clock.
-
-    A discrete-event clock for offline simulation: as fast as the CPU allows, and, unlike a `ScaledClock` at high
-    speed, it never runs ahead of a busy simulated strap (no lost beats on a loaded machine). Use it through
-    `run_virtual`. Idle means the event loop has no ready callbacks left (CPython's `loop._ready`; on loops
-    without it a fixed number of yields is used).
-    """
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._t = start
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        return self._t
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._t + max(0.0, seconds), next(self._seq), fut))
-        await fut
-
-    async def _drive(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            ready = getattr(loop, "_ready", None)
-            for _ in range(1000 if ready is not None else 20):
-                await asyncio.sleep(0)
-                if ready is not None and not ready:
-                    break
-            while self._sleepers and self._sleepers[0][2].done():  # cancelled sleeps
-                heapq.heappop(self._sleepers)
-            if not self._sleepers:
-                await asyncio.sleep(0.001)  # only real-time waits are pending (a flush, a shutdown timeout)
-                continue
-            deadline = self._sleepers[0][0]
-            self._t = max(self._t, deadline)
-            while self._sleepers and self._sleepers[0][0] <= deadline:
-                fut = heapq.heappop(self._sleepers)[2]
-                if not fut.done():
-                    fut.set_result(None)
-
-
-async def run_virtual(clock: VirtualClock, coro: Coroutine[Any, Any, T]) -> T:
-    """Await `coro` while `clock` advances whenever everything waits on it."""
-    driver = asyncio.create_task(clock._drive())
-    try:
-        return await coro
-    finally:
-        driver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await driver
 
 
 SHORT_PROTOCOL = Protocol(
@@ -214,10 +158,10 @@ def simulate_study(
         session_of: dict[str, int] = {}
         if attending:
             specs = parse_device_specs([f"sim={pid}" for pid in attending], None)
-            clock = VirtualClock() if speed is None else None
+            clock = LoopClock() if speed is None else None
             session = build_session(store, protocol, specs, speed=speed or 1.0, seed=seed + week, clock=clock,
                                     participants=sims, settings={"week": week, "study": "simulated"})  # fmt: skip
-            ids = asyncio.run(run_virtual(clock, session.run()) if clock else session.run())
+            ids = run_virtual(session.run()) if clock else asyncio.run(session.run())
             session_of = dict(zip(attending, ids, strict=True))
             result.sessions[week] = ids
         for pid in pids:

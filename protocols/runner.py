@@ -58,10 +58,12 @@ class ProtocolRunner:
         self._paused_in_phase = 0.0  # completed pauses within the current phase
         self._paused_since: float | None = None
         self._next_prompt = 0  # index of the next timed prompt in the current phase
+        self._state_cache: RunnerState | None = None
 
     # ---- time bookkeeping -------------------------------------------------------------------------------
 
     def _accept_time(self, t: float) -> float:
+        self._state_cache = None  # every public call that takes a time may change the state
         t = float(t)
         if not math.isfinite(t):
             raise ValueError(f"time must be a finite number of seconds, got {t!r}")
@@ -226,7 +228,12 @@ class ProtocolRunner:
 
     @property
     def state(self) -> RunnerState:
-        """Where the run is as of the last time passed in."""
+        """Where the run is as of the last time passed in (cached until the next call that takes a time)."""
+        if self._state_cache is None:
+            self._state_cache = self._compute_state()
+        return self._state_cache
+
+    def _compute_state(self) -> RunnerState:
         if not self._started or self._finished:
             return RunnerState(self._started, self._finished, False, None, None, 0.0, 0.0, self._last_t)
         assert self._last_t is not None
