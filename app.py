@@ -102,7 +102,9 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             if outlets is not None:
                 outlets.close()
         for sid in ids:
-            console.print(_phase_table(analyze_session(store, sid)))
+            analysis = analyze_session(store, sid)
+            console.print(_phase_table(analysis))
+            _print_notes(analysis)
         console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
     return 0
 
@@ -136,22 +138,50 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from biofeedback.analysis import analyze_session
-    from recordings.capture import export_capture
-    from recordings.export_csv import export_csv
+def _export_sessions(args: argparse.Namespace, store) -> list[int]:
+    """The sessions an export names: one SESSION, `--participant ID` or `--all`."""
+    chosen = [args.session is not None, args.participant is not None, args.all]
+    if sum(chosen) != 1:
+        raise UserError("name exactly one of: a SESSION id, --participant ID, --all")
+    if args.session is not None:
+        store.session(args.session)  # raises a clear error when it does not exist
+        return [args.session]
+    ids = [s.id for s in store.sessions(args.participant)]
+    if not ids:
+        who = f" for participant {args.participant}" if args.participant else ""
+        raise UserError(f"no sessions{who} in {store.path}")
+    return ids
 
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)  # fmt: skip
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    written: list[Path] = []
     with _open_store(args) as store:
-        if args.format == "capture":
-            written = [export_capture(store, args.session, out, overwrite=args.force)]
-        elif args.format == "csv":
-            phases = [p.to_dict() for p in analyze_session(store, args.session, args.correction).phases]
-            written = export_csv(
-                store, args.session, out, phases=phases, include_text=args.include_text, overwrite=args.force
-            )
-        else:
-            raise UserError(f"unknown export format {args.format!r}")
+        ids = _export_sessions(args, store)
+        if args.format == "bids":
+            from recordings.export_bids import export_bids
+
+            with _progress() as progress:
+                task = progress.add_task(f"BIDS export to {out}", total=len(ids))
+                result = export_bids(store, out, ids, include_text=args.include_text, overwrite=args.force,
+                                     on_session=lambda _sid: progress.advance(task))  # fmt: skip
+            for sid in result.kept_sessions:
+                console.print(f"kept session {sid}: already in {out} (use --force to rewrite it)")
+            console.print(f"wrote sessions {result.exported_sessions or 'none'} into BIDS dataset {out} "
+                          f"({len(result.written)} files, index files updated)")  # fmt: skip
+            return 0
+        with _progress() as progress:
+            task = progress.add_task(f"{args.format} export to {out}", total=len(ids))
+            for sid in ids:
+                written += _export_one(store, sid, args, out)
+                progress.advance(task)
     for path in written:
         console.print(f"wrote {path}")
     return 0
@@ -175,11 +205,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Path]:
+    if args.format == "capture":
+        from recordings.capture import export_capture
+
+        return [export_capture(store, sid, out, overwrite=args.force)]
+    if args.format == "csv":
+        from biofeedback.analysis import analyze_session
+        from recordings.export_csv import export_csv
+
+        phases = [p.to_dict() for p in analyze_session(store, sid, args.correction).phases]
+        folder = out if args.session is not None else out / f"session-{sid}"
+        return export_csv(store, sid, folder, phases=phases, include_text=args.include_text, overwrite=args.force)
+    if args.format == "edf":
+        from recordings.export_bids import bids_label
+        from recordings.export_edf import export_edf
+
+        info = store.session(sid)
+        path = out / f"sub-{bids_label(info.participant_id)}_ses-{sid}.edf"
+        return [export_edf(store, sid, path, include_text=args.include_text, overwrite=args.force)]
+    if args.format == "kubios":
+        from recordings.export_kubios import export_kubios
+
+        return export_kubios(store, sid, out, overwrite=args.force)
+    raise UserError(f"unknown export format {args.format!r}")
+
+
 def cmd_import_capture(args: argparse.Namespace) -> int:
     from recordings.capture import import_capture
 
     with _open_store(args) as store:
-        sid, counts = import_capture(store, Path(args.file), args.participant)
+        sid, counts = import_capture(store, Path(args.file), args.participant, device=args.device)
     console.print(
         f"imported session {sid}: {counts.packets} packets, {counts.beats} beats, {counts.malformed} malformed "
         f"(kept raw), {counts.ecg_samples} ECG samples"
@@ -189,11 +245,28 @@ def cmd_import_capture(args: argparse.Namespace) -> int:
 
 def cmd_import_rr(args: argparse.Namespace) -> int:
     from recordings.capture import import_rr
+    from recordings.import_events import import_rr_with_events
 
     with _open_store(args) as store:
-        sid = import_rr(store, Path(args.file), args.participant, column=args.column)
-        n = store.counts(sid)["beats"]
-    console.print(f"imported session {sid}: {n} beats from {args.file}")
+        if args.events:
+            sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column)
+        else:
+            sid = import_rr(store, Path(args.file), args.participant, column=args.column)
+        counts = store.counts(sid)
+    phases = f", {counts['markers']} markers from {args.events}" if args.events else ""
+    console.print(f"imported session {sid}: {counts['beats']} beats from {args.file}{phases} into {store.path}")
+    return 0
+
+
+def cmd_import_polar(args: argparse.Namespace) -> int:
+    from recordings.import_polar import import_polar
+
+    with _open_store(args) as store:
+        sid = import_polar(store, [Path(f) for f in args.files], args.participant)
+        counts = store.counts(sid)
+        n_ecg = sum(len(c[3]) for c in store.ecg_chunks(sid))
+    console.print(f"imported session {sid}: {counts['beats']} beats, {n_ecg} ECG samples from "
+                  f"{len(args.files)} Polar Sensor Logger file(s) into {store.path}")  # fmt: skip
     return 0
 
 
@@ -299,10 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
 
-    p = command(sub, "export", cmd_export, "export a session to files")
-    p.add_argument("session", type=int)
-    p.add_argument("--format", required=True, choices=["csv", "capture"])
-    p.add_argument("--out", required=True, metavar="DIR")
+    p = command(sub, "export", cmd_export, "export sessions to files (BIDS, EDF+, Kubios RR text, CSV, raw capture)")
+    p.add_argument("session", type=int, nargs="?", help="session id (or use --participant / --all)")
+    p.add_argument("--participant", metavar="ID", help="every session of this participant")
+    p.add_argument("--all", action="store_true", help="every session in the store")
+    p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture"])
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (for bids: the dataset root)")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--include-text", action="store_true", help="also export free-text notes (sensitive)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -325,10 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(imp, "capture", cmd_import_capture, "import a raw JSON Lines capture as a new session")
     p.add_argument("file")
     p.add_argument("--participant", required=True)
+    p.add_argument("--device", help="the strap to import from a capture of several straps")
     p = command(imp, "rr", cmd_import_rr, "import RR intervals (ms; one per line or a CSV column)")
     p.add_argument("file")
     p.add_argument("--participant", required=True)
     p.add_argument("--column", help="CSV column holding RR in ms")
+    p.add_argument("--events", metavar="EVENTS.tsv",
+                   help="phases and markers: tab-separated onset, duration, trial_type[, phase_kind]; seconds since "
+                        "the start of the RR series")  # fmt: skip
+    p = command(imp, "polar", cmd_import_polar, "import Polar Sensor Logger files (ECG, RR, HR) as one new session")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--participant", required=True)
 
     protos = sub.add_parser("protocols", help="protocol library").add_subparsers(dest="sub", required=True)
     command(protos, "list", cmd_protocols_list, "list built-in protocols")
@@ -345,11 +427,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from protocols.library import UnknownProtocolError
     from protocols.loader import ProtocolError
     from recordings.capture import ImportFormatError
+    from recordings.ecg_time import EcgTimeError
+    from recordings.export_bids import BidsExportError
+    from recordings.export_edf import EdfExportError
+    from recordings.export_kubios import KubiosExportError
     from recordings.files import OutputExistsError
     from recordings.store import StoreError
 
     return (UserError, DeviceSpecError, DecodeError, UnknownProtocolError, ProtocolError, ImportFormatError,
-            OutputExistsError, StoreError, FileNotFoundError)  # fmt: skip
+            OutputExistsError, StoreError, FileNotFoundError, EcgTimeError, BidsExportError, EdfExportError,
+            KubiosExportError)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,12 +16,17 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from biofeedback.display_common import start_frame_timer
 from biofeedback.view_model import MonitorView, SessionControls, StrapView, ViewSource
 
 log = logging.getLogger(__name__)
 
 ECG_WINDOW_S = 60.0
 RR_WINDOW_S = 300.0
+RR_SCROLL_S = 0.5
+ECG_GROUP_STEP_S = 0.1
+"""In a group grid each small ECG trace scrolls at most 10 times a second (the single view: every frame)."""
+"""Without a new beat the tachogram scrolls in steps of this many seconds (about 2 px): cheap and calm."""
 MARKER_LABELS = ("note", "distress", "technical", "participant moved", "protocol deviation")
 
 BACKGROUND = "#1b1f24"
@@ -194,11 +199,15 @@ class StrapPanel(QtWidgets.QFrame):
             plot.setMenuEnabled(False)
             plot.setMouseEnabled(x=False, y=False)
             plot.hideButtons()
-            plot.showGrid(x=True, y=True, alpha=0.15)
             plot.setLabel("left", ylabel, color=MUTED)
             plot.getAxis("left").setWidth(48)
             plot.enableAutoRange(x=False, y=True)
             plot.setAutoVisible(y=True)
+        # x is seconds relative to now: the axes stay still while the data scrolls, so they are not re-laid
+        # out every frame (and grids are left out: their translucent lines dominated the frame time)
+        self.ecg_plot.setXRange(-ECG_WINDOW_S, 0, padding=0)
+        self.rr_plot.setXRange(-RR_WINDOW_S, 0, padding=0)
+        self.rr_plot.setLabel("bottom", "seconds before now", color=MUTED)
         self.ecg_curve = self.ecg_plot.plot(pen=ECG_PEN, skipFiniteCheck=True)
         self.ecg_curve.setClipToView(True)
         self.ecg_curve.setDownsampling(auto=True, method="peak")
@@ -211,6 +220,9 @@ class StrapPanel(QtWidgets.QFrame):
         self.plots.ci.layout.setRowStretchFactor(1, 3)
         self._ecg_sig: tuple[int, float, float] | None = None
         self._rr_sig: tuple[object, ...] | None = None
+        self._rr_t0 = -math.inf
+        self._ecg_t0 = -math.inf
+        self._ecg_step = ECG_GROUP_STEP_S if compact else 0.0
         self._has_ecg: bool | None = None
         self._text: tuple[str, str, str] | None = None
 
@@ -255,34 +267,37 @@ class StrapPanel(QtWidgets.QFrame):
             self.plots.ci.layout.setRowMaximumHeight(0, 1e6 if has_ecg else 0)
             self._has_ecg = has_ecg
         if has_ecg:
-            sig = _signature(s.ecg_t)
-            if sig != self._ecg_sig:
-                i0 = int(np.searchsorted(s.ecg_t, s.ecg_t[-1] - ECG_WINDOW_S))
-                self.ecg_curve.setData(s.ecg_t[i0:], s.ecg_uv[i0:])
+            sig = (*_signature(s.ecg_t), t)
+            if sig != self._ecg_sig and abs(t - self._ecg_t0) >= self._ecg_step:
+                self._ecg_t0 = t
+                i0 = int(np.searchsorted(s.ecg_t, t - ECG_WINDOW_S))
+                self.ecg_curve.setData(s.ecg_t[i0:] - t, s.ecg_uv[i0:])
                 self._ecg_sig = sig
-            self.ecg_plot.setXRange(t - ECG_WINDOW_S, t, padding=0)
 
-        rr_sig = (*_signature(s.rr_t), len(s.gaps), s.gaps[-1] if s.gaps else None, int(s.rr_corrected.sum()))
-        if rr_sig != self._rr_sig:
-            self.rr_curve.setData(s.rr_t, s.rr_ms, connect=rr_connect(s.rr_t, s.gaps))
-            self.corrected.setData(s.rr_t[s.rr_corrected], s.rr_ms[s.rr_corrected])
-            self._rr_sig = rr_sig
+        # The tachogram changes once a beat: redraw it on new data, and scroll it only every RR_SCROLL_S.
+        rr_sig = (*_signature(s.rr_t), len(s.gaps), s.gaps[-1] if s.gaps else None, len(markers))
+        if rr_sig == self._rr_sig and abs(t - self._rr_t0) < RR_SCROLL_S:
+            return
+        self._rr_sig, self._rr_t0 = rr_sig, t
         lo = t - RR_WINDOW_S
+        i0 = int(np.searchsorted(s.rr_t, lo))
+        rr_t, rr_ms, fixed = s.rr_t[i0:], s.rr_ms[i0:], s.rr_corrected[i0:]
+        self.rr_curve.setData(rr_t - t, rr_ms, connect=rr_connect(rr_t, s.gaps))
+        self.corrected.setData(rr_t[fixed] - t, rr_ms[fixed])
         visible_gaps = [g for g in s.gaps if g[1] >= lo]
         for i, (g0, g1) in enumerate(visible_gaps):
             region = self._gap_region(i)
-            region.setRegion((g0, g1))
+            region.setRegion((g0 - t, g1 - t))
             region.setVisible(True)
         for region in self.gap_regions[len(visible_gaps) :]:
             region.setVisible(False)
         visible_markers = [m for m in markers if m[0] >= lo]
         for i, (mt, _label) in enumerate(visible_markers):
             line = self._marker_line(i)
-            line.setValue(mt)
+            line.setValue(mt - t)
             line.setVisible(True)
         for line in self.marker_lines[len(visible_markers) :]:
             line.setVisible(False)
-        self.rr_plot.setXRange(lo, t, padding=0)
 
 
 class MonitorWindow(QtWidgets.QMainWindow):
@@ -384,11 +399,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
             QtGui.QShortcut(QtGui.QKeySequence(key), self, slot)
         QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Escape), self.marker_edit, self.cancel_marker)
 
-        self.timer = QtCore.QTimer(self)
-        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(max(1, round(1000 / fps)))
-        self.timer.timeout.connect(self.refresh)
-        self.timer.start()
+        self.timer = start_frame_timer(self, fps, self.refresh)
         self.refresh()
 
     # --- controls -------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ exactly like hidden feedback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
+from biofeedback.display_common import start_frame_timer
 from biofeedback.view_model import ParticipantView, SessionControls, ViewSource
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,11 @@ def glow_colour(level: float, alpha: float) -> QtGui.QColor:
     return _mix(GLOW_MID, GLOW_WARM, level * 2 - 1, alpha)
 
 
+def _scene(v: ParticipantView) -> tuple[object, ...]:
+    """Everything but the pacer that changes what a frame shows."""
+    return (v.phase_name, v.prompt, v.feedback, v.paused, v.finished, v.message, v.pacer_size is None)
+
+
 class ParticipantState:
     """What a frame needs from earlier ones: the outgoing prompt (cross-fade) and the smoothed glow."""
 
@@ -126,14 +133,70 @@ def _font(px: float, weight: QtGui.QFont.Weight = QtGui.QFont.Weight.Normal) -> 
     return f
 
 
+GLOW_STEPS = 200
+"""The glow is pre-rendered at this many levels (steps of 0.005: invisible, and it keeps frames cheap)."""
+
+
+@functools.lru_cache(maxsize=3)
+def _backdrop(width: int, height: int, level_step: int) -> QtGui.QImage:
+    """Background gradient and soothing glow at `level_step / GLOW_STEPS`, cached (they change slowly)."""
+    level = level_step / GLOW_STEPS
+    lay = participant_layout(width, height)
+    img = QtGui.QImage(width, height, QtGui.QImage.Format.Format_ARGB32_Premultiplied)
+    p = QtGui.QPainter(img)
+    try:
+        p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing, True)
+        bg = QtGui.QLinearGradient(0, 0, 0, height)
+        bg.setColorAt(0.0, BG_TOP)
+        bg.setColorAt(1.0, BG_BOTTOM)
+        p.fillRect(QtCore.QRectF(0, 0, width, height), bg)
+        center = QtCore.QPointF(lay.center_x, lay.center_y)
+        glow_r = lay.r_max * (1.3 + 0.55 * level)
+        glow = QtGui.QRadialGradient(center, glow_r)
+        peak = 0.24 + 0.36 * level
+        for stop, share in ((0.0, 1.0), (0.35, 0.75), (0.65, 0.32), (0.85, 0.1), (1.0, 0.0)):
+            glow.setColorAt(stop, glow_colour(level, peak * share))
+        p.setPen(QtCore.Qt.PenStyle.NoPen)
+        p.setBrush(glow)
+        p.setCompositionMode(QtGui.QPainter.CompositionMode.CompositionMode_Screen)
+        p.drawEllipse(center, glow_r, glow_r)
+    finally:
+        p.end()
+    return img
+
+
+@functools.lru_cache(maxsize=4)
+def _pacer_disc(radius: int) -> QtGui.QImage:
+    """The pacer's soft teal disc and pale rim at full size; frames draw it scaled to the pacer radius."""
+    size = 2 * radius
+    img = QtGui.QImage(size, size, QtGui.QImage.Format.Format_ARGB32_Premultiplied)
+    img.fill(QtCore.Qt.GlobalColor.transparent)
+    p = QtGui.QPainter(img)
+    try:
+        p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing, True)
+        center = QtCore.QPointF(radius, radius)
+        disc = QtGui.QRadialGradient(center, radius)
+        disc.setColorAt(0.0, _mix(PACER_CORE, PACER_CORE, 0, 0.85))
+        disc.setColorAt(1.0, _mix(PACER_EDGE, PACER_EDGE, 0, 0.75))
+        rim_w = max(2.0, radius * 0.025)
+        p.setPen(QtGui.QPen(_mix(PACER_RIM, PACER_RIM, 0, 0.95), rim_w))
+        p.setBrush(disc)
+        p.drawEllipse(center, radius - rim_w / 2, radius - rim_w / 2)
+    finally:
+        p.end()
+    return img
+
+
 def paint_participant(
     p: QtGui.QPainter,
     width: float,
     height: float,
     view: ParticipantView,
     state: ParticipantState | None = None,
+    dirty: QtCore.QRectF | None = None,
 ) -> None:
-    """Paint one participant frame. `state` carries cross-fade and glow smoothing; None: a lone frame."""
+    """Paint one participant frame. `state` carries cross-fade and glow smoothing (None: a lone frame);
+    `dirty` is the part being repainted (None: all), so text outside it need not be laid out."""
     if state is None:
         state = ParticipantState()
         state.update(view)
@@ -141,36 +204,14 @@ def paint_participant(
     p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing, True)
     p.setRenderHint(QtGui.QPainter.RenderHint.TextAntialiasing, True)
 
-    bg = QtGui.QLinearGradient(0, 0, 0, height)
-    bg.setColorAt(0.0, BG_TOP)
-    bg.setColorAt(1.0, BG_BOTTOM)
-    p.fillRect(QtCore.QRectF(0, 0, width, height), bg)
+    p.drawImage(0, 0, _backdrop(round(width), round(height), round(state.glow_level * GLOW_STEPS)))
 
-    level = state.glow_level
-    center = QtCore.QPointF(lay.center_x, lay.center_y)
-    glow_r = lay.r_max * (1.3 + 0.55 * level)
-    glow = QtGui.QRadialGradient(center, glow_r)
-    peak = 0.24 + 0.36 * level
-    for stop, share in ((0.0, 1.0), (0.35, 0.75), (0.65, 0.32), (0.85, 0.1), (1.0, 0.0)):
-        glow.setColorAt(stop, glow_colour(level, peak * share))
-    p.setPen(QtCore.Qt.PenStyle.NoPen)
-    p.setBrush(glow)
-    p.setCompositionMode(QtGui.QPainter.CompositionMode.CompositionMode_Screen)
-    p.drawEllipse(center, glow_r, glow_r)
-    p.setCompositionMode(QtGui.QPainter.CompositionMode.CompositionMode_SourceOver)
-
-    dim = 0.4 if view.paused else 1.0
-    if view.pacer_size is not None and not view.finished:
+    if view.pacer_size is not None and not view.finished and not view.paused:  # paused: just the glow
+        center = QtCore.QPointF(lay.center_x, lay.center_y)
         r = pacer_radius(view.pacer_size, width, height)
-        disc = QtGui.QRadialGradient(center, r)
-        disc.setColorAt(0.0, _mix(PACER_CORE, PACER_CORE, 0, 0.85 * dim))
-        disc.setColorAt(1.0, _mix(PACER_EDGE, PACER_EDGE, 0, 0.75 * dim))
-        rim_w = max(2.0, lay.r_max * 0.025)
-        rim = QtGui.QColor(PACER_RIM)
-        rim.setAlphaF(0.95 * dim)
-        p.setBrush(disc)
-        p.setPen(QtGui.QPen(rim, rim_w))
-        p.drawEllipse(center, r - rim_w / 2, r - rim_w / 2)
+        p.setRenderHint(QtGui.QPainter.RenderHint.SmoothPixmapTransform, True)
+        target = QtCore.QRectF(center.x() - r, center.y() - r, 2 * r, 2 * r)
+        p.drawImage(target, _pacer_disc(round(lay.r_max)))  # a scaled image: far cheaper than stroking
         if view.pacer_label and not view.paused:
             p.setPen(TEXT_SOFT)
             p.setFont(_font(lay.label_rect.height() * 0.5))
@@ -185,8 +226,9 @@ def paint_participant(
         return
     x = state.fade(view.t)
     p.setFont(_font(prompt_px))
+    show_prompt = dirty is None or dirty.intersects(lay.prompt_rect)
     for text, alpha in ((state.previous_prompt, 1.0 - x), (view.prompt, x)):
-        if text and alpha > 0:
+        if text and alpha > 0 and show_prompt:
             c = QtGui.QColor(TEXT)
             c.setAlphaF(alpha * (0.55 if view.paused else 1.0))
             p.setPen(c)
@@ -287,11 +329,7 @@ class ParticipantWindow(QtWidgets.QWidget):
         self.stop_button.clicked.connect(self.stop)
         QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Space), self, self.toggle_pause)
 
-        self.timer = QtCore.QTimer(self)
-        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(max(1, round(1000 / fps)))
-        self.timer.timeout.connect(self.refresh)
-        self.timer.start()
+        self.timer = start_frame_timer(self, fps, self.refresh)
         self.refresh()
 
     def present(self) -> None:
@@ -317,12 +355,29 @@ class ParticipantWindow(QtWidgets.QWidget):
                 self._last_error = str(exc)
             return
         self._last_error = ""
+        previous, was_fading = self.view, self.state.fade(self.state.last_t or 0.0) < 1.0
+        step = round(self.state.glow_level * GLOW_STEPS)
         self.view = view
         self.state.update(view)
         label = "Continue" if view.paused else "Pause"
         if self.pause_button.text() != label:
             self.pause_button.setText(label)
-        self.update()
+        if (
+            previous is None
+            or _scene(previous) != _scene(view)
+            or step != round(self.state.glow_level * GLOW_STEPS)
+            or was_fading
+            or self.state.fade(view.t) < 1.0
+        ):
+            self.update()
+        elif (previous.pacer_size, previous.pacer_label) != (view.pacer_size, view.pacer_label):
+            self.update(self._pacer_area())  # most frames: only the pacer moves
+
+    def _pacer_area(self) -> QtCore.QRect:
+        lay = participant_layout(self.width(), self.height())
+        r = lay.r_max + 4
+        square = QtCore.QRectF(lay.center_x - r, lay.center_y - r, 2 * r, 2 * r)
+        return square.united(lay.label_rect).toAlignedRect()
 
     def toggle_pause(self) -> None:
         if self.view is not None and self.view.paused:
@@ -362,6 +417,7 @@ class ParticipantWindow(QtWidgets.QWidget):
             if self.view is None:
                 p.fillRect(self.rect(), BG_TOP)
             else:
-                paint_participant(p, self.width(), self.height(), self.view, self.state)
+                dirty = QtCore.QRectF(event.rect())
+                paint_participant(p, self.width(), self.height(), self.view, self.state, dirty)
         finally:
             p.end()

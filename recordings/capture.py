@@ -98,10 +98,22 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
     return lines
 
 
-def import_capture(store: Store, path: Path, participant_id: str) -> tuple[int, DecodeCounts]:
-    """Create a session from a capture file, decoding its bytes as live data would be."""
+def import_capture(
+    store: Store, path: Path, participant_id: str, device: str | None = None
+) -> tuple[int, DecodeCounts]:
+    """Create a session from a capture file, decoding its bytes as live data would be.
+
+    A capture of several straps (a group) is imported one strap at a time: name it with `device`.
+    """
     lines = parse_capture(Path(path).read_text(encoding="utf-8"), str(path))
-    devices = sorted({line.device for line in lines if line.uuid}) or [""]
+    devices = sorted({line.device for line in lines if line.uuid and line.device}) or [""]
+    if device is not None:
+        if device not in devices:
+            raise ImportFormatError(f"{path}: no strap {device!r} in this capture; it has {devices}")
+        lines = [line for line in lines if line.device in (device, "")]
+        devices = [device]
+    elif len(devices) > 1:
+        raise ImportFormatError(f"{path}: holds several straps {devices}; import each with --device NAME")
     with store.transaction():
         sid = store.create_session(
             participant_id,

@@ -4,8 +4,8 @@ Heart-rate straps send RR intervals without beat times. `BeatTimeline` reconstru
 first RR of a stretch is laid back from the notification's arrival; after that, beats follow the strap's own RR sum
 (which is more precise than Bluetooth arrival times). The difference between the RR-sum chain and the host arrival
 time is kept per beat as `arrival_lag_s` (drift is tracked, not hidden). When the chain cannot be trusted — a
-disconnect, contact loss, a silence longer than `max_lag_s` — the next beat starts a new stretch with
-`gap_before=True`: no interval is ever invented across a gap.
+disconnect, contact loss, a malformed heart-rate packet, a silence longer than `max_lag_s` — the next beat starts a
+new stretch with `gap_before=True`: no interval is ever invented across a gap.
 
 `SessionDecoder` applies this to every packet of a session (live, on import, or when re-decoding the raw layer) and
 writes the decoded rows to the store; a malformed packet is kept, counted and explained, never fatal.
@@ -114,6 +114,8 @@ class SessionDecoder:
         except DecodeError as exc:
             self.counts.malformed += 1
             self.store.add_packet_error(self.session_id, packet_id, str(exc))
+            if uuid == HEART_RATE_MEASUREMENT_UUID:
+                self.timeline.mark_gap()  # its RR intervals are lost: the next beat starts a new stretch
         return []
 
     def _heart_rate(self, packet_id: int, t: float, data: bytes) -> list[BeatRow]:

@@ -235,6 +235,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a recorder store or damaged ({exc})") from exc
         self._in_tx = False
+        self._atomic = False
         if recover:
             self.recover_interrupted()
 
@@ -245,20 +246,30 @@ class Store:
             self._in_tx = True
 
     def flush(self) -> None:
-        """Commit everything written since the last flush (the durability point)."""
-        if self._in_tx:
+        """Commit everything written since the last flush (the durability point).
+
+        Inside `transaction()` this waits for the transaction's end, so an import stays all-or-nothing.
+        """
+        if self._in_tx and not self._atomic:
             self._db.execute("COMMIT")
             self._in_tx = False
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """All-or-nothing: everything written inside is committed at the end, or nothing is (on an exception)."""
+        if self._atomic:
+            raise StoreError("transactions do not nest")
+        self.flush()
         self._begin()
+        self._atomic = True
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             self._in_tx = False
             raise
+        finally:
+            self._atomic = False
         self.flush()
 
     def close(self) -> None:

@@ -5,20 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from bluez_mock import HR_MEASUREMENT, HR_SERVICE, PMD_SERVICE, BluezMock, dbus_daemon_available
+from bluez_mock import HR_MEASUREMENT, HR_SERVICE, PMD_SERVICE, dbus_daemon_available
 
 pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="dbus-daemon not installed (apt: dbus)")
-
-
-@pytest.fixture
-def bluez(tmp_path, monkeypatch):
-    from bleak.backends.bluezdbus.version import BlueZFeatures
-
-    # No bluetoothctl here: tell bleak the (fake) BlueZ is recent instead of letting it guess.
-    monkeypatch.setattr(BlueZFeatures, "checked_bluez_version", True)
-    monkeypatch.setattr(BlueZFeatures, "supported_version", True)
-    with BluezMock(log_path=tmp_path / "bluez-mock.log") as mock:
-        yield mock
 
 
 def test_bleak_scans_connects_and_receives_notifications(bluez):

@@ -365,7 +365,7 @@ def test_monitor_shades_a_disconnect_gap_and_breaks_the_tachogram(monitor):
     win, _session = monitor
     panel = win.panels["H10-A1B2C3"]
     shaded = [r.getRegion() for r in panel.gap_regions if r.isVisible()]
-    assert shaded == [pytest.approx((200.0, 231.5))]
+    assert shaded == [pytest.approx((200.0 - 300.0, 231.5 - 300.0))]  # x is seconds before now (t = 300)
     rr_t = np.array([198.0, 199.0, 232.0, 233.0])
     assert rr_connect(rr_t, [(200.0, 231.5)]).tolist() == [True, False, True, True]
     assert panel.ecg_plot.isVisible()
@@ -426,3 +426,10 @@ def test_monitor_group_session_and_screenshot(qtbot, shared_data, monitor):
     assert group.panels["H10-00"].ecg_plot.isVisible()
     ARTIFACTS.mkdir(exist_ok=True)
     assert group.grab().save(str(ARTIFACTS / "monitor_group.png"))
+
+
+def test_paused_frame_shows_no_pacer_only_the_message(qapp):
+    paused = to_array(render_participant_image(view(pacer_size=0.8, paused=True)))
+    assert np.array_equal(paused, to_array(render_participant_image(view(pacer_size=None, paused=True))))
+    no_message = to_array(render_participant_image(view(pacer_size=None, paused=False)))
+    assert not np.array_equal(paused, no_message)  # the gentle paused message is there

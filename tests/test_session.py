@@ -194,3 +194,34 @@ def test_every_command_has_help():
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([*cmd, "--help"])
         assert exc.value.code == 0
+
+
+def test_terminal_view_shows_phase_pacer_and_live_metrics(tmp_path):
+    from rich.console import Console
+
+    from biofeedback.terminal_view import render
+
+    frames: list[str] = []
+    with Store(tmp_path / "s.sqlite") as store:
+        session = build_session(
+            store, get_protocol("cmt-soothing"), parse_device_specs(["sim"], "P01"), speed=300, seed=1
+        )
+
+        async def watch() -> None:
+            while session.clock.now() < 420.0:  # into the paced breathing phase
+                await asyncio.sleep(0.05)
+            console = Console(record=True, width=140)
+            console.print(render(session))
+            frames.append(console.export_text())
+            session.end_session("enough for this test")
+
+        async def main() -> None:
+            await asyncio.gather(session.run(), watch())
+
+        asyncio.run(main())
+    (frame,) = frames
+    assert "soothing-breathing" in frame and "left" in frame
+    assert "pacer breathe" in frame  # the pacer cue (in/out)
+    row = next(line for line in frame.splitlines() if line.startswith("P01"))
+    hr, rmssd = row.split()[4:6]
+    assert 40 < float(hr) < 120 and 5 < float(rmssd) < 200

@@ -218,3 +218,29 @@ def test_rr_file_plain_and_csv(tmp_path, store_path, shared_data):
         markers = store.markers(sid)
         assert [m.kind for m in markers] == ["phase_start", "phase_end"]
         assert markers[0].phase_name == "whole"
+
+
+def test_an_import_that_fails_after_creating_its_session_leaves_nothing(store_path):
+    with Store(store_path) as store:
+        with pytest.raises(RuntimeError), store.transaction():
+            store.create_session("P01", "x", {}, "rr-file", source="rr")  # commits on its own outside a transaction
+            raise RuntimeError("broken input found late")
+        assert store.sessions() == []
+        assert store.participants() == []
+
+
+def test_a_capture_of_two_straps_is_imported_one_strap_at_a_time(tmp_path, store_path):
+    lines = []
+    for i in range(30):
+        for dev, rr in (("strap-a", 800), ("strap-b", 1000)):
+            t = (i + 1) * 1.0 + (0.01 if dev == "strap-b" else 0.0)
+            data = encode_heart_rate(60, [rr * 1024 // 1000]).hex()
+            lines.append(json.dumps({"t": t, "uuid": "2a37", "hex": data, "device": dev}))
+    cap = tmp_path / "group.jsonl"
+    cap.write_text("\n".join(lines))
+    with Store(store_path) as store:
+        with pytest.raises(ImportFormatError, match="several straps"):
+            import_capture(store, cap, "P01")
+        sid, counts = import_capture(store, cap, "P02", device="strap-b")
+        assert counts.beats == 30
+        assert set(np.round(store.beats(sid).rr_ms)) == {1000.0}

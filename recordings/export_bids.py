@@ -1,0 +1,488 @@
+"""BIDS export (raw dataset, BIDS 1.10 physio/physioevents in the `beh` datatype) of one or many sessions.
+
+Layout, per session::
+
+    sub-<label>/ses-<n>/beh/sub-<label>_ses-<n>_task-<protocol>_events.tsv + .json        phases and markers
+    sub-<label>/ses-<n>/beh/..._recording-ecg_physio.tsv.gz + .json                       raw ECG (when recorded)
+    sub-<label>/ses-<n>/beh/..._recording-ecg_physioevents.tsv.gz + .json                 beats (R times, RR ms)
+
+Choices (documented in the dataset's README as well):
+
+- Time zero of every file is the session clock's zero (session start, `acq_time` in `sub-<label>_sessions.tsv`).
+  Event onsets, the ECG `timestamp` column and beat onsets are all seconds on that clock; the ECG sidecar's
+  `StartTime` is its first sample on it. ECG sample times come from `ecg_time` (strap clock drift corrected); a
+  break in the ECG is a run of `n/a` rows, never interpolated.
+- Participant labels are the store's pseudonymous ID with every character that is not a letter or digit removed
+  (`P-01` → `P01`); two IDs that collapse to the same label are refused. `participants.tsv` keeps the store ID.
+- `ses-<n>` is the store's session id. It never changes, so re-exporting into the same folder only adds sessions;
+  a participant's sessions are therefore numbered with gaps, in the order they were recorded.
+- Sessions already in the folder are left untouched (reported as kept) unless `overwrite=True`; `participants.tsv`
+  and `sub-<label>_sessions.tsv` are merged with what is there, so earlier exports stay valid.
+- Only the pseudonymous ID leaves the store. Free-text notes and the labels of manual markers are exported only
+  with `include_text=True`; otherwise a manual marker is exported as `manual` without its label.
+- Sessions without ECG get `..._recording-rr_physio.tsv.gz`, the RR interval in progress sampled at 4 Hz (n/a
+  where data were lost), with the beats as its `physioevents`: a BIDS `physioevents` file must belong to a `physio`
+  file.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .ecg_time import map_ecg_chunks
+from .files import OutputExistsError, open_private_for_write
+from .rr_series import RR_SERIES_FS_HZ, rr_step_series
+from .store import Marker, SessionInfo, Store
+
+BIDS_VERSION = "1.10.0"
+GENERATOR = {"Name": "cmt-biofeedback", "Version": "0.1.0", "Description": "biofeedback session recorder"}
+MANUFACTURER = "Polar Electro Oy"
+
+EVENT_LEVELS = {
+    "phase": "A protocol phase, from its start to its end (duration); see phase_name, phase_kind, feedback",
+    "session_start": "The protocol started",
+    "session_end": "The protocol ended (completed or stopped)",
+    "prompt": "A scripted prompt was shown or spoken to the participant; `label` holds the protocol's text",
+    "pause": "The participant or experimenter paused the session",
+    "resume": "The session resumed after a pause",
+    "skip": "The rest of the phase was skipped",
+    "stop": "The session was stopped early (recorded neutrally; not a failure)",
+    "manual": "A marker set by the experimenter during the session",
+    "note": "A free-text note by the experimenter (exported only when asked for)",
+    "disconnected": "The strap's link dropped; no data until the next `connected`",
+    "connected": "The strap's link was (re-)established",
+    "ecg_gap": "No ECG samples in this interval (duration); the physio file holds n/a rows",
+}
+_POINT_KINDS = {"session_start", "session_end", "prompt", "pause", "resume", "skip", "stop", "manual"}
+
+
+class BidsExportError(ValueError):
+    """A BIDS export that cannot be done as asked (for example two IDs that map to one label)."""
+
+
+def bids_label(participant_id: str) -> str:
+    """Deterministic BIDS label: the pseudonymous ID without characters other than letters and digits."""
+    label = re.sub(r"[^A-Za-z0-9]", "", participant_id)
+    if not label:
+        raise BidsExportError(f"participant ID {participant_id!r} has no letters or digits for a BIDS label")
+    return label
+
+
+def task_label(protocol_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", protocol_name) or "session"
+
+
+@dataclass
+class BidsExportResult:
+    root: Path
+    written: list[Path] = field(default_factory=list)
+    exported_sessions: list[int] = field(default_factory=list)
+    kept_sessions: list[int] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # store participant ID -> BIDS label
+
+
+# -- small writers -------------------------------------------------------------------------------------------------
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def _tsv_text(header: Sequence[str] | None, rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    if header is not None:
+        writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write(path: Path, text: str, overwrite: bool, written: list[Path]) -> None:
+    with open_private_for_write(path, overwrite=overwrite) as fh:
+        fh.write(text)
+    written.append(path)
+
+
+def _write_gz(path: Path, text: str, overwrite: bool, written: list[Path]) -> None:
+    with (
+        open_private_for_write(path, overwrite=overwrite, binary=True) as fh,
+        gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz,
+    ):
+        gz.write(text.encode("utf-8"))
+    written.append(path)
+
+
+def _num(value: float | None, spec: str = ".6f") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return format(value, spec)
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "n/a"
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+# -- events ------------------------------------------------------------------------------------------------------
+
+
+def _event_rows(
+    store: Store, session_id: int, markers: Sequence[Marker], ecg_gaps: Sequence[tuple[float, float]], text: bool
+) -> list[list[str]]:
+    rows: list[tuple[float, list[str]]] = []
+    starts: dict[int, Marker] = {}
+    last_t = max([m.t for m in markers] + [0.0])
+    for mk in markers:
+        if mk.kind == "phase_start" and mk.phase_index is not None:
+            starts[mk.phase_index] = mk
+        elif mk.kind == "phase_end" and mk.phase_index in starts:
+            st = starts.pop(mk.phase_index)
+            rows.append((st.t, _phase_event(st, mk.t, mk.detail.get("ended", "completed"))))
+        elif mk.kind in _POINT_KINDS:
+            label = mk.label if (mk.kind != "manual" or text) else ""
+            rows.append((mk.t, [_num(mk.t), "0", mk.kind, "n/a", _cell(mk.phase_index), _cell(mk.phase_name),
+                                "n/a", "n/a", "n/a", "n/a", _cell(label)]))  # fmt: skip
+    for st in starts.values():  # a phase that never ended (interrupted session): up to the last marker
+        rows.append((st.t, _phase_event(st, last_t, "interrupted")))
+    for t, _dev, state, _reason in store.link_events(session_id):
+        if state in ("disconnected", "connected"):
+            rows.append((t, [_num(t), "0", state] + ["n/a"] * 8))
+    for before, after in ecg_gaps:
+        rows.append((before, [_num(before), _num(after - before), "ecg_gap"] + ["n/a"] * 8))
+    if text:
+        for t, note in store.notes(session_id):
+            rows.append((t, [_num(t), "0", "note"] + ["n/a"] * 7 + [_cell(note)]))
+    rows.sort(key=lambda r: r[0])
+    return [r for _, r in rows]
+
+
+def _phase_event(start: Marker, end_t: float, ended: str) -> list[str]:
+    d = start.detail
+    return [
+        _num(start.t),
+        _num(end_t - start.t),
+        "phase",
+        "n/a",
+        _cell(start.phase_index),
+        _cell(start.phase_name),
+        _cell(d.get("kind")),
+        _cell(d.get("feedback")),
+        _num(d.get("pacer_bpm"), "g") if d.get("pacer_bpm") is not None else "n/a",
+        _cell(ended),
+        "n/a",
+    ]
+
+
+EVENT_COLUMNS = ["onset", "duration", "trial_type", "value", "phase_index", "phase_name", "phase_kind", "feedback",
+                 "pacer_bpm", "ended", "label"]  # fmt: skip
+
+
+def _events_sidecar(task: str, text: bool) -> dict[str, Any]:
+    levels = {k: v for k, v in EVENT_LEVELS.items() if text or k != "note"}
+    return {
+        "TaskName": task,
+        "TaskDescription": f"Scripted biofeedback protocol {task!r}: phases and markers on the session clock",
+        "onset": {"Description": "Time of the event on the session clock (0 = session start)", "Units": "s"},
+        "duration": {"Description": "Duration of the event (0 for point events)", "Units": "s"},
+        "trial_type": {"LongName": "Event type", "Description": "What happened", "Levels": levels},
+        "value": {"Description": "Unused (always n/a); kept for tools that expect the column"},
+        "phase_index": {"Description": "0-based index of the protocol phase the event belongs to"},
+        "phase_name": {"Description": "Name of the protocol phase"},
+        "phase_kind": {
+            "Description": "What the phase asks of the participant",
+            "Levels": {
+                "rest": "Resting baseline",
+                "breathing": "Soothing-rhythm (paced) breathing",
+                "grounding": "Sensory grounding (attention to a held object or a safe place)",
+                "imagery": "Compassionate imagery",
+                "recall": "Recall of a self-critical or threat memory",
+                "refocus": "Compassionate refocusing",
+                "recovery": "Recovery after a task",
+                "diary": "Diary or questionnaire",
+                "meditation": "Compassionate meditation",
+                "other": "Other",
+            },
+        },
+        "feedback": {"Description": "What the participant display showed during the phase (protocol setting)"},
+        "pacer_bpm": {"Description": "Breathing pacer rate during the phase", "Units": "1/min"},
+        "ended": {"Description": "How the phase ended: completed, skipped or stopped"},
+        "label": {
+            "Description": "Prompt text of the protocol, or an experimenter marker/note (exported only when asked)"
+        },
+    }
+
+
+# -- one session -------------------------------------------------------------------------------------------------
+
+
+def _ecg_files(store: Store, info: SessionInfo, stem: str, dest: Path, overwrite: bool, written: list[Path]):
+    chunks = store.ecg_chunks(info.id)
+    if not chunks:
+        return None
+    tl = map_ecg_chunks(chunks)
+    t0, grid = tl.regular_grid()
+    times = t0 + np.arange(len(grid)) / tl.fs_hz
+    lines = [f"{t:.6f}\t{'n/a' if np.isnan(v) else int(v)}" for t, v in zip(times.tolist(), grid.tolist(), strict=True)]
+    _write_gz(dest / f"{stem}_recording-ecg_physio.tsv.gz", "\n".join(lines) + "\n", overwrite, written)
+    sidecar = {
+        "TaskName": info.protocol_name,
+        "SamplingFrequency": round(tl.fs_hz, 6),
+        "StartTime": round(t0, 6),
+        "Columns": ["timestamp", "ecg"],
+        "PhysioType": "generic",
+        "Manufacturer": MANUFACTURER if "polar" in info.device.lower() or "h10" in info.device.lower() else "n/a",
+        "ManufacturersModelName": info.device,
+        "SoftwareVersions": GENERATOR["Version"],
+        "RecordingType": "continuous",
+        "timestamp": {
+            "Description": "Sample time on the session clock (0 = session start): the strap's clock mapped with "
+            "drift correction; rows where the ECG was lost have ecg n/a",
+            "Units": "s",
+        },
+        "ecg": {
+            "LongName": "Electrocardiogram",
+            "Description": "Single-lead chest-strap ECG as sent by the strap",
+            "Units": "uV",
+        },
+        "DeviceClock": {
+            "NominalSamplingFrequency": tl.nominal_fs_hz,
+            "DeviceSamplingFrequency": round(tl.fs_device_hz, 6),
+            "DriftPpm": round(tl.drift_ppm, 3),
+            "MedianTransportLatency": round(tl.median_latency_s, 4),
+            "Segments": tl.n_segments,
+        },
+    }
+    _write(dest / f"{stem}_recording-ecg_physio.json", _json_text(sidecar), overwrite, written)
+    return tl
+
+
+def _beat_lines(beats) -> list[str]:
+    return [
+        f"{t:.6f}\t{rr:.3f}\t{int(g)}"
+        for t, rr, g in zip(beats.t.tolist(), beats.rr_ms.tolist(), beats.gap_before.tolist(), strict=True)
+    ]
+
+
+def _rr_files(info: SessionInfo, beats, stem: str, dest: Path, overwrite: bool, written: list[Path]) -> None:
+    """Without ECG: the beats as an RR series (physio, 4 Hz) with the beats themselves as its physioevents."""
+    t0, values = rr_step_series(beats.t, beats.rr_ms, RR_SERIES_FS_HZ)
+    times = t0 + np.arange(len(values)) / RR_SERIES_FS_HZ
+    lines = [f"{t:.6f}\t{_num(v, '.3f')}" for t, v in zip(times.tolist(), values.tolist(), strict=True)]
+    _write_gz(dest / f"{stem}_recording-rr_physio.tsv.gz", "\n".join(lines) + "\n", overwrite, written)
+    sidecar = {
+        "TaskName": info.protocol_name,
+        "SamplingFrequency": RR_SERIES_FS_HZ,
+        "StartTime": round(t0, 6),
+        "Columns": ["timestamp", "rr"],
+        "PhysioType": "generic",
+        "ManufacturersModelName": info.device,
+        "SoftwareVersions": GENERATOR["Version"],
+        "RecordingType": "continuous",
+        "timestamp": {"Description": "Sample time on the session clock (0 = session start)", "Units": "s"},
+        "rr": {
+            "LongName": "RR interval in progress",
+            "Description": "The strap's RR interval covering each sample time (a step function of the beats in "
+            "the physioevents file); n/a where no beat interval covers the time (data lost)",
+            "Units": "ms",
+        },
+    }
+    _write(dest / f"{stem}_recording-rr_physio.json", _json_text(sidecar), overwrite, written)
+    body = "\n".join(_beat_lines(beats)) + "\n"
+    _write_gz(dest / f"{stem}_recording-rr_physioevents.tsv.gz", body, overwrite, written)
+    beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name))
+    _write(dest / f"{stem}_recording-rr_physioevents.json", beats_json, overwrite, written)
+
+
+def _beats_sidecar(onset_source: str, task: str) -> dict[str, Any]:
+    return {
+        "TaskName": task,
+        "Description": "Heart beats as reported by the strap: beat time and the RR interval ending at it",
+        "Columns": ["onset", "rr", "gap_before"],
+        "OnsetSource": onset_source,
+        "onset": {"Description": "Beat time on the session clock (0 = session start)", "Units": "s"},
+        "rr": {"LongName": "RR interval", "Description": "Interval from the previous beat to this one", "Units": "ms"},
+        "gap_before": {
+            "Description": "1 if data were lost before this beat (the previous beat is not in the file)",
+            "Levels": {"0": "continuous", "1": "after a gap"},
+        },
+    }
+
+
+def export_bids_session(
+    store: Store,
+    session_id: int,
+    root: Path,
+    *,
+    include_text: bool = False,
+    overwrite: bool = False,
+    result: BidsExportResult | None = None,
+) -> BidsExportResult:
+    """Write one session under `root` (a BIDS dataset, created if needed) and update the dataset index files."""
+    result = result or BidsExportResult(Path(root))
+    info = store.session(session_id)
+    label = _label_for(store, info.participant_id, result)
+    ses = f"ses-{info.id}"
+    dest = Path(root) / f"sub-{label}" / ses / "beh"
+    stem = f"sub-{label}_{ses}_task-{task_label(info.protocol_name)}"
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        result.kept_sessions.append(session_id)
+        return result
+    written: list[Path] = []
+    tl = _ecg_files(store, info, stem, dest, overwrite, written)
+    beats = store.beats(session_id)
+    if tl is not None:
+        body = "\n".join(_beat_lines(beats)) + ("\n" if len(beats.t) else "")
+        _write_gz(dest / f"{stem}_recording-ecg_physioevents.tsv.gz", body, overwrite, written)
+        beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name))
+        _write(dest / f"{stem}_recording-ecg_physioevents.json", beats_json, overwrite, written)
+    elif len(beats.t):
+        _rr_files(info, beats, stem, dest, overwrite, written)
+    rows = _event_rows(store, session_id, store.markers(session_id), tl.gaps if tl else [], include_text)
+    _write(dest / f"{stem}_events.tsv", _tsv_text(EVENT_COLUMNS, rows), overwrite, written)
+    events_json = _json_text(_events_sidecar(info.protocol_name, include_text))
+    _write(dest / f"{stem}_events.json", events_json, overwrite, written)
+    result.written.extend(written)
+    result.exported_sessions.append(session_id)
+    return result
+
+
+def _label_for(store: Store, participant_id: str, result: BidsExportResult) -> str:
+    if participant_id not in result.labels:
+        label = bids_label(participant_id)
+        clash = [p for p in store.participants() if p != participant_id and bids_label(p) == label]
+        if clash:
+            raise BidsExportError(
+                f"participant IDs {participant_id!r} and {clash[0]!r} both become BIDS label sub-{label}; "
+                "rename one of them in the store before exporting"
+            )
+        result.labels[participant_id] = label
+    return result.labels[participant_id]
+
+
+# -- dataset level -----------------------------------------------------------------------------------------------
+
+README = """# Biofeedback sessions (cmt-biofeedback export)
+
+Heart-rate-variability biofeedback sessions recorded with a chest strap during scripted protocols
+(Compassionate Mind Training research). Exported by cmt-biofeedback {version}.
+
+- `sub-<label>/ses-<n>/beh/*_events.tsv`: protocol phases (trial_type `phase`, with duration) and markers.
+- `*_recording-ecg_physio.tsv.gz`: raw ECG (µV) with a `timestamp` column; `*_recording-ecg_physioevents.tsv.gz`:
+  the strap's beats (onset = beat time, `rr` in ms). Sessions without ECG have
+  `*_recording-rr_physio.tsv.gz` (RR in progress at 4 Hz) with the beats in `*_recording-rr_physioevents.tsv.gz`.
+- Time zero of all files is the session start (`acq_time` in `sub-<label>_sessions.tsv`). ECG times are the strap's
+  clock mapped onto the session clock with drift correction; lost ECG is `n/a`, never interpolated.
+- Participant labels are the pseudonymous IDs of the recorder without separators (P-01 -> P01); `session_id`
+  `ses-<n>` is the recorder's session number, stable across exports (so numbers may have gaps).
+- No names or free text are included unless the export was made with `--include-text`.
+"""
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _merge_tsv(path: Path, key: str, header: Sequence[str], new_rows: Sequence[dict[str, str]]) -> str:
+    rows = {r[key]: r for r in _read_tsv(path)}
+    for r in new_rows:
+        rows[r[key]] = r
+    ordered = sorted(rows.values(), key=lambda r: _sort_key(r[key]))
+    return _tsv_text(header, ([r.get(h) or "n/a" for h in header] for r in ordered))
+
+
+def _sort_key(value: str) -> tuple[str, int]:
+    m = re.match(r"^(.*?)(\d+)$", value)
+    return (m.group(1), int(m.group(2))) if m else (value, -1)
+
+
+def _acq_time(started_utc: str) -> str:
+    dt = datetime.fromisoformat(started_utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + ("Z" if dt.utcoffset() is not None else "")
+
+
+def _write_dataset_files(store: Store, root: Path, result: BidsExportResult, sessions: Sequence[SessionInfo]) -> None:
+    written = result.written
+    desc = root / "dataset_description.json"
+    if not desc.exists():
+        _write(desc, _json_text({
+            "Name": "Biofeedback sessions (cmt-biofeedback export)",
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "raw",
+            "GeneratedBy": [GENERATOR],
+        }), False, written)  # fmt: skip
+    if not (root / "README").exists() and not (root / "README.md").exists():
+        _write(root / "README", README.format(version=GENERATOR["Version"]), False, written)
+    participants = [{"participant_id": f"sub-{result.labels[p]}", "recorder_id": p} for p in sorted(result.labels)]
+    text = _merge_tsv(root / "participants.tsv", "participant_id", ["participant_id", "recorder_id"], participants)
+    _write(root / "participants.tsv", text, True, written)
+    _write(root / "participants.json", _json_text({
+        "participant_id": {"Description": "BIDS label: the pseudonymous recorder ID without separators"},
+        "recorder_id": {"Description": "Pseudonymous participant ID as kept by the recorder"},
+    }), True, written)  # fmt: skip
+    by_participant: dict[str, list[SessionInfo]] = {}
+    for s in sessions:
+        by_participant.setdefault(s.participant_id, []).append(s)
+    header = ["session_id", "acq_time", "protocol", "device", "source", "state"]
+    for pid, infos in by_participant.items():
+        label = result.labels[pid]
+        path = root / f"sub-{label}" / f"sub-{label}_sessions.tsv"
+        rows = [
+            {"session_id": f"ses-{s.id}", "acq_time": _acq_time(s.started_utc), "protocol": s.protocol_name,
+             "device": s.device, "source": s.source, "state": s.state}
+            for s in infos
+        ]  # fmt: skip
+        _write(path, _merge_tsv(path, "session_id", header, rows), True, written)
+        _write(path.with_suffix(".json"), _json_text({
+            "acq_time": {"Description": "Session start (UTC): time zero of every file of the session"},
+            "protocol": {"Description": "Name of the protocol run in the session"},
+            "device": {"Description": "Strap or source of the recording"},
+            "source": {"Description": "live recording, or the kind of file it was imported from"},
+            "state": {"Description": "completed, stopped, interrupted or imported"},
+        }), True, written)  # fmt: skip
+
+
+def export_bids(
+    store: Store,
+    root: Path,
+    session_ids: Sequence[int],
+    *,
+    include_text: bool = False,
+    overwrite: bool = False,
+    on_session: Callable[[int], None] | None = None,
+) -> BidsExportResult:
+    """Export sessions into the BIDS dataset at `root` (created or extended); `on_session` is called after each."""
+    if not session_ids:
+        raise BidsExportError("no sessions to export")
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise OutputExistsError(f"{root} exists and is not a folder")
+    existing_desc = root / "dataset_description.json"
+    if existing_desc.exists():
+        desc = json.loads(existing_desc.read_text(encoding="utf-8"))
+        if desc.get("DatasetType", "raw") != "raw" or "BIDSVersion" not in desc:
+            raise BidsExportError(f"{root} holds a dataset that is not a raw BIDS dataset; choose another folder")
+    result = BidsExportResult(root)
+    infos = [store.session(sid) for sid in session_ids]
+    for info in infos:
+        _label_for(store, info.participant_id, result)  # refuse label clashes before writing anything
+    for info in infos:
+        export_bids_session(store, info.id, root, include_text=include_text, overwrite=overwrite, result=result)
+        if on_session is not None:
+            on_session(info.id)
+    _write_dataset_files(store, root, result, infos)
+    return result
