@@ -86,12 +86,23 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             f"Recording [bold]{protocol.name}[/bold] ({protocol.total_duration_s / 60:.0f} min) for "
             f"{', '.join(s.participant_id for s in specs)} at speed ×{args.speed:g} into {store.path}"
         )
-        if args.headless:
-            ids = run_session_blocking(session, view=sys.stdout.isatty())
-        else:
-            from biofeedback.display_app import run_with_displays
+        outlets = None
+        if args.lsl:
+            from biofeedback.lsl_outlets import LslOutlets
 
-            ids = run_with_displays(session)
+            outlets = LslOutlets(session)
+            session.add_listener(outlets)
+            console.print(f"Lab Streaming Layer: streaming {', '.join(outlets.stream_names)}")
+        try:
+            if args.headless:
+                ids = run_session_blocking(session, view=sys.stdout.isatty())
+            else:
+                from biofeedback.display_app import run_with_displays
+
+                ids = run_with_displays(session)
+        finally:
+            if outlets is not None:
+                outlets.close()
         for sid in ids:
             analysis = analyze_session(store, sid)
             console.print(_phase_table(analysis))
@@ -262,6 +273,24 @@ def cmd_export(args: argparse.Namespace) -> int:
                 progress.advance(task)
     for path in written:
         console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from biofeedback.report import REPORT_STEPS, write_report
+
+    with _open_store(args) as store, Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("report", total=len(REPORT_STEPS))
+
+        def step(name: str) -> None:
+            progress.update(task, description=name, completed=REPORT_STEPS.index(name))
+
+        out = write_report(store, args.session, Path(args.out), overwrite=args.force, correction=args.correction,
+                           include_text=args.include_text, on_step=step)  # fmt: skip
+        progress.update(task, completed=len(REPORT_STEPS))
+    console.print(f"wrote {out}")
     return 0
 
 
@@ -621,6 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pacer-rate", type=float, help="breathing pacer rate for paced phases (breaths/min)")
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
     p.add_argument("--week", type=int, help="study week of this session (links it to that week's diary)")
+    p.add_argument("--lsl", action="store_true",
+                   help="stream ECG, RR, heart rate and markers on Lab Streaming Layer (LabRecorder)")  # fmt: skip
 
     sessions = sub.add_parser("sessions", help="list recorded sessions").add_subparsers(dest="sub", required=True)
     p = command(sessions, "list", cmd_sessions_list, "list sessions in the store")
@@ -655,6 +686,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--include-text", action="store_true", help="also export free-text notes (sensitive)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
+
+    p = command(sub, "report", cmd_report, "write a session report: one self-contained HTML file")
+    p.add_argument("session", type=int)
+    p.add_argument("--out", required=True, metavar="FILE.html")
+    p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    p.add_argument("--include-text", action="store_true", help="also include free-text notes (sensitive)")
+    p.add_argument("--force", action="store_true", help="replace an existing report")
 
     devices = sub.add_parser("devices", help="Bluetooth straps").add_subparsers(dest="sub", required=True)
     p = devices.add_parser("scan", help="list straps advertising the Heart Rate Service",

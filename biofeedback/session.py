@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 from collections import deque
@@ -24,16 +25,19 @@ import numpy as np
 from devices.clock import Clock
 from devices.link import LinkEvent, LinkState, Packet, StrapLink
 from devices.physiology import PacerSetting
+from devices.polar_pmd import EcgFrame
 from protocols.model import Phase, Protocol
 from protocols.pacer import pacer_phase, pacer_size
 from protocols.runner import Marker, ProtocolRunner
-from recordings.decode import ECG_FS_HZ, SessionDecoder
+from recordings.decode import ECG_FS_HZ, BeatRow, SessionDecoder
 from recordings.protocol_json import protocol_to_dict
 from recordings.store import Store
 
 from .live_metrics import LiveMetrics
 from .sham import sham_level
 from .view_model import MonitorView, ParticipantView, StrapView, soothing_level
+
+log = logging.getLogger(__name__)
 
 ECG_WINDOW_S = 60.0
 DRAIN_S = 1.5
@@ -83,6 +87,33 @@ class _StrapState:
     last_packet_t: float = -1.0
 
 
+class SessionListener:
+    """Receives what the session records, as it is recorded (for example LSL outlets); every method is optional.
+
+    Called in the session's asyncio thread right after the data is stored: a listener must only hand data on
+    (never block). A listener that raises is dropped with a logged warning; recording goes on.
+    `strap` is the index of the strap in `LiveSession.straps`.
+    """
+
+    def session_started(self, session: LiveSession) -> None:
+        """The session clock reads 0 now (called before the first marker)."""
+
+    def beats(self, strap: int, rows: Sequence[BeatRow]) -> None:
+        """New beats (session-clock times, RR in ms) decoded from one notification."""
+
+    def heart_rate(self, strap: int, t: float, bpm: int, contact: str) -> None:
+        """The strap's own heart rate from one notification that arrived at session time `t`."""
+
+    def ecg(self, strap: int, t_arrival: float, frame: EcgFrame) -> None:
+        """One decoded ECG frame (µV, device-clock stamp of its last sample) that arrived at `t_arrival`."""
+
+    def marker(self, marker: Marker) -> None:
+        """A protocol marker (phase start/end, prompt, pause ...) or a manual one (kind `manual`)."""
+
+    def session_ended(self) -> None:
+        """The session is over and stored."""
+
+
 class GuideFromRunner:
     """The simulated participant's breathing guide, read from the protocol runner (devices never see protocols)."""
 
@@ -114,6 +145,7 @@ class LiveSession:
         flush_interval_s: float = 0.25,
         settings: dict | None = None,
         on_marker: Callable[[Marker], None] | None = None,
+        listeners: Sequence[SessionListener] = (),
     ) -> None:
         if not bindings:
             raise ValueError("a session needs at least one strap")
@@ -126,6 +158,7 @@ class LiveSession:
         self.runner = ProtocolRunner(protocol)
         self.flush_interval_s = flush_interval_s
         self.on_marker = on_marker
+        self.listeners: list[SessionListener] = list(listeners)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -152,10 +185,23 @@ class LiveSession:
     def current_phase(self) -> Phase | None:
         return self.runner.state.phase
 
+    def add_listener(self, listener: SessionListener) -> None:
+        """Register a listener before `run()` (see `SessionListener`)."""
+        self.listeners.append(listener)
+
+    def _notify(self, method: str, *args: object) -> None:
+        for listener in list(self.listeners):
+            try:
+                getattr(listener, method)(*args)
+            except Exception as exc:  # a listener must never cost a stored beat
+                self.listeners.remove(listener)
+                log.warning("listener %s dropped after %s: %s", type(listener).__name__, type(exc).__name__, exc)
+
     # -- inputs from the straps -------------------------------------------------------------------------------
     def _on_packet(self, strap: _StrapState, packet: Packet) -> None:
         pid = self.store.add_packet(strap.session_id, packet.t, packet.uuid, packet.data, packet.device)
         strap.last_packet_t = packet.t
+        before = strap.decoder.last_measurement
         rows = strap.decoder.packet(pid, packet.t, packet.uuid, packet.data)
         with self._lock:
             m = strap.decoder.last_measurement
@@ -171,6 +217,14 @@ class LiveSession:
             if frame is not None:  # for display only: laid back from arrival (exports use the device clock)
                 n = len(frame.samples_uv)
                 strap.ecg.append((packet.t - (n - 1 - np.arange(n)) / ECG_FS_HZ, frame.samples_uv))
+        if self.listeners:
+            index = self.straps.index(strap)
+            if rows:
+                self._notify("beats", index, rows)
+            if m is not None and m is not before:
+                self._notify("heart_rate", index, packet.t, m.heart_rate_bpm, strap.contact)
+            if frame is not None:
+                self._notify("ecg", index, packet.t, frame)
 
     def _on_event(self, strap: _StrapState, event: LinkEvent) -> None:
         self.store.add_link_event(strap.session_id, event.t, event.device, event.state.value, event.reason)
@@ -211,6 +265,7 @@ class LiveSession:
                     self._prompt = mk.label
             if self.on_marker is not None:
                 self.on_marker(mk)
+            self._notify("marker", mk)
 
     # -- controls (thread-safe; called from the displays or the terminal) --------------------------------------
     def _call(self, fn: Callable[[], None]) -> None:
@@ -231,6 +286,7 @@ class LiveSession:
                     self.store.add_note(strap.session_id, t, note)
             with self._lock:
                 self.markers.append((t, label or "marker"))
+            self._notify("marker", Marker(t, "manual", None, None, label or "marker"))  # type: ignore[arg-type]
 
         self._call(do)
 
@@ -375,6 +431,7 @@ class LiveSession:
         restart = getattr(self.clock, "restart", None)
         if restart is not None:
             restart()  # 0 on the session clock is the moment the session starts
+        self._notify("session_started", self)
         self._record_markers(self.runner.start(self.clock.now()))
         tasks = [
             asyncio.create_task(self._run_strap(s), name=f"strap-{s.binding.participant_id}") for s in self.straps
@@ -399,6 +456,7 @@ class LiveSession:
             for s in self.straps:
                 self.store.end_session(s.session_id, self._end_state)
             self.store.flush()
+            self._notify("session_ended")
         return self.session_ids
 
     async def _protocol_loop(self) -> None:

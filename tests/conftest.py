@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# liblsl reads its configuration once per process: set it before any test can load pylsl, so no test (or the
+# subprocesses they start) ever resolves or announces streams beyond this machine.
+os.environ["LSLAPICFG"] = str(Path(__file__).with_name("lsl_loopback.cfg"))
 
 
 def _find_shared_data() -> Path | None:

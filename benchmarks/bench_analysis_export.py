@@ -1,0 +1,155 @@
+"""Benchmark: analyse and export a 2-hour session with ECG, against neurokit2's stock pipeline on the same data.
+
+Run:  python benchmarks/bench_analysis_export.py [--hours 2] [--seed 1]
+
+A 2-hour session is generated straight into a temporary store (beats from `devices.physiology.BeatModel`, ECG at
+130 Hz from `devices.ecg_synth`, protocol phase markers), without running the live loop. Then it times:
+
+* R-peak detection on the stored ECG (`neurokit2.ecg_peaks`),
+* our artifact correction + per-phase HRV (`biofeedback.analysis.analyze_session`),
+* BIDS and EDF+ export (`recordings.export_bids`, `recordings.export_edf`),
+* the report (`biofeedback.report.render_report`),
+
+and compares with neurokit2's stock `ecg_process` + `hrv` on the same ECG (whole recording, and once per phase).
+It prints times and ratios; nothing is asserted (this is not a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import neurokit2 as nk
+
+from biofeedback.analysis import analyze_session
+from biofeedback.report import render_report
+from devices.ecg_synth import ecg_samples
+from devices.physiology import BeatModel, GuideSegment, PacerSetting, ScheduledGuide, SimParticipant
+from protocols.model import Pacer, Phase, PhaseKind, Protocol
+from recordings.export_bids import export_bids
+from recordings.export_edf import export_edf
+from recordings.protocol_json import protocol_to_dict
+from recordings.store import Store
+
+FS = 130.0
+FRAME = 73
+
+
+def long_protocol(hours: float) -> Protocol:
+    """Baseline, then blocks of paced breathing / imagery / recall / recovery until `hours` are filled."""
+    block = [
+        ("breathing", PhaseKind.BREATHING, 600.0, Pacer(6.0)),
+        ("imagery", PhaseKind.IMAGERY, 600.0, None),
+        ("recall", PhaseKind.RECALL, 300.0, None),
+        ("recovery", PhaseKind.RECOVERY, 300.0, None),
+    ]
+    phases = [Phase("baseline", PhaseKind.REST, 600.0)]
+    total, k = 600.0, 0
+    while total < hours * 3600 - 1:
+        name, kind, dur, pacer = block[k % len(block)]
+        dur = min(dur, hours * 3600 - total)
+        phases.append(Phase(f"{name}-{k // len(block) + 1}", kind, dur, pacer=pacer))
+        total += dur
+        k += 1
+    return Protocol("bench-long", "benchmark protocol", tuple(phases))
+
+
+def generate(store: Store, protocol: Protocol, seed: int) -> int:
+    starts = protocol.phase_starts_s
+    guide = ScheduledGuide(tuple(
+        GuideSegment(s, ph.kind.value, None if ph.pacer is None else PacerSetting(ph.pacer.rate_bpm, 2 / 3))
+        for s, ph in zip(starts, protocol.phases, strict=True)
+    ))  # fmt: skip
+    model = BeatModel(SimParticipant(seed=seed, ectopic_rate=0.003, missed_beat_rate=0.002))
+    end = protocol.total_duration_s
+    beats, true_t, t = [], [], 0.0
+    while t < end:
+        b = model.next_beat(t, guide)
+        if b.undetected_t is not None:
+            true_t.append(b.undetected_t)
+        true_t.append(b.t_beat)
+        beats.append((b.t_beat, b.rr_ms))
+        t = b.t_beat
+    sid = store.create_session("P01", protocol.name, protocol_to_dict(protocol), "bench-sim", source="imported")
+    store.add_beats(sid, [(bt, rr, i == 0, 0.0, None) for i, (bt, rr) in enumerate(beats) if bt < end])
+    for i, (s, ph) in enumerate(zip(starts, protocol.phases, strict=True)):
+        pacer = None if ph.pacer is None else ph.pacer.rate_bpm
+        detail = {"kind": ph.kind.value, "feedback": "live", "pacer_bpm": pacer}
+        store.add_marker(sid, s, "phase_start", ph.name, phase_index=i, phase_name=ph.name, detail=detail)
+        store.add_marker(sid, s + ph.duration_s, "phase_end", ph.name, phase_index=i, phase_name=ph.name,
+                         detail={"ended": "completed"})  # fmt: skip
+    ecg = ecg_samples(true_t, 0.0, end, fs=FS, seed=seed)
+    n_frames = len(ecg) // FRAME
+    device0 = 600_000_000_000_000_000
+    for k in range(n_frames):
+        last = (k + 1) * FRAME - 1
+        store.add_ecg_chunk(sid, last / FS + 0.02, device0 + round(last * 1e9 / FS), FS,
+                            ecg[k * FRAME : (k + 1) * FRAME], None)  # fmt: skip
+    store.end_session(sid, "imported")
+    store.flush()
+    return sid
+
+
+def timed(label: str, fn, results: dict[str, float]):
+    t0 = time.perf_counter()
+    out = fn()
+    results[label] = time.perf_counter() - t0
+    print(f"  {label:<44} {results[label]:8.2f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    protocol = long_protocol(args.hours)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store = Store(root / "bench.sqlite")
+        r: dict[str, float] = {}
+        print(f"{args.hours:g} h session, {len(protocol.phases)} phases")
+        sid = timed("generate session (beats + ECG into the store)", lambda: generate(store, protocol, args.seed), r)
+        ecg = timed("read ECG from the store",
+                    lambda: np.concatenate([s for *_x, s in store.ecg_chunks(sid)]).astype(float), r)  # fmt: skip
+        print(f"  ({len(ecg)} ECG samples, {len(store.beats(sid).t)} beats)")
+        print("ours:")
+        timed("R-peak detection (nk.ecg_peaks)", lambda: nk.ecg_peaks(ecg, sampling_rate=FS), r)
+        analysis = timed("correction + per-phase HRV (analyze_session)", lambda: analyze_session(store, sid), r)
+        timed("BIDS export", lambda: export_bids(store, root / "bids", [sid]), r)
+        try:
+            timed("EDF+ export", lambda: export_edf(store, sid, root / "s.edf"), r)
+        except ValueError as exc:  # reported, so that the rest of the comparison still runs
+            print(f"  EDF+ export FAILED: {exc}")
+            r["EDF+ export"] = float("nan")
+        timed("HTML report (render_report)", lambda: render_report(store, sid), r)
+        print("neurokit2 stock:")
+        signals, _info = timed("nk.ecg_process", lambda: nk.ecg_process(ecg, sampling_rate=FS), r)
+        peaks = np.flatnonzero(signals["ECG_R_Peaks"].to_numpy())
+        timed("nk.hrv (whole recording)", lambda: nk.hrv(peaks, sampling_rate=FS), r)
+
+        def per_phase():
+            for w in analysis.windows:
+                sel = peaks[(peaks >= w.start_s * FS) & (peaks < w.end_s * FS)]
+                nk.hrv(sel, sampling_rate=FS)
+
+        timed("nk.hrv per phase", per_phase, r)
+        store.close()
+    ours = r["R-peak detection (nk.ecg_peaks)"] + r["correction + per-phase HRV (analyze_session)"]
+    stock = r["nk.ecg_process"] + r["nk.hrv per phase"]
+    exports = r["BIDS export"] + r["EDF+ export"]
+    print(f"ours: peaks + correction + per-phase HRV = {ours:.2f} s (+ exports {exports:.2f} s)")
+    print(f"stock: ecg_process + per-phase hrv = {stock:.2f} s; whole-recording hrv alone "
+          f"{r['nk.hrv (whole recording)']:.2f} s")  # fmt: skip
+    print(f"ratio stock / ours = {stock / ours:.1f}x; stock / (ours + exports) = {stock / (ours + exports):.1f}x")
+
+
+if __name__ == "__main__":
+    main()

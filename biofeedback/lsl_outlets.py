@@ -1,0 +1,199 @@
+"""Lab Streaming Layer outlets: a live session's ECG, RR, heart rate and markers for LabRecorder and friends.
+
+Per strap: `ECG` (µV, 130 Hz, float32), `RR` (ms, irregular, stamped at the beat that ends each interval, with a
+second channel flagging the first beat after a gap) and `HeartRate` (the strap's own bpm, irregular). Per session:
+one `Markers` stream (strings such as ``phase_start: baseline`` or ``manual: door knock``). Free-text notes are never
+streamed. Each stream carries channel metadata (label, unit, type), the strap's identity as `source_id`
+(``cmt-biofeedback/<device-id>/ecg``) and the pseudonymous participant code in its description.
+
+Timestamps are explicit: LSL time = session time + `offset`, where ``offset = local_clock() - clock.now()`` taken
+when the session clock starts. With a real-time clock LSL time and session time then run together; with a
+simulated clock running ×N, the LSL stamps keep session seconds (so they run ahead of `local_clock`). ECG samples
+are stamped from the strap's own clock (Polar PMD device time), mapped onto the session clock by
+`DeviceClockMap`, so BLE delivery jitter does not enter the ECG timing.
+
+Outlets are created when `LslOutlets` is built (before the session runs, so LabRecorder can subscribe first);
+pushing only copies into liblsl's queues and never blocks the recording loop.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pylsl
+
+from devices.polar_pmd import EcgFrame
+from protocols.runner import Marker
+from recordings.decode import ECG_FS_HZ, BeatRow
+
+from .session import LiveSession, SessionListener
+
+SOURCE_PREFIX = "cmt-biofeedback"
+DEVICE_MAP_WINDOW_FRAMES = 400
+"""ECG frames (about 0.56 s each) over which the smallest arrival lag anchors the device clock (~3.7 min)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    label: str
+    unit: str
+    type: str
+
+
+class DeviceClockMap:
+    """Session time of ECG samples from the strap's clock (ns), anchored by the smallest recent arrival lag.
+
+    A frame can only arrive after its last sample, so ``arrival - device time`` is the offset plus a delay that is
+    never negative; its minimum over a sliding window of frames is the best estimate of the offset, and the window
+    lets the estimate follow the slow drift between the strap's clock and the host's. When the estimate improves
+    (a smaller lag), it is slewed in by at most half a sample period per frame: timestamps stay strictly increasing.
+    """
+
+    def __init__(self, window: int = DEVICE_MAP_WINDOW_FRAMES, fs_hz: float = ECG_FS_HZ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1 frame, got {window}")
+        self.fs_hz = fs_hz
+        self._origin_ns: int | None = None
+        self._lags: deque[float] = deque(maxlen=window)
+        self._last_t: float | None = None
+
+    def sample_times(self, t_arrival: float, device_ns: int, n: int) -> np.ndarray:
+        """Session times of the `n` samples of a frame whose last sample has device time `device_ns`."""
+        if self._origin_ns is None:
+            self._origin_ns = device_ns
+        device_s = (device_ns - self._origin_ns) / 1e9
+        self._lags.append(t_arrival - device_s)
+        offset = min(self._lags)
+        first = offset + device_s - (n - 1) / self.fs_hz
+        earliest = None if self._last_t is None else self._last_t + 0.5 / self.fs_hz
+        if earliest is not None and first < earliest:
+            # a better (smaller) offset is slewed in, at most half a sample per frame: time never steps back
+            offset += earliest - first
+        times = offset + device_s - (n - 1 - np.arange(n)) / self.fs_hz
+        self._last_t = float(times[-1])
+        return times
+
+
+def stream_info(
+    name: str,
+    stype: str,
+    channels: Sequence[ChannelSpec],
+    *,
+    srate: float,
+    fmt: int,
+    source_id: str,
+    participant_id: str | None,
+    extra: dict[str, str],
+) -> pylsl.StreamInfo:
+    """A StreamInfo with channel metadata (XDF conventions: desc/channels/channel{label,unit,type})."""
+    info = pylsl.StreamInfo(name, stype, len(channels), srate, fmt, source_id)
+    desc = info.desc()
+    chans = desc.append_child("channels")
+    for ch in channels:
+        c = chans.append_child("channel")
+        c.append_child_value("label", ch.label)
+        c.append_child_value("unit", ch.unit)
+        c.append_child_value("type", ch.type)
+    acq = desc.append_child("acquisition")
+    acq.append_child_value("software", SOURCE_PREFIX)
+    acq.append_child_value("host", socket.gethostname())
+    if participant_id is not None:
+        desc.append_child_value("participant_id", participant_id)
+    for key, value in extra.items():
+        desc.append_child_value(key, value)
+    return info
+
+
+def marker_text(marker: Marker) -> str:
+    """The string pushed on the Markers stream for one marker, e.g. ``phase_start: baseline``."""
+    return f"{marker.kind}: {marker.label}"
+
+
+@dataclass
+class _StrapOutlets:
+    ecg: pylsl.StreamOutlet
+    rr: pylsl.StreamOutlet
+    hr: pylsl.StreamOutlet
+    clock_map: DeviceClockMap
+
+
+class LslOutlets(SessionListener):
+    """Publishes a session's data on LSL; register with `session.add_listener(LslOutlets(session))`."""
+
+    def __init__(self, session: LiveSession) -> None:
+        self.offset: float | None = None
+        """LSL time minus session time, fixed when the session clock starts."""
+        self.stream_names: list[str] = []
+        protocol = session.protocol.name
+        self._straps: list[_StrapOutlets] = []
+        for strap, sid in zip(session.straps, session.session_ids, strict=True):
+            device = strap.binding.link.device_id
+            pid = strap.binding.participant_id
+            extra = {"session_id": str(sid), "protocol": protocol, "device_id": device}
+            base = f"{SOURCE_PREFIX}/{device}"
+            ecg = self._outlet(
+                stream_info(f"CMT-ECG-{pid}", "ECG", [ChannelSpec("ECG", "microvolts", "ECG")], srate=ECG_FS_HZ,
+                            fmt=pylsl.cf_float32, source_id=f"{base}/ecg", participant_id=pid, extra=extra),
+                chunk_size=73,
+            )  # fmt: skip
+            rr = self._outlet(
+                stream_info(f"CMT-RR-{pid}", "RR",
+                            [ChannelSpec("RR", "milliseconds", "RR"), ChannelSpec("gap_before", "bool", "flag")],
+                            srate=pylsl.IRREGULAR_RATE, fmt=pylsl.cf_float32, source_id=f"{base}/rr",
+                            participant_id=pid, extra=extra),
+            )  # fmt: skip
+            hr = self._outlet(
+                stream_info(f"CMT-HeartRate-{pid}", "HeartRate", [ChannelSpec("HR", "bpm", "HeartRate")],
+                            srate=pylsl.IRREGULAR_RATE, fmt=pylsl.cf_float32, source_id=f"{base}/hr",
+                            participant_id=pid, extra=extra),
+            )  # fmt: skip
+            self._straps.append(_StrapOutlets(ecg, rr, hr, DeviceClockMap()))
+        devices = "+".join(s.binding.link.device_id for s in session.straps)
+        self._markers = self._outlet(
+            stream_info("CMT-Markers", "Markers", [ChannelSpec("marker", "", "Marker")], srate=pylsl.IRREGULAR_RATE,
+                        fmt=pylsl.cf_string, source_id=f"{SOURCE_PREFIX}/{devices}/markers", participant_id=None,
+                        extra={"session_ids": ",".join(map(str, session.session_ids)), "protocol": protocol,
+                               "participants": ",".join(s.binding.participant_id for s in session.straps)}),
+        )  # fmt: skip
+
+    def _outlet(self, info: pylsl.StreamInfo, chunk_size: int = 0) -> pylsl.StreamOutlet:
+        self.stream_names.append(info.name())
+        return pylsl.StreamOutlet(info, chunk_size=chunk_size)
+
+    def lsl_time(self, t: float | np.ndarray) -> float | np.ndarray:
+        """LSL time of session time `t` (valid once the session has started)."""
+        if self.offset is None:
+            raise RuntimeError("the session has not started: no LSL time offset yet")
+        return t + self.offset
+
+    # -- SessionListener ---------------------------------------------------------------------------------------
+    def session_started(self, session: LiveSession) -> None:
+        self.offset = pylsl.local_clock() - session.clock.now()
+
+    def beats(self, strap: int, rows: Sequence[BeatRow]) -> None:
+        outlet = self._straps[strap].rr
+        for r in rows:
+            outlet.push_sample([r.rr_ms, 1.0 if r.gap_before else 0.0], self.lsl_time(r.t))
+
+    def heart_rate(self, strap: int, t: float, bpm: int, contact: str) -> None:
+        if bpm > 0:  # 0 means no contact: not a heart rate
+            self._straps[strap].hr.push_sample([float(bpm)], self.lsl_time(t))
+
+    def ecg(self, strap: int, t_arrival: float, frame: EcgFrame) -> None:
+        outs = self._straps[strap]
+        n = len(frame.samples_uv)
+        times = outs.clock_map.sample_times(t_arrival, frame.timestamp_ns, n)
+        samples = np.asarray(frame.samples_uv, dtype=np.float32).reshape(n, 1)
+        outs.ecg.push_chunk(samples, list(self.lsl_time(times)))
+
+    def marker(self, marker: Marker) -> None:
+        self._markers.push_sample([marker_text(marker)], self.lsl_time(marker.t))
+
+    def close(self) -> None:
+        """Withdraw the streams (LabRecorder sees them end); the owner calls this once consumers have the data."""
+        self._straps.clear()
+        self._markers = None  # type: ignore[assignment]

@@ -1,0 +1,436 @@
+"""The session report: one self-contained HTML file a researcher can read at a glance (and archive or e-mail).
+
+Contents: the pseudonymous participant ID, protocol, date and signal quality; heart rate and RR over time with the
+phases shaded and markers shown; the per-phase HRV table with its quality notes; breathing rate per phase; the
+soothing response (each phase's RMSSD and HF power relative to the baseline phase). Plots are PNG images made with
+matplotlib (Agg) and embedded as base64 data URIs; the styling is inline CSS. Nothing is fetched from anywhere, so
+the file opens offline and leaks no request. Free-text notes appear only with `include_text=True`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from recordings.files import open_private_for_write
+from recordings.store import Store
+
+from .analysis import SessionAnalysis, analyze_session
+from .hrv import SLOW_BREATHING_BPM, PhaseMetrics
+
+REPORT_STEPS = ("analysing", "heart rate plot", "breathing plot", "soothing plot", "writing")
+"""The steps `render_report` reports through `on_step` (for a progress bar)."""
+
+KIND_COLOURS = {
+    "rest": "#e6edf5",
+    "breathing": "#dff0ea",
+    "grounding": "#e9f0df",
+    "imagery": "#ece7f5",
+    "recall": "#f4eee2",
+    "refocus": "#e0eff3",
+    "recovery": "#eaf1e4",
+    "meditation": "#e8e9f6",
+    "diary": "#f0f0f0",
+    "other": "#f0f0f0",
+}
+INK = "#2f3a45"
+MUTED = "#7b8794"
+HR_COLOUR = "#3d6e9e"
+RR_COLOUR = "#4a8f7b"
+RMSSD_COLOUR = "#4f7fae"
+HF_COLOUR = "#86b8a5"
+MARKER_KINDS = {"manual", "pause", "resume", "skip", "stop"}
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the report shows, read from the store once."""
+
+    analysis: SessionAnalysis
+    beat_t: np.ndarray
+    rr_ms: np.ndarray
+    gap_before: np.ndarray
+    gaps: list[tuple[float, float]]
+    markers: list[tuple[float, str, str]]
+    ecg_minutes: float
+    notes: list[tuple[float, str]]
+
+
+def load_report_data(
+    store: Store, session_id: int, *, correction: str = "kubios", include_text: bool = False
+) -> ReportData:
+    analysis = analyze_session(store, session_id, correction=correction)
+    beats = store.beats(session_id)
+    gaps, down = [], None
+    for t, _dev, state, _reason in store.link_events(session_id):
+        if state == "disconnected" and down is None:
+            down = t
+        elif state == "connected" and down is not None:
+            gaps.append((down, t))
+            down = None
+    if down is not None and len(beats.t):
+        gaps.append((down, float(beats.t[-1])))
+    markers = [(m.t, m.kind, m.label) for m in store.markers(session_id) if m.kind in MARKER_KINDS]
+    ecg_seconds = sum(len(s) / fs for _t, _ns, fs, s in store.ecg_chunks(session_id))
+    return ReportData(
+        analysis=analysis,
+        beat_t=beats.t,
+        rr_ms=beats.rr_ms,
+        gap_before=beats.gap_before,
+        gaps=gaps,
+        markers=markers,
+        ecg_minutes=ecg_seconds / 60.0,
+        notes=store.notes(session_id) if include_text else [],
+    )
+
+
+# -- figures -------------------------------------------------------------------------------------------------------
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.spines[["left", "bottom"]].set_color("#c5ccd3")
+    ax.tick_params(colors=MUTED, labelsize=9)
+    ax.yaxis.label.set_color(INK)
+    ax.xaxis.label.set_color(INK)
+    ax.grid(axis="y", color="#eceff2", linewidth=0.8)
+    ax.set_axisbelow(True)
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", facecolor="white", metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _broken(t: np.ndarray, y: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Insert NaN before each beat that follows a gap, so lines are never drawn across one."""
+    cut = np.flatnonzero(gap[1:]) + 1
+    return np.insert(t, cut, np.nan), np.insert(y, cut, np.nan)
+
+
+def timeline_figure(data: ReportData) -> str:
+    fig, (ax_hr, ax_rr) = plt.subplots(2, 1, figsize=(10.5, 5.6), sharex=True, gridspec_kw={"hspace": 0.12})
+    t_min = data.beat_t / 60.0
+    hr = 60000.0 / data.rr_ms if len(data.rr_ms) else data.rr_ms
+    for ax, y, colour, label in ((ax_hr, hr, HR_COLOUR, "heart rate (bpm)"), (ax_rr, data.rr_ms, RR_COLOUR, "RR (ms)")):
+        _style(ax)
+        for w in data.analysis.windows:
+            ax.axvspan(w.start_s / 60, w.end_s / 60, color=KIND_COLOURS.get(w.kind, "#f0f0f0"), linewidth=0)
+        for g0, g1 in data.gaps:
+            ax.axvspan(g0 / 60, g1 / 60, facecolor="none", edgecolor="#9aa5b1", hatch="////", linewidth=0)
+        bt, by = _broken(t_min, y, data.gap_before)
+        ax.plot(bt, by, color=colour, linewidth=0.8)
+        ax.set_ylabel(label)
+        if len(y):
+            lo, hi = np.nanpercentile(y, [0.5, 99.5])
+            pad = 0.08 * (hi - lo or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+        for t, kind, _label in data.markers:
+            ax.axvline(t / 60, color="#56606b", linewidth=0.9, linestyle="--" if kind == "manual" else ":")
+    for i, w in enumerate(data.analysis.windows):  # staggered so that short neighbouring phases stay readable
+        ax_hr.annotate(
+            _wrap(w.name), ((w.start_s + w.end_s) / 120, 1.02 + 0.13 * (i % 2)), xycoords=("data", "axes fraction"),
+            ha="center", va="bottom", fontsize=8.5, color=INK,
+        )  # fmt: skip
+    for t, kind, label in data.markers:
+        if kind == "manual":
+            ax_rr.annotate(label, (t / 60, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=8,
+                           color="#56606b", ha="right", va="bottom",
+                           bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})  # fmt: skip
+    ax_rr.set_xlabel("time since session start (min)")
+    if data.analysis.windows:
+        ax_rr.set_xlim(data.analysis.windows[0].start_s / 60, data.analysis.windows[-1].end_s / 60)
+    handles = [Patch(facecolor=KIND_COLOURS.get(k, "#f0f0f0"), label=k) for k in _kinds(data)]
+    if data.gaps:
+        handles.append(Patch(facecolor="white", edgecolor="#9aa5b1", hatch="////", label="signal gap"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8.5,
+               bbox_to_anchor=(0.5, -0.04))  # fmt: skip
+    return _png(fig)
+
+
+def _wrap(name: str, width: int = 14) -> str:
+    """Break long phase names at hyphens or spaces so that axis labels do not run into each other."""
+    if len(name) <= width:
+        return name
+    parts = name.replace("-", "-\n").replace(" ", "\n").split("\n")
+    lines, line = [], ""
+    for part in parts:
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part if not line or line.endswith("-") else " " + part
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _kinds(data: ReportData) -> list[str]:
+    return list(dict.fromkeys(w.kind for w in data.analysis.windows))
+
+
+def breathing_figure(phases: list[PhaseMetrics]) -> str:
+    fig, ax = plt.subplots(figsize=(10.5, 3.2))
+    _style(ax)
+    x = np.arange(len(phases))
+    for i, p in enumerate(phases):
+        if p.breathing_rate_bpm is None:
+            ax.text(i, 0.5, "unknown", ha="center", va="bottom", fontsize=8.5, color=MUTED)
+            continue
+        paced = p.breathing_rate_source == "pacer"
+        ax.bar(i, p.breathing_rate_bpm, width=0.55, color=KIND_COLOURS.get(p.kind, "#f0f0f0"),
+               edgecolor="#5f7f99", hatch="" if paced else "..", linewidth=1.0)  # fmt: skip
+        ax.text(i, p.breathing_rate_bpm + 0.3, f"{p.breathing_rate_bpm:.1f}", ha="center", va="bottom", fontsize=9,
+                color=INK)  # fmt: skip
+    slow = ax.axhline(SLOW_BREATHING_BPM, color="#8a6fb0", linewidth=1, linestyle="--",
+                      label=f"{SLOW_BREATHING_BPM:g}/min: slower breathing moves RSA into the LF band")  # fmt: skip
+    ax.set_xticks(x, [_wrap(p.name) for p in phases], fontsize=9)
+    ax.set_ylabel("breaths per minute")
+    top = max([p.breathing_rate_bpm or 0 for p in phases] + [SLOW_BREATHING_BPM])
+    ax.set_ylim(0, top * 1.3)
+    ax.legend(handles=[Patch(facecolor="white", edgecolor="#5f7f99", label="set by the pacer"),
+                       Patch(facecolor="white", edgecolor="#5f7f99", hatch="..", label="estimated from RSA"), slow],
+              frameon=False, fontsize=8.5, loc="upper left", ncol=3)  # fmt: skip
+    return _png(fig)
+
+
+def baseline_index(phases: list[PhaseMetrics]) -> int | None:
+    """The baseline: the first rest phase (else the first phase), when it has an RMSSD."""
+    idx = next((i for i, p in enumerate(phases) if p.kind == "rest"), 0 if phases else None)
+    return idx
+
+
+def relative_to_baseline(phases: list[PhaseMetrics], base: int | None) -> list[tuple[float | None, float | None]]:
+    """(RMSSD, HF) of each phase as % of the baseline phase; None where either value is missing."""
+    out = []
+    for p in phases:
+        b = phases[base] if base is not None else None
+        rmssd = 100 * p.rmssd_ms / b.rmssd_ms if b and p.rmssd_ms and b.rmssd_ms else None
+        hf = 100 * p.hf_ms2 / b.hf_ms2 if b and p.hf_ms2 and b.hf_ms2 else None
+        out.append((rmssd, hf))
+    return out
+
+
+def soothing_figure(phases: list[PhaseMetrics]) -> str:
+    fig, ax = plt.subplots(figsize=(10.5, 3.8))
+    _style(ax)
+    base = baseline_index(phases)
+    shown = [(p, rel) for i, (p, rel) in enumerate(zip(phases, relative_to_baseline(phases, base), strict=True))
+             if i != base]  # fmt: skip
+    w = 0.36
+    for i, (p, (rmssd, hf)) in enumerate(shown):
+        slow = p.breathing_rate_bpm is not None and p.breathing_rate_bpm < SLOW_BREATHING_BPM
+        bars = ((-w / 2, rmssd, RMSSD_COLOUR, ""), (w / 2, hf, HF_COLOUR, "//" if slow else ""))
+        for dx, value, colour, hatch in bars:
+            if value is None:
+                ax.text(i + dx, 3, "n/a", ha="center", va="bottom", fontsize=8, color=MUTED)
+                continue
+            ax.bar(i + dx, value, width=w * 0.95, color=colour, hatch=hatch, edgecolor="white", linewidth=0.5)
+            ax.text(i + dx, value + 2, f"{value:.0f}%", ha="center", va="bottom", fontsize=8, color=INK)
+    ax.axhline(100, color=INK, linewidth=1)
+    ax.set_xticks(np.arange(len(shown)), [_wrap(p.name) for p, _ in shown], fontsize=9)
+    ax.set_xlim(-0.6, max(len(shown), 1) - 0.4)
+    name = phases[base].name if base is not None else "baseline"
+    ax.set_ylabel(f"% of {_wrap(name)}")
+    values = [v for _, pair in shown for v in pair if v is not None]
+    ax.set_ylim(0, max([*values, 100]) * 1.2)
+    ax.legend(handles=[Patch(color=RMSSD_COLOUR, label="RMSSD"), Patch(color=HF_COLOUR, label="HF power"),
+                       Patch(facecolor=HF_COLOUR, hatch="//", edgecolor="white",
+                             label=f"HF while breathing < {SLOW_BREATHING_BPM:g}/min (not vagal)"),
+                       ax.get_lines()[0]],
+              labels=["RMSSD", "HF power", f"HF while breathing < {SLOW_BREATHING_BPM:g}/min (not vagal)",
+                      f"{name} = 100 %"],
+              frameon=False, fontsize=8.5, loc="upper left", ncol=4)  # fmt: skip
+    return _png(fig)
+
+
+# -- HTML ----------------------------------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; color: #2f3a45; background: #f6f7f9;
+       margin: 0; line-height: 1.45; }
+main { max-width: 1180px; margin: 0 auto; padding: 28px 32px 40px; }
+header { border-bottom: 3px solid #b9d3e6; padding-bottom: 12px; margin-bottom: 22px; }
+h1 { font-weight: 600; font-size: 26px; margin: 0 0 4px; }
+h2 { font-weight: 600; font-size: 18px; margin: 0 0 10px; color: #34495e; }
+.sub { color: #6b7785; font-size: 14px; }
+section { background: #fff; border: 1px solid #e3e7ec; border-radius: 8px; padding: 18px 22px; margin-bottom: 18px; }
+dl.facts { display: grid; grid-template-columns: repeat(4, 1fr); gap: 10px 20px; margin: 0; }
+dl.facts div { background: #f4f7fa; border-radius: 6px; padding: 8px 12px; }
+dt { font-size: 12px; color: #6b7785; text-transform: uppercase; letter-spacing: .04em; }
+dd { margin: 2px 0 0; font-size: 17px; font-weight: 600; }
+img { width: 100%; height: auto; display: block; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th { text-align: right; font-weight: 600; color: #51606e; border-bottom: 2px solid #d5dce3; padding: 6px 7px; }
+td { text-align: right; padding: 6px 7px; border-bottom: 1px solid #edf0f3; font-variant-numeric: tabular-nums; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+td.notes { text-align: left; color: #6b7785; font-size: 12px; max-width: 360px; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+p.method, p.caption { font-size: 12.5px; color: #6b7785; margin: 8px 0 0; }
+footer { font-size: 12px; color: #8a96a3; text-align: center; margin-top: 24px; }
+"""
+
+
+def _f(value, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _mmss(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m}:{s:02d}"
+
+
+def _facts(items: list[tuple[str, str]]) -> str:
+    return "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in items)
+
+
+def overall_corrected_pct(phases: list[PhaseMetrics]) -> float | None:
+    weighted = [(p.corrected_pct, p.n_beats) for p in phases if p.corrected_pct is not None and p.n_beats]
+    total = sum(n for _, n in weighted)
+    return sum(c * n for c, n in weighted) / total if total else None
+
+
+def phase_table(phases: list[PhaseMetrics]) -> str:
+    head = ("phase", "kind", "start", "length", "beats", "corrected %", "HR bpm", "RMSSD ms", "SDNN ms", "pNN50 %",
+            "LF ms²", "HF ms²", "breaths/min", "quality notes")  # fmt: skip
+    rows = []
+    for p in phases:
+        breathing = _f(p.breathing_rate_bpm)
+        if p.breathing_rate_source:
+            breathing += f" ({'pacer' if p.breathing_rate_source == 'pacer' else 'RSA'})"
+        cells = [p.name, p.kind, _mmss(p.start_s), _mmss(p.end_s - p.start_s), str(p.n_beats), _f(p.corrected_pct),
+                 _f(p.mean_hr_bpm), _f(p.rmssd_ms), _f(p.sdnn_ms), _f(p.pnn50_pct), _f(p.lf_ms2, ".0f"),
+                 _f(p.hf_ms2, ".0f"), breathing]  # fmt: skip
+        swatch = f'<span class="swatch" style="background:{KIND_COLOURS.get(p.kind, "#f0f0f0")}"></span>'
+        tds = [f"<td>{swatch}{html.escape(cells[0])}</td>"] + [f"<td>{html.escape(c)}</td>" for c in cells[1:]]
+        tds.append(f'<td class="notes">{"<br>".join(html.escape(n) for n in p.notes) or "–"}</td>')
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    return (
+        "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table>"
+    )  # fmt: skip
+
+
+def render_report(
+    store: Store,
+    session_id: int,
+    *,
+    correction: str = "kubios",
+    include_text: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> str:
+    """The report of one session as one HTML document (a string)."""
+    step = on_step or (lambda _name: None)
+    step(REPORT_STEPS[0])
+    data = load_report_data(store, session_id, correction=correction, include_text=include_text)
+    a = data.analysis
+    info = a.session
+    phases = a.phases
+    step(REPORT_STEPS[1])
+    timeline = timeline_figure(data)
+    step(REPORT_STEPS[2])
+    breathing = breathing_figure(phases)
+    step(REPORT_STEPS[3])
+    soothing = soothing_figure(phases)
+    step(REPORT_STEPS[4])
+    q = a.quality
+    duration = (a.windows[-1].end_s - a.windows[0].start_s) if a.windows else 0.0
+    lag = q.get("median_arrival_lag_s")
+    session_facts = [
+        ("participant", info.participant_id), ("protocol", info.protocol_name), ("date (UTC)", _date(info.started_utc)),
+        ("length", f"{duration / 60:.1f} min"), ("session", f"#{info.id} · {info.state}"), ("device", info.device),
+        ("source", info.source), ("artifact correction", a.correction),
+    ]  # fmt: skip
+    corrected = overall_corrected_pct(phases)
+    quality_facts = [
+        ("beats", str(q["n_beats"])), ("corrected beats", f"{_f(corrected)} %"), ("gaps", str(q["gaps"])),
+        ("disconnects", str(q["disconnects"])), ("malformed packets", f"{q['malformed_packets']} of {q['packets']}"),
+        ("median beat lag", "–" if lag is None else f"{lag * 1000:.0f} ms"),
+        ("ECG recorded", f"{data.ecg_minutes:.1f} min" if data.ecg_minutes else "no"),
+        ("phases completed", f"{sum(w.ended == 'completed' for w in a.windows)} of {len(a.windows)}"),
+    ]  # fmt: skip
+    notes_html = ""
+    if data.notes:
+        items = "".join(f"<li><b>{_mmss(t)}</b> {html.escape(text)}</li>" for t, text in data.notes)
+        notes_html = f"<section><h2>Experimenter notes</h2><ul>{items}</ul></section>"
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"Session report · {info.participant_id} · {info.protocol_name}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{CSS}</style></head>
+<body><main>
+<header><h1>Session report</h1>
+<div class="sub">Participant {html.escape(info.participant_id)} · {html.escape(info.protocol_name)} ·
+{html.escape(_date(info.started_utc))}</div></header>
+<section><h2>Session</h2><dl class="facts">{_facts(session_facts)}</dl></section>
+<section><h2>Signal quality</h2><dl class="facts">{_facts(quality_facts)}</dl></section>
+<section><h2>Heart rate and RR over time</h2>
+<img alt="Heart rate and RR intervals over the session, protocol phases shaded" src="data:image/png;base64,{timeline}">
+<p class="caption">Phases are shaded by kind; hatched bands are signal gaps (disconnects); dashed lines are manual
+markers, dotted lines pauses, skips and stops. Lines are never drawn across a gap.</p></section>
+<section><h2>HRV per phase</h2>{phase_table(phases)}
+<p class="method">Artifact correction: {html.escape(_correction_text(a.correction))}. RMSSD, SDNN, pNN50 and HF need
+at least 60 s of data in a phase, LF at least 120 s; missing values are shown as –. LF/HF in absolute ms² (Welch PSD of
+the 4 Hz tachogram).</p></section>
+<section><h2>Breathing rate per phase</h2>
+<img alt="Breathing rate per phase" src="data:image/png;base64,{breathing}">
+<p class="caption">Paced phases show the pacer's rate; other phases the respiratory sinus arrhythmia peak of the HR
+spectrum (an estimate: Mayer waves, talking or movement can mislead it).</p></section>
+<section><h2>Soothing response</h2>
+<img alt="RMSSD and HF power of each phase relative to baseline" src="data:image/png;base64,{soothing}">
+<p class="caption">Each phase's RMSSD and HF power as a percentage of the baseline phase (100 %). When breathing is
+slower than {SLOW_BREATHING_BPM:g}/min, respiratory sinus arrhythmia moves into the LF band and HF power no longer
+reflects vagal activity (hatched).</p></section>
+{notes_html}
+<footer>Generated {generated} by cmt-biofeedback · pseudonymous data only · keep this file private</footer>
+</main></body></html>
+"""
+
+
+def _date(utc: str) -> str:
+    try:
+        return datetime.fromisoformat(utc).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return utc
+
+
+def _correction_text(correction: str) -> str:
+    if correction == "kubios":
+        return "Lipponen & Tarvainen (2019), neurokit2 signal_fixpeaks(method='kubios')"
+    return "none (raw RR intervals)"
+
+
+def write_report(
+    store: Store,
+    session_id: int,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    correction: str = "kubios",
+    include_text: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> Path:
+    """Render and write the report to `out`, private to the user; an existing file is kept unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not overwrite:  # check before the (slow) rendering; open_private_for_write checks again
+        with open_private_for_write(out, overwrite=False):
+            pass
+    text = render_report(store, session_id, correction=correction, include_text=include_text, on_step=on_step)
+    with open_private_for_write(out, overwrite=overwrite) as fh:
+        fh.write(text)
+    return out

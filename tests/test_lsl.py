@@ -1,0 +1,203 @@
+"""LSL outlets of a running simulated session, received by inlets on a loopback-only LSL configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.session import SessionListener
+from protocols.model import Pacer, Phase, PhaseKind, Protocol
+from recordings.store import Store
+
+PROTOCOL = Protocol(
+    "lsl-test",
+    "three short phases",
+    (
+        Phase("baseline", PhaseKind.REST, 20.0),
+        Phase("breathing", PhaseKind.BREATHING, 20.0, pacer=Pacer(6.0)),
+        Phase("recovery", PhaseKind.RECOVERY, 20.0),
+    ),
+)
+
+
+def _pull_all(inlet, quiet_s: float = 1.0) -> tuple[list, np.ndarray]:
+    """Everything the inlet has or receives until it stays quiet for `quiet_s` seconds."""
+    values, stamps = [], []
+    last = time.monotonic()
+    while time.monotonic() - last < quiet_s:
+        chunk, ts = inlet.pull_chunk(timeout=0.2)
+        if ts:
+            values.extend(chunk)
+            stamps.extend(ts)
+            last = time.monotonic()
+    return values, np.asarray(stamps)
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    """A 60 s protocol at ×10 with ECG, and what LSL inlets received of it."""
+    import pylsl
+
+    from biofeedback.lsl_outlets import LslOutlets
+
+    store = Store(tmp_path_factory.mktemp("store") / "store.sqlite")
+    session = build_session(store, PROTOCOL, parse_device_specs(["sim"], "P07"), speed=10, seed=5, ecg=True)
+    outlets = LslOutlets(session)
+    session.add_listener(outlets)
+    device = session.straps[0].binding.link.device_id
+    inlets = {}
+    for kind in ("ecg", "rr", "hr"):
+        (info,) = pylsl.resolve_byprop("source_id", f"cmt-biofeedback/{device}/{kind}", timeout=10)
+        inlets[kind] = pylsl.StreamInlet(info, max_buflen=360)
+    (info,) = pylsl.resolve_byprop("type", "Markers", timeout=10)
+    inlets["markers"] = pylsl.StreamInlet(info, max_buflen=360)
+    for inlet in inlets.values():
+        inlet.open_stream(timeout=10)
+    full_infos = {k: inlet.info(timeout=10) for k, inlet in inlets.items()}
+
+    async def run():
+        async def manual():
+            await session.clock.sleep(45.0)
+            session.add_marker("door knock", note="private: never streamed")
+
+        task = asyncio.create_task(manual())
+        ids = await session.run()
+        await task
+        return ids
+
+    (sid,) = asyncio.run(run())
+    received = {k: _pull_all(inlet) for k, inlet in inlets.items()}
+    corrections = {k: inlet.time_correction(timeout=5) for k, inlet in inlets.items()}
+    outlets.close()
+    yield store, sid, outlets, received, corrections, full_infos
+    store.close()
+
+
+def test_stream_metadata_names_the_strap_and_participant(streamed):
+    _store, _sid, _outlets, _received, _corr, infos = streamed
+    ecg = infos["ecg"]
+    assert ecg.type() == "ECG"
+    assert ecg.nominal_srate() == pytest.approx(130.0)
+    assert ecg.channel_format() == 1  # cf_float32
+    assert ecg.source_id() == "cmt-biofeedback/sim-1/ecg"
+    ch = ecg.desc().child("channels").child("channel")
+    assert (ch.child_value("label"), ch.child_value("unit"), ch.child_value("type")) == ("ECG", "microvolts", "ECG")
+    assert ecg.desc().child_value("participant_id") == "P07"
+    rr = infos["rr"]
+    assert rr.nominal_srate() == 0.0  # irregular
+    assert rr.desc().child("channels").child("channel").child_value("unit") == "milliseconds"
+    assert infos["markers"].channel_format() == 3  # cf_string
+
+
+def test_markers_arrive_at_the_phase_boundaries(streamed):
+    store, sid, outlets, received, corr, _ = streamed
+    labels, stamps = received["markers"]
+    labels = [v[0] for v in labels]
+    stamps = stamps + corr["markers"]
+    pairs = list(zip(labels, stamps, strict=True))
+    starts = {lab.split(": ", 1)[1]: ts for lab, ts in pairs if lab.startswith("phase_start")}
+    assert list(starts) == [p.name for p in PROTOCOL.phases]
+    session_start = next(m.t for m in store.markers(sid) if m.kind == "session_start")
+    for planned, ts in zip(PROTOCOL.phase_starts_s, starts.values(), strict=True):
+        assert ts == pytest.approx(outlets.offset + session_start + planned, abs=0.05)
+    ends = [ts for lab, ts in zip(labels, stamps, strict=True) if lab.startswith("phase_end")]
+    assert len(ends) == 3
+    assert ends[-1] == pytest.approx(outlets.offset + session_start + PROTOCOL.total_duration_s, abs=0.05)
+    manual = [m for m in store.markers(sid) if m.kind == "manual"]
+    (knock,) = [ts for lab, ts in zip(labels, stamps, strict=True) if lab == "manual: door knock"]
+    assert knock == pytest.approx(outlets.offset + manual[0].t, abs=0.05)
+    assert not any("private" in lab for lab in labels)
+    # the offset maps session time onto the LSL clock of this machine (stamps are not left at zero)
+    assert abs(outlets.offset - time.monotonic()) < 60
+
+
+def test_rr_stream_equals_the_stored_beats(streamed):
+    store, sid, outlets, received, corr, _ = streamed
+    values, stamps = received["rr"]
+    values = np.asarray(values)
+    beats = store.beats(sid)
+    assert len(beats.t) > 40
+    np.testing.assert_allclose(values[:, 0], beats.rr_ms, rtol=1e-6)
+    np.testing.assert_array_equal(values[:, 1].astype(bool), beats.gap_before)
+    np.testing.assert_allclose(stamps + corr["rr"], outlets.offset + beats.t, atol=1e-3)
+
+
+def test_heart_rate_stream_equals_the_strap_values(streamed):
+    store, sid, outlets, received, _corr, _ = streamed
+    values, stamps = received["hr"]
+    t, bpm = store.heart_rate(sid)
+    keep = bpm > 0
+    np.testing.assert_array_equal(np.asarray(values)[:, 0], bpm[keep])
+    np.testing.assert_allclose(stamps, outlets.offset + t[keep], atol=1e-6)
+
+
+def test_ecg_stream_has_every_sample_at_130_hz_on_the_session_clock(streamed):
+    store, sid, outlets, received, corr, _ = streamed
+    values, stamps = received["ecg"]
+    stored = np.concatenate([s for _t, _ns, _fs, s in store.ecg_chunks(sid)])
+    np.testing.assert_array_equal(np.asarray(values)[:, 0], stored.astype(np.float32))
+    dt = np.diff(stamps)
+    assert np.all(dt > 0)
+    assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(130.0, rel=1e-3)
+    # each frame arrives after its last sample: stamps never run ahead of the arrival time
+    last_per_frame = stamps[72::73]
+    arrivals = np.array([t for t, _ns, _fs, _s in store.ecg_chunks(sid)])[: len(last_per_frame)]
+    lag = (arrivals + outlets.offset) - (last_per_frame + corr["ecg"])
+    assert np.all(lag > -0.05)
+    assert np.median(lag) < 0.5
+
+
+def test_device_clock_map_recovers_sample_times_despite_delivery_jitter():
+    from biofeedback.lsl_outlets import DeviceClockMap
+
+    rng = np.random.default_rng(1)
+    drift = 20e-6
+    cmap = DeviceClockMap(window=100)
+    errors = []
+    for k in range(2000):
+        true_last = 3.0 + (k * 73 + 72) / 130.0 / (1 + drift)  # session time of the frame's last sample
+        device_ns = 10**18 + round((k * 73 + 72) * 1e9 / 130.0)
+        arrival = true_last + 0.02 + rng.exponential(0.05)
+        times = cmap.sample_times(arrival, device_ns, 73)
+        errors.append(times[-1] - true_last)
+    late = np.abs(errors[200:])
+    assert np.max(late) < 0.03  # jitter of up to hundreds of ms is gone; only the fixed latency remains
+    assert np.all(np.asarray(errors) > -1e-9)
+
+
+def test_a_failing_listener_is_dropped_and_recording_goes_on(tmp_path):
+    class Broken(SessionListener):
+        calls = 0
+
+        def beats(self, strap, rows):
+            Broken.calls += 1
+            raise RuntimeError("consumer went away")
+
+    store = Store(tmp_path / "s.sqlite")
+    proto = Protocol("short", "", (Phase("baseline", PhaseKind.REST, 20.0),))
+    session = build_session(store, proto, parse_device_specs(["sim"], "P01"), speed=50, seed=1)
+    session.add_listener(Broken())
+    (sid,) = asyncio.run(session.run())
+    assert Broken.calls == 1
+    assert session.listeners == []
+    assert store.session(sid).state == "completed"
+    assert len(store.beats(sid).t) > 15
+    store.close()
+
+
+def test_device_clock_map_never_steps_time_backwards():
+    from biofeedback.lsl_outlets import DeviceClockMap
+
+    cmap = DeviceClockMap(window=5)
+    last = -np.inf
+    rng = np.random.default_rng(3)
+    for k in range(500):
+        device_ns = round((k * 73 + 72) * 1e9 / 130.0)
+        arrival = (k * 73 + 72) / 130.0 + rng.choice([0.4, 0.01])  # lag drops sharply now and then
+        times = cmap.sample_times(arrival, device_ns, 73)
+        assert times[0] > last and np.all(np.diff(times) > 0)
+        last = times[-1]
