@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
 from biofeedback.analysis import analyze_session
 from biofeedback.recorder import build_session, parse_device_specs
 from devices.simulator import SimFaults
+from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol
 from recordings.store import Store
 
@@ -27,8 +26,9 @@ def group(tmp_path_factory):
         )
     }
     specs = parse_device_specs([f"sim={p}" for p in PIDS], None)
-    session = build_session(store, get_protocol("cmt-soothing"), specs, speed=200, seed=10, faults=faults)
-    ids = asyncio.run(session.run())
+    # virtual time: exact and as fast as the CPU allows, so a loaded machine cannot blur the fault windows
+    session = build_session(store, get_protocol("cmt-soothing"), specs, seed=10, faults=faults, clock=LoopClock())
+    ids = run_virtual(session.run())
     yield store, dict(zip(PIDS, ids, strict=True))
     store.close()
 

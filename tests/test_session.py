@@ -20,6 +20,7 @@ import pytest
 import app
 from biofeedback.analysis import analyze_session
 from biofeedback.recorder import build_session, parse_device_specs
+from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol
 from recordings.store import Store
 
@@ -28,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cmt_session(tmp_path_factory):
-    """cmt-soothing (25 min) on a complying simulated participant, recorded at ×300."""
+    """cmt-soothing (25 min) on a complying simulated participant, recorded on virtual time (exact, fast)."""
     path = tmp_path_factory.mktemp("cmt") / "store.sqlite"
     store = Store(path)
     session = build_session(
-        store, get_protocol("cmt-soothing"), parse_device_specs(["sim"], "P01"), speed=300, seed=3
+        store, get_protocol("cmt-soothing"), parse_device_specs(["sim"], "P01"), seed=3, clock=LoopClock()
     )
-    (sid,) = asyncio.run(session.run())
+    (sid,) = run_virtual(session.run())
     yield store, sid
     store.close()
 
