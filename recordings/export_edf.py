@@ -45,6 +45,31 @@ def _record_duration(seconds: float) -> float:
     raise EdfExportError(f"a recording of {seconds:.0f} s is too long for one EDF data record")
 
 
+def _fit_record(duration: float, rates_hz: list[float]) -> tuple[float, list[int], list[float]]:
+    """The longest record ≤ `duration` (as the header writes it) in which every signal's sample count and rate agree
+    on its length as edfio checks it; returns (duration, sample counts, rates)."""
+    decimals = max(0, 7 - len(str(int(duration))))  # the header field holds 8 characters
+    step = 10.0**-decimals
+    for k in range(1000):
+        d = round(duration - k * step, decimals)
+        counts = [max(1, round(d * r)) for r in rates_hz]
+        try:
+            return d, counts, [_rate_for(n, d) for n in counts]
+        except EdfExportError:
+            continue
+    raise EdfExportError(f"no EDF record length near {duration} s fits sampling rates {rates_hz}")
+
+
+def _rate_for(n: int, duration: float) -> float:
+    """A sampling rate whose `n` samples last `duration` as edfio checks it (to 12 decimals, equal for all signals)."""
+    fs = n / duration
+    for _ in range(256):
+        if round(n / fs, 12) == round(duration, 12):
+            return fs
+        fs = float(np.nextafter(fs, np.inf if n / fs > duration else -np.inf))
+    raise EdfExportError(f"no sampling rate gives {n} samples in exactly {duration} s")
+
+
 def _physical_range(values: np.ndarray) -> tuple[float, float]:
     peak = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0
     bound = max(1000.0, math.ceil(peak / 1000.0) * 1000.0)
@@ -98,14 +123,22 @@ def export_edf(
         raise EdfExportError(f"session {session_id} has neither ECG nor beats: nothing to put in an EDF file")
     annotations = edf_annotations(store, session_id, include_text)
     signals = []
+    ecg = None
     if chunks:
         tl = map_ecg_chunks(chunks)
         t0, grid = tl.regular_grid()
         lead = max(0, round(t0 * tl.fs_hz))  # samples from session start to the first ECG sample
         ecg = np.concatenate([np.full(lead, np.nan), grid])
-        duration = _record_duration(len(ecg) / tl.fs_hz)
-        ecg = ecg[: round(duration * tl.fs_hz)]
-        fs_ecg = len(ecg) / duration
+        wanted, rates = _record_duration(len(ecg) / tl.fs_hz), [tl.fs_hz]
+    else:
+        end = float(beats.t[-1]) if len(beats.t) else 0.0
+        wanted, rates = _record_duration(math.ceil(end * RR_SERIES_FS_HZ + 1) / RR_SERIES_FS_HZ), []
+    if len(beats.t):
+        rates.append(RR_SERIES_FS_HZ)
+    duration, counts, fitted = _fit_record(wanted, rates)
+    if ecg is not None:
+        ecg, fs_ecg = ecg[: counts[0]], fitted[0]
+        ecg = np.concatenate([ecg, np.full(counts[0] - len(ecg), np.nan)])
         annotations += _gap_annotations(ecg, fs_ecg, "ECG gap")
         signals.append(
             EdfSignal(
@@ -118,17 +151,14 @@ def export_edf(
                 prefiltering=f"drift {tl.drift_ppm:+.1f} ppm corrected",
             )
         )
-    else:
-        end = float(beats.t[-1]) if len(beats.t) else 0.0
-        duration = _record_duration(math.ceil(end * RR_SERIES_FS_HZ + 1) / RR_SERIES_FS_HZ)
     if len(beats.t):
-        n_rr = max(1, round(duration * RR_SERIES_FS_HZ))
-        _, rr = rr_step_series(beats.t, beats.rr_ms, n_rr / duration, start=0.0)
+        n_rr, fs_rr = counts[-1], fitted[-1]
+        _, rr = rr_step_series(beats.t, beats.rr_ms, fs_rr, start=0.0)
         rr = np.concatenate([rr, np.full(max(0, n_rr - len(rr)), np.nan)])[:n_rr]
-        annotations += _gap_annotations(rr, n_rr / duration, "RR gap")
+        annotations += _gap_annotations(rr, fs_rr, "RR gap")
         signals.append(
             EdfSignal(
-                np.nan_to_num(rr, nan=0.0), n_rr / duration, label="RR", physical_dimension="ms",
+                np.nan_to_num(rr, nan=0.0), fs_rr, label="RR", physical_dimension="ms",
                 physical_range=(0.0, 3000.0), transducer_type="strap RR intervals", prefiltering="step",
             )
         )  # fmt: skip

@@ -105,3 +105,15 @@ def test_never_overwrites_and_refuses_an_empty_session(store, shared_data, tmp_p
     with pytest.raises(EdfExportError, match="neither ECG nor beats"):
         export_edf(store, empty, tmp_path / "e.edf")
     assert not (tmp_path / "e.edf").exists()
+
+
+def test_record_layout_passes_edfios_duration_check_for_any_length():
+    from recordings.export_edf import _fit_record
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        wanted = round(float(rng.uniform(10, 9_999_999)) / 1000, 3)
+        duration, counts, rates = _fit_record(wanted, [float(rng.uniform(100, 200)), 4.0])
+        assert wanted - 0.05 <= duration <= wanted
+        lengths = {round(n / fs, 12) for n, fs in zip(counts, rates, strict=True)}
+        assert lengths == {round(duration, 12)}  # edfio's own consistency check
