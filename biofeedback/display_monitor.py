@@ -316,6 +316,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.view: MonitorView | None = None
         self.panels: dict[str, StrapPanel] = {}
         self.confirm_end: Callable[[], bool] = self._ask_end
+        self._marker_t: float | None = None
         self._last_error = ""
         self.setWindowTitle("Session monitor")
         self.resize(1280, 800)
@@ -404,13 +405,15 @@ class MonitorWindow(QtWidgets.QMainWindow):
 
     # --- controls -------------------------------------------------------------------------------------------
     def begin_marker(self) -> None:
-        """Start a marker: focus the note field (Enter saves, Esc cancels)."""
+        """Start a marker at this moment: focus the note field (Enter saves, Esc cancels)."""
+        self._marker_t = None if self.view is None else self.view.t  # the marker is for when M was pressed
         self.marker_edit.setFocus(QtCore.Qt.FocusReason.ShortcutFocusReason)
         self.marker_edit.selectAll()
 
     def commit_marker(self) -> None:
         label = self.marker_label.currentText().strip() or MARKER_LABELS[0]
-        self.controls.add_marker(label, self.marker_edit.text().strip())
+        self.controls.add_marker(label, self.marker_edit.text().strip(), self._marker_t)
+        self._marker_t = None
         self.marker_edit.clear()
         self.marker_edit.clearFocus()
         self.setFocus()

@@ -275,18 +275,19 @@ class LiveSession:
         else:
             fn()
 
-    def add_marker(self, label: str, note: str = "") -> None:
-        """A manual marker at the current session time (the note is stored as private free text)."""
+    def add_marker(self, label: str, note: str = "", t: float | None = None) -> None:
+        """A manual marker at session time `t` (default: now); the note is stored as private free text."""
 
         def do() -> None:
-            t = self.clock.now()
+            now = self.clock.now()
+            at = now if t is None else min(t, now)
             for strap in self.straps:
-                self.store.add_marker(strap.session_id, t, "manual", label or "marker")
+                self.store.add_marker(strap.session_id, at, "manual", label or "marker")
                 if note:
-                    self.store.add_note(strap.session_id, t, note)
+                    self.store.add_note(strap.session_id, at, note)
             with self._lock:
-                self.markers.append((t, label or "marker"))
-            self._notify("marker", Marker(t, "manual", None, None, label or "marker"))  # type: ignore[arg-type]
+                self.markers.append((at, label or "marker"))
+            self._notify("marker", Marker(at, "manual", None, None, label or "marker"))  # type: ignore[arg-type]
 
         self._call(do)
 

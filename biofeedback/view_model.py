@@ -128,7 +128,9 @@ class MonitorView:
 class SessionControls(Protocol):
     """What the displays may ask of the session. Calls return at once; the session records them."""
 
-    def add_marker(self, label: str, note: str) -> None: ...
+    def add_marker(self, label: str, note: str, t: float | None = None) -> None:
+        """A marker at session time `t` (None: now); the note is private free text."""
+        ...
 
     def pause(self) -> None: ...
 

@@ -119,8 +119,8 @@ class FakeSession:
             markers=self.markers,
         )
 
-    def add_marker(self, label: str, note: str) -> None:
-        self.calls.append(("add_marker", label, note))
+    def add_marker(self, label: str, note: str, t: float | None = None) -> None:
+        self.calls.append(("add_marker", label, note) if t is None else ("add_marker", label, note, t))
 
     def pause(self) -> None:
         self.calls.append(("pause",))
@@ -375,11 +375,13 @@ def test_monitor_shades_a_disconnect_gap_and_breaks_the_tachogram(monitor):
 
 def test_monitor_keyboard_marker_with_note(monitor, qtbot):
     win, session = monitor
+    pressed_at = win.view.t
     qtbot.keyClick(win, QtCore.Qt.Key.Key_M)
     assert win.marker_edit.hasFocus()
+    session.t += 7.0  # typing the note takes a while; the marker is for the moment M was pressed
     qtbot.keyClicks(win.marker_edit, "participant coughed, moved strap")
     qtbot.keyClick(win.marker_edit, QtCore.Qt.Key.Key_Return)
-    assert session.calls == [("add_marker", "note", "participant coughed, moved strap")]
+    assert session.calls == [("add_marker", "note", "participant coughed, moved strap", pressed_at)]
     assert not win.marker_edit.hasFocus()
 
 
