@@ -68,7 +68,7 @@ def _print_notes(analysis) -> None:
 
 def cmd_session_run(args: argparse.Namespace) -> int:
     from biofeedback.analysis import analyze_session
-    from biofeedback.recorder import build_session, parse_device_specs, run_session_blocking
+    from biofeedback.recorder import build_session, parse_device_specs, parse_sim_faults, run_session_blocking
     from protocols.library import get_protocol
 
     specs = parse_device_specs(args.device or ["sim"], args.participant)
@@ -80,8 +80,10 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         if rate is not None:
             protocol = protocol.with_pacer_rate(rate)
         settings = {} if args.week is None else {"week": args.week}
+        sims = [s.participant_id for s in specs if s.simulated]
+        faults = parse_sim_faults(args.sim_faults or [], sims, args.seed)
         session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
-                                settings=settings)  # fmt: skip
+                                settings=settings, faults=faults)  # fmt: skip
         console.print(
             f"Recording [bold]{protocol.name}[/bold] ({protocol.total_duration_s / 60:.0f} min) for "
             f"{', '.join(s.participant_id for s in specs)} at speed ×{args.speed:g} into {store.path}"
@@ -648,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated participant(s)")
     p.add_argument("--ecg", action="store_true", help="also record raw ECG (Polar H10 PMD, or simulated)")
     p.add_argument("--pacer-rate", type=float, help="breathing pacer rate for paced phases (breaths/min)")
+    p.add_argument("--sim-faults", action="append", metavar="[ID:]KIND=N,...",
+                   help="faults of simulated straps, events per hour: disconnect=N, contact=N (contact loss), "
+                        "malformed=N (bursts of malformed packets); prefix ID: for one participant only")  # fmt: skip
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
     p.add_argument("--week", type=int, help="study week of this session (links it to that week's diary)")
     p.add_argument("--lsl", action="store_true",

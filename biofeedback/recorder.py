@@ -55,6 +55,40 @@ def parse_device_specs(values: Sequence[str], participant: str | None) -> list[D
     return specs
 
 
+_FAULT_KEYS = {
+    "disconnect": "disconnect_rate_per_hour",
+    "contact": "contact_loss_rate_per_hour",
+    "malformed": "malformed_rate_per_hour",
+}
+
+
+def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: int = 0) -> dict[str, SimFaults]:
+    """`[PID:]disconnect=N,contact=N,malformed=N` (events per hour of the simulated strap), per participant."""
+    out: dict[str, SimFaults] = {}
+    for value in values:
+        target, sep, body = value.rpartition(":")
+        pids = [target] if sep else list(participants)
+        if sep and target not in participants:
+            raise DeviceSpecError(f"--sim-faults {value!r}: no simulated strap is bound to {target!r}")
+        rates = {}
+        for item in body.split(","):
+            key, eq, number = item.partition("=")
+            if key.strip() not in _FAULT_KEYS or not eq:
+                raise DeviceSpecError(
+                    f"--sim-faults {value!r}: expected disconnect=N, contact=N or malformed=N (per hour), got {item!r}"
+                )
+            try:
+                rate = float(number)
+            except ValueError:
+                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a number (per hour)") from None
+            if rate < 0:
+                raise DeviceSpecError(f"--sim-faults {value!r}: rates cannot be negative")
+            rates[_FAULT_KEYS[key.strip()]] = rate
+        for i, pid in enumerate(pids):
+            out[pid] = SimFaults(seed=seed + 101 * (i + 1), **rates)
+    return out
+
+
 def make_links(
     specs: Sequence[DeviceSpec],
     clock: Clock,
