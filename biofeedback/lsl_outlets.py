@@ -10,7 +10,7 @@ Timestamps are explicit: LSL time = session time + `offset`, where ``offset = lo
 when the session clock starts. With a real-time clock LSL time and session time then run together; with a
 simulated clock running ×N, the LSL stamps keep session seconds (so they run ahead of `local_clock`). ECG samples
 are stamped from the strap's own clock (Polar PMD device time), mapped onto the session clock by
-`DeviceClockMap`, so BLE delivery jitter does not enter the ECG timing.
+`recordings.ecg_time.DeviceClockMap` in the session, so BLE delivery jitter does not enter the ECG timing.
 
 Outlets are created when `LslOutlets` is built (before the session runs, so LabRecorder can subscribe first);
 pushing only copies into liblsl's queues and never blocks the recording loop.
@@ -19,7 +19,6 @@ pushing only copies into liblsl's queues and never blocks the recording loop.
 from __future__ import annotations
 
 import socket
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,13 +27,12 @@ import pylsl
 
 from devices.polar_pmd import EcgFrame
 from protocols.runner import Marker
-from recordings.decode import ECG_FS_HZ, BeatRow
+from recordings.decode import BeatRow
+from recordings.ecg_time import ECG_FS_HZ
 
 from .session import LiveSession, SessionListener
 
 SOURCE_PREFIX = "cmt-biofeedback"
-DEVICE_MAP_WINDOW_FRAMES = 400
-"""ECG frames (about 0.56 s each) over which the smallest arrival lag anchors the device clock (~3.7 min)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,40 +40,6 @@ class ChannelSpec:
     label: str
     unit: str
     type: str
-
-
-class DeviceClockMap:
-    """Session time of ECG samples from the strap's clock (ns), anchored by the smallest recent arrival lag.
-
-    A frame can only arrive after its last sample, so ``arrival - device time`` is the offset plus a delay that is
-    never negative; its minimum over a sliding window of frames is the best estimate of the offset, and the window
-    lets the estimate follow the slow drift between the strap's clock and the host's. When the estimate improves
-    (a smaller lag), it is slewed in by at most half a sample period per frame: timestamps stay strictly increasing.
-    """
-
-    def __init__(self, window: int = DEVICE_MAP_WINDOW_FRAMES, fs_hz: float = ECG_FS_HZ) -> None:
-        if window < 1:
-            raise ValueError(f"window must be at least 1 frame, got {window}")
-        self.fs_hz = fs_hz
-        self._origin_ns: int | None = None
-        self._lags: deque[float] = deque(maxlen=window)
-        self._last_t: float | None = None
-
-    def sample_times(self, t_arrival: float, device_ns: int, n: int) -> np.ndarray:
-        """Session times of the `n` samples of a frame whose last sample has device time `device_ns`."""
-        if self._origin_ns is None:
-            self._origin_ns = device_ns
-        device_s = (device_ns - self._origin_ns) / 1e9
-        self._lags.append(t_arrival - device_s)
-        offset = min(self._lags)
-        first = offset + device_s - (n - 1) / self.fs_hz
-        earliest = None if self._last_t is None else self._last_t + 0.5 / self.fs_hz
-        if earliest is not None and first < earliest:
-            # a better (smaller) offset is slewed in, at most half a sample per frame: time never steps back
-            offset += earliest - first
-        times = offset + device_s - (n - 1 - np.arange(n)) / self.fs_hz
-        self._last_t = float(times[-1])
-        return times
 
 
 def stream_info(
@@ -118,7 +82,6 @@ class _StrapOutlets:
     ecg: pylsl.StreamOutlet
     rr: pylsl.StreamOutlet
     hr: pylsl.StreamOutlet
-    clock_map: DeviceClockMap
 
 
 class LslOutlets(SessionListener):
@@ -151,7 +114,7 @@ class LslOutlets(SessionListener):
                             srate=pylsl.IRREGULAR_RATE, fmt=pylsl.cf_float32, source_id=f"{base}/hr",
                             participant_id=pid, extra=extra),
             )  # fmt: skip
-            self._straps.append(_StrapOutlets(ecg, rr, hr, DeviceClockMap()))
+            self._straps.append(_StrapOutlets(ecg, rr, hr))
         devices = "+".join(s.binding.link.device_id for s in session.straps)
         self._markers = self._outlet(
             stream_info("CMT-Markers", "Markers", [ChannelSpec("marker", "", "Marker")], srate=pylsl.IRREGULAR_RATE,
@@ -183,10 +146,9 @@ class LslOutlets(SessionListener):
         if bpm > 0:  # 0 means no contact: not a heart rate
             self._straps[strap].hr.push_sample([float(bpm)], self.lsl_time(t))
 
-    def ecg(self, strap: int, t_arrival: float, frame: EcgFrame) -> None:
+    def ecg(self, strap: int, times: np.ndarray, frame: EcgFrame) -> None:
         outs = self._straps[strap]
         n = len(frame.samples_uv)
-        times = outs.clock_map.sample_times(t_arrival, frame.timestamp_ns, n)
         samples = np.asarray(frame.samples_uv, dtype=np.float32).reshape(n, 1)
         outs.ecg.push_chunk(samples, list(self.lsl_time(times)))
 

@@ -30,6 +30,7 @@ from protocols.model import Phase, Protocol
 from protocols.pacer import pacer_phase, pacer_size
 from protocols.runner import Marker, ProtocolRunner
 from recordings.decode import ECG_FS_HZ, BeatRow, SessionDecoder
+from recordings.ecg_time import DeviceClockMap
 from recordings.protocol_json import protocol_to_dict
 from recordings.store import Store
 
@@ -85,6 +86,7 @@ class _StrapState:
     baseline: RunningStats = field(default_factory=RunningStats)  # live coherence during the baseline phase
     failed: str = ""
     last_packet_t: float = -1.0
+    ecg_clock: DeviceClockMap = field(default_factory=DeviceClockMap)
 
 
 class SessionListener:
@@ -104,8 +106,8 @@ class SessionListener:
     def heart_rate(self, strap: int, t: float, bpm: int, contact: str) -> None:
         """The strap's own heart rate from one notification that arrived at session time `t`."""
 
-    def ecg(self, strap: int, t_arrival: float, frame: EcgFrame) -> None:
-        """One decoded ECG frame (µV, device-clock stamp of its last sample) that arrived at `t_arrival`."""
+    def ecg(self, strap: int, times: np.ndarray, frame: EcgFrame) -> None:
+        """One decoded ECG frame (µV) and its samples' session times, mapped from the strap's own clock."""
 
     def marker(self, marker: Marker) -> None:
         """A protocol marker (phase start/end, prompt, pause ...) or a manual one (kind `manual`)."""
@@ -214,9 +216,10 @@ class LiveSession:
                 if in_baseline and snap is not None and snap.coherence is not None:
                     strap.baseline.add(snap.coherence)
             frame = strap.decoder.take_ecg_frame()
-            if frame is not None:  # for display only: laid back from arrival (exports use the device clock)
-                n = len(frame.samples_uv)
-                strap.ecg.append((packet.t - (n - 1 - np.arange(n)) / ECG_FS_HZ, frame.samples_uv))
+            ecg_times = None
+            if frame is not None:  # sample times from the strap's own clock, so delivery jitter stays out
+                ecg_times = strap.ecg_clock.sample_times(packet.t, frame.timestamp_ns, len(frame.samples_uv))
+                strap.ecg.append((ecg_times, frame.samples_uv))
         if self.listeners:
             index = self.straps.index(strap)
             if rows:
@@ -224,7 +227,7 @@ class LiveSession:
             if m is not None and m is not before:
                 self._notify("heart_rate", index, packet.t, m.heart_rate_bpm, strap.contact)
             if frame is not None:
-                self._notify("ecg", index, packet.t, frame)
+                self._notify("ecg", index, ecg_times, frame)
 
     def _on_event(self, strap: _StrapState, event: LinkEvent) -> None:
         self.store.add_link_event(strap.session_id, event.t, event.device, event.state.value, event.reason)

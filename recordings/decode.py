@@ -23,9 +23,8 @@ from devices.heart_rate import HeartRateMeasurement, SensorContact, decode_heart
 from devices.link import HEART_RATE_MEASUREMENT_UUID, PMD_CONTROL_POINT_UUID, PMD_DATA_UUID
 from devices.polar_pmd import EcgFrame, decode_pmd_frame
 
+from .ecg_time import ECG_FS_HZ
 from .store import Store
-
-ECG_FS_HZ = 130.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ clock was reset) starts a new stretch. Gaps stay gaps: `regular_grid` fills them
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from scipy.optimize import linprog
 
 Chunk = tuple[float, int, float, np.ndarray]  # (arrival s, device ns of the last sample, nominal fs, samples µV)
 
+ECG_FS_HZ = 130.0
+"""Polar H10 ECG: nominal samples per second (the strap's true rate differs by its clock drift)."""
 GAP_TOLERANCE_SAMPLES = 5.0  # device-time misfit between consecutive frames that still counts as contiguous
 
 
@@ -172,3 +175,41 @@ def map_ecg_chunks(chunks: Sequence[Chunk]) -> EcgTimeline:
         min_latency_s=float(latency.min()),
         median_latency_s=float(np.median(latency)),
     )
+
+
+DEVICE_MAP_WINDOW_FRAMES = 400
+"""ECG frames (about 0.56 s each) over which the smallest arrival lag anchors the device clock (~3.7 min)."""
+
+
+class DeviceClockMap:
+    """Session time of ECG samples from the strap's clock (ns), anchored by the smallest recent arrival lag.
+
+    A frame can only arrive after its last sample, so ``arrival - device time`` is the offset plus a delay that is
+    never negative; its minimum over a sliding window of frames is the best estimate of the offset, and the window
+    lets the estimate follow the slow drift between the strap's clock and the host's. When the estimate improves
+    (a smaller lag), it is slewed in by at most half a sample period per frame: timestamps stay strictly increasing.
+    """
+
+    def __init__(self, window: int = DEVICE_MAP_WINDOW_FRAMES, fs_hz: float = ECG_FS_HZ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1 frame, got {window}")
+        self.fs_hz = fs_hz
+        self._origin_ns: int | None = None
+        self._lags: deque[float] = deque(maxlen=window)
+        self._last_t: float | None = None
+
+    def sample_times(self, t_arrival: float, device_ns: int, n: int) -> np.ndarray:
+        """Session times of the `n` samples of a frame whose last sample has device time `device_ns`."""
+        if self._origin_ns is None:
+            self._origin_ns = device_ns
+        device_s = (device_ns - self._origin_ns) / 1e9
+        self._lags.append(t_arrival - device_s)
+        offset = min(self._lags)
+        first = offset + device_s - (n - 1) / self.fs_hz
+        earliest = None if self._last_t is None else self._last_t + 0.5 / self.fs_hz
+        if earliest is not None and first < earliest:
+            # a better (smaller) offset is slewed in, at most half a sample per frame: time never steps back
+            offset += earliest - first
+        times = offset + device_s - (n - 1 - np.arange(n)) / self.fs_hz
+        self._last_t = float(times[-1])
+        return times

@@ -152,7 +152,7 @@ def test_ecg_stream_has_every_sample_at_130_hz_on_the_session_clock(streamed):
 
 
 def test_device_clock_map_recovers_sample_times_despite_delivery_jitter():
-    from biofeedback.lsl_outlets import DeviceClockMap
+    from recordings.ecg_time import DeviceClockMap
 
     rng = np.random.default_rng(1)
     drift = 20e-6
@@ -190,7 +190,7 @@ def test_a_failing_listener_is_dropped_and_recording_goes_on(tmp_path):
 
 
 def test_device_clock_map_never_steps_time_backwards():
-    from biofeedback.lsl_outlets import DeviceClockMap
+    from recordings.ecg_time import DeviceClockMap
 
     cmap = DeviceClockMap(window=5)
     last = -np.inf
