@@ -11,6 +11,7 @@ import threading
 
 from PySide6 import QtCore, QtWidgets
 
+from .display_diary import host_diary_forms
 from .display_monitor import MonitorWindow
 from .display_participant import ParticipantWindow
 from .session import LiveSession
@@ -41,6 +42,7 @@ def run_with_displays(session: LiveSession, *, participant_windows: bool = True)
             window = ParticipantWindow(session, strap.binding.participant_id, controls=session)
             window.setWindowTitle(f"Session · {strap.binding.participant_id}")
             windows.append(window)
+    _forms = host_diary_forms(session, windows)  # kept alive while the windows are open
     monitor.show()
     for window in windows[1:]:
         window.present()

@@ -352,8 +352,10 @@ class LiveSession:
 
     def _open_diary(self, participant_id: str) -> tuple[int, Instrument]:
         """The latest diary phase started so far, if this participant has not yet responded to it."""
+        current = self.runner.state.phase_index
         with self._lock:
-            started = [i for i in sorted(self._phase_starts, reverse=True) if i in self._instruments]
+            started = set(self._phase_starts) | ({current} if current is not None else set())
+            started = sorted((i for i in started if i in self._instruments), reverse=True)
             if not started:
                 raise RuntimeError("no diary phase has started: enter answers afterwards with `diary add --session`")
             index = started[0]
