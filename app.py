@@ -66,6 +66,27 @@ def _print_notes(analysis) -> None:
 # -- commands --------------------------------------------------------------------------------------------------
 
 
+def _headless_diary_note(session) -> str | None:
+    """One line for a headless run of a protocol with diary phases: they just wait; answers are entered later."""
+    diaries = [ph for ph in session.protocol.phases if ph.kind.value == "diary"]
+    if not diaries:
+        return None
+    names = ", ".join(
+        f"{ph.name} ({ph.duration_s:g} s)" if ph.duration_s < 60 else f"{ph.name} ({ph.duration_s / 60:g} min)"
+        for ph in diaries
+    )
+    week = session.settings.get("week")
+    week_arg = f"--week {week}" if week is not None else "--week N"
+    if len(session.straps) == 1:
+        strap = session.straps[0]
+        who, sid, extra = strap.binding.participant_id, str(strap.session_id), ""
+    else:
+        who, sid = "ID", "SID"
+        extra = " (sessions " + ", ".join(f"{s.binding.participant_id}: {s.session_id}" for s in session.straps) + ")"
+    command = f"diary add --participant {who} {week_arg} --session {sid}"
+    return f"Diary phase {names}: without windows it just waits; enter the answers afterwards with `{command}`{extra}."
+
+
 def cmd_session_run(args: argparse.Namespace) -> int:
     from biofeedback.analysis import analyze_session
     from biofeedback.recorder import build_session, parse_device_specs, parse_sim_faults, run_session_blocking
@@ -97,6 +118,8 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             console.print(f"Lab Streaming Layer: streaming {', '.join(outlets.stream_names)}")
         try:
             if args.headless:
+                if note := _headless_diary_note(session):
+                    console.print(note, highlight=False, soft_wrap=True)
                 ids = run_session_blocking(session, view=sys.stdout.isatty())
             else:
                 from biofeedback.display_app import run_with_displays

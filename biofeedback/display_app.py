@@ -11,6 +11,7 @@ import threading
 
 from PySide6 import QtCore, QtWidgets
 
+from .display_diary import host_diary_forms
 from .display_monitor import MonitorWindow
 from .display_participant import ParticipantWindow
 from .session import LiveSession
@@ -41,13 +42,24 @@ def run_with_displays(session: LiveSession, *, participant_windows: bool = True)
             window = ParticipantWindow(session, strap.binding.participant_id, controls=session)
             window.setWindowTitle(f"Session · {strap.binding.participant_id}")
             windows.append(window)
+    _forms = host_diary_forms(session, windows)  # kept alive while the windows are open
     monitor.show()
     for window in windows[1:]:
         window.present()
 
     watcher = QtCore.QTimer()
     watcher.setInterval(200)
-    watcher.timeout.connect(lambda: None if worker.is_alive() else app.quit())
+    quit_on_close = app.quitOnLastWindowClosed()
+
+    def quit_when_done() -> None:
+        if not worker.is_alive():
+            watcher.stop()
+            # quitting closes the windows; with quit-on-last-window-closed that would post a second quit, left
+            # pending for whatever event loop runs next in this process
+            app.setQuitOnLastWindowClosed(False)
+            app.quit()
+
+    watcher.timeout.connect(quit_when_done)
     worker.start()
     watcher.start()
     app.aboutToQuit.connect(lambda: session.end_session("monitor closed") if worker.is_alive() else None)
@@ -55,8 +67,11 @@ def run_with_displays(session: LiveSession, *, participant_windows: bool = True)
     if worker.is_alive():
         session.end_session("monitor closed")
     worker.join(timeout=10)
+    app.setQuitOnLastWindowClosed(False)  # closing them now must not leave a quit pending either
     for window in windows:
         window.close()
+    app.processEvents()
+    app.setQuitOnLastWindowClosed(quit_on_close)
     if worker.error is not None:
         raise worker.error
     return worker.result or session.session_ids

@@ -7,6 +7,11 @@ stalls or crashes cannot lose a stored beat.
 
 A group session is one `LiveSession` with several straps: each strap is bound to one participant and gets its own
 stored session (sharing a group id, the protocol and the clock). One strap failing affects only its participant.
+
+A diary phase names an instrument: each participant's view carries its name until they send the form
+(`submit_answers`) or set it aside (`skip_diary`). Answers go to the answer store, linked to the participant, their
+session and the time point; only a neutral marker ("diary submitted" / "diary skipped") enters the recording, so
+no answer ever reaches markers, LSL or exports. Once everyone has responded, the phase ends early.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +32,11 @@ from devices.clock import Clock
 from devices.link import LinkEvent, LinkState, Packet, StrapLink
 from devices.physiology import PacerSetting
 from devices.polar_pmd import EcgFrame
-from protocols.model import Phase, Protocol
+from protocols.instruments import Instrument, check_answers, get_instrument
+from protocols.model import Phase, PhaseKind, Protocol
 from protocols.pacer import pacer_phase, pacer_size
 from protocols.runner import Marker, ProtocolRunner
+from recordings.answers import AnswerStore, TimePointError, parse_time_point
 from recordings.decode import ECG_FS_HZ, BeatRow, SessionDecoder
 from recordings.ecg_time import DeviceClockMap
 from recordings.protocol_json import protocol_to_dict
@@ -43,6 +51,10 @@ log = logging.getLogger(__name__)
 ECG_WINDOW_S = 60.0
 DRAIN_S = 1.5
 """After the protocol ends, connected straps may deliver this much more (session seconds) before they stop."""
+DIARY_SUBMITTED = "diary submitted"
+DIARY_SKIPPED = "diary skipped"
+DIARY_THANKS = "Thank you. We will go on in a moment."
+DIARY_EVERYONE = "everyone has sent or set aside the diary"
 
 
 @dataclass
@@ -171,6 +183,16 @@ class LiveSession:
         self._phase_starts: dict[int, float] = {}
         self._phase_ends: dict[int, float] = {}
         self._baseline_index = next((i for i, ph in enumerate(protocol.phases) if ph.kind.value == "rest"), None)
+        self.settings = dict(settings or {})
+        # diary phases: their instruments (loaded now, so a broken file fails before anyone is recorded) and who
+        # has responded in each ({phase index: {participant: DIARY_SUBMITTED | DIARY_SKIPPED}})
+        self._instruments: dict[int, Instrument] = {
+            i: get_instrument(ph.instrument)
+            for i, ph in enumerate(protocol.phases)
+            if ph.kind is PhaseKind.DIARY and ph.instrument is not None
+        }
+        self._diary_done: dict[int, dict[str, str]] = {}
+        self._answers: AnswerStore | None = None
         group = store.new_group_id() if len(bindings) > 1 else None
         protocol_dict = protocol_to_dict(protocol)
         self.straps: list[_StrapState] = []
@@ -313,6 +335,119 @@ class LiveSession:
 
         self._call(do)
 
+    # -- diary phases (thread-safe; called from the participant's form) -----------------------------------------
+    def instrument(self, name: str) -> Instrument:
+        """The instrument a diary phase of this protocol asks (by the name a `ParticipantView` carries)."""
+        for inst in self._instruments.values():
+            if inst.name == name:
+                return inst
+        raise KeyError(f"protocol {self.protocol.name!r} asks no instrument {name!r}")
+
+    def diary_time_point(self, participant_id: str) -> str:
+        """Where answers given in this session belong: "week N" from the `week` setting, else the start date."""
+        strap = self._strap_for(participant_id)
+        week = self.settings.get("week")
+        if week is not None:
+            try:
+                return parse_time_point(week)[0]
+            except TimePointError:
+                log.warning("session setting week=%r is not a study week; using the session date", week)
+        return f"session {self.store.session(strap.session_id).started_utc[:10]}"
+
+    def _open_diary(self, participant_id: str) -> tuple[int, Instrument]:
+        """The latest diary phase started so far, if this participant has not yet responded to it."""
+        current = self.runner.state.phase_index
+        with self._lock:
+            started = set(self._phase_starts) | ({current} if current is not None else set())
+            started = sorted((i for i in started if i in self._instruments), reverse=True)
+            if not started:
+                raise RuntimeError("no diary phase has started: enter answers afterwards with `diary add --session`")
+            index = started[0]
+            done = self._diary_done.setdefault(index, {})
+            if participant_id in done:
+                raise RuntimeError(f"{participant_id} has already responded to the diary ({done[participant_id]})")
+        return index, self._instruments[index]
+
+    def submit_answers(
+        self, participant_id: str, values: Mapping[str, float | None], texts: Mapping[str, str] | None = None
+    ) -> Future[int]:
+        """Store a participant's answers to the running diary phase's instrument; returns the answer set id.
+
+        The answers are checked at once (AnswerError, nothing recorded); storing happens in the session's thread,
+        and the returned future holds the answer set id or the storing error. Free text goes only to the answer
+        store. When every participant has responded, the phase ends early.
+        """
+        strap = self._strap_for(participant_id)
+        index, inst = self._open_diary(participant_id)
+        check_answers(inst, values, texts)
+        values, texts = dict(values), dict(texts or {})
+        with self._lock:
+            if participant_id in self._diary_done[index]:
+                raise RuntimeError(f"{participant_id} has already responded to the diary")
+            self._diary_done[index][participant_id] = DIARY_SUBMITTED
+        future: Future[int] = Future()
+
+        def do() -> None:
+            try:
+                set_id, label = self._store_answers(strap, inst, values, texts)
+            except Exception as exc:  # kept in the future for the caller; the session goes on
+                log.error("diary answers of %s could not be stored: %s", participant_id, exc)
+                future.set_exception(exc)
+                self._diary_marker(strap, index, DIARY_SUBMITTED, instrument=inst.name, stored=False)
+            else:
+                future.set_result(set_id)
+                self._diary_marker(strap, index, DIARY_SUBMITTED, instrument=inst.name, time_point=label,
+                                   answer_set=set_id)  # fmt: skip
+            self._end_diary_if_all_responded(index)
+
+        self._call(do)
+        return future
+
+    def skip_diary(self, participant_id: str) -> None:
+        """The participant set the form aside ("Not now"): recorded neutrally; answers can be entered later."""
+        strap = self._strap_for(participant_id)
+        index, inst = self._open_diary(participant_id)
+        with self._lock:
+            self._diary_done[index].setdefault(participant_id, DIARY_SKIPPED)
+
+        def do() -> None:
+            self._diary_marker(strap, index, DIARY_SKIPPED, instrument=inst.name)
+            self._end_diary_if_all_responded(index)
+
+        self._call(do)
+
+    def _store_answers(self, strap: _StrapState, inst: Instrument, values: dict, texts: dict) -> tuple[int, str]:
+        if self._answers is None:
+            self._answers = AnswerStore(self.store)
+        pid = strap.binding.participant_id
+        label = self.diary_time_point(pid)
+        if self._answers.find_one(pid, inst.name, label) is not None:
+            taken = label
+            label = f"session {strap.session_id}"  # never lose answers: keep them under this session instead
+            log.warning("%s already has %s answers for %s; these are stored for %s", pid, inst.name, taken, label)
+        set_id = self._answers.add(inst, pid, label, values, texts, session_id=strap.session_id, by=pid,
+                                   source="form")  # fmt: skip
+        return set_id, label
+
+    def _diary_marker(self, strap: _StrapState, index: int, label: str, **detail: object) -> None:
+        """A neutral marker in this participant's own recording (never any answer or free text)."""
+        t = self.clock.now()
+        name = self.protocol.phases[index].name
+        self.store.add_marker(strap.session_id, t, "diary", label, phase_index=index, phase_name=name,
+                              detail=dict(detail))  # fmt: skip
+        pid = strap.binding.participant_id
+        with self._lock:
+            self.markers.append((t, f"{label} ({pid})" if len(self.straps) > 1 else label))
+        self._notify("marker", Marker(t, "diary", index, name, label, {"participant_id": pid}))  # type: ignore[arg-type]
+
+    def _end_diary_if_all_responded(self, index: int) -> None:
+        everyone = {s.binding.participant_id for s in self.straps}
+        with self._lock:
+            all_done = everyone <= set(self._diary_done.get(index, {}))
+        st = self.runner.state
+        if all_done and not st.finished and st.phase_index == index:
+            self._record_markers(self.runner.skip(self.clock.now(), reason=DIARY_EVERYONE))
+
     # -- views pulled by displays ----------------------------------------------------------------------------
     def _position(self, t: float) -> tuple[float, float]:
         """(seconds into the current phase, seconds left) at session time `t`, pauses respected."""
@@ -347,6 +482,12 @@ class LiveSession:
                 level = soothing_level(snap.coherence, mean, max(sd, 0.05))
         elif feedback == "sham":
             level = sham_level(t, seed=strap.session_id)
+        instrument = message = None
+        inst = self._instruments.get(st.phase_index) if st.phase_index is not None else None
+        if inst is not None:
+            with self._lock:
+                responded = strap.binding.participant_id in self._diary_done.get(st.phase_index, {})
+            instrument, message = (None, DIARY_THANKS) if responded else (inst.name, None)
         return ParticipantView(
             t=t,
             phase_name=phase.name,
@@ -359,7 +500,8 @@ class LiveSession:
             soothing_level=level,
             paused=st.paused,
             finished=False,
-            message="Paused. Take all the time you need." if st.paused else "",
+            message="Paused. Take all the time you need." if st.paused else (message or ""),
+            instrument=instrument,
         )
 
     def _strap_for(self, participant_id: str | None) -> _StrapState:

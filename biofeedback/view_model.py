@@ -34,6 +34,8 @@ class ParticipantView:
     `soothing_level` (0..1) is relative to the participant's own baseline (`soothing_level()`), None: neutral.
     With `feedback="hidden"` the display ignores `soothing_level`; `"sham"` is drawn exactly like `"live"`
     (the session supplies the sham level), so the participant cannot tell them apart.
+    `instrument` names the diary or questionnaire this participant is asked to fill in now (a diary phase they
+    have not yet answered or set aside); None otherwise. Displays that know no forms may ignore it.
     """
 
     t: float
@@ -48,6 +50,7 @@ class ParticipantView:
     paused: bool = False
     finished: bool = False
     message: str = ""
+    instrument: str | None = None
 
     def __post_init__(self) -> None:
         _check_unit("pacer_size", self.pacer_size)

@@ -14,6 +14,9 @@ Format (one file = one protocol)::
     prompt = "..."                     # optional text shown to the participant for the whole phase
     feedback = "live"                  # optional: live (default), hidden, sham
     show_numbers = false               # optional: show numbers on the participant display (default false)
+    instrument = "cmt-weekly-diary"    # kind "diary" only (and there it defaults to "cmt-weekly-diary"): the
+                                       # diary or questionnaire answered in this phase, a built-in instrument's
+                                       # name or the path of an instrument TOML file (relative to this file)
 
     [phase.pacer]                      # optional breathing pacer for this phase
     rate_bpm = 6.0                     # required, 2-30 breaths per minute
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocols.instruments import DIARY_NAME, InstrumentError, builtin_instruments, load_instrument
 from protocols.model import (
     PACER_RATE_RANGE_BPM,
     FeedbackMode,
@@ -49,7 +53,7 @@ from protocols.model import (
 )
 
 TOP_FIELDS = ("name", "description", "version", "phase")
-PHASE_FIELDS = ("name", "kind", "duration", "prompt", "feedback", "show_numbers", "pacer", "prompts")
+PHASE_FIELDS = ("name", "kind", "duration", "prompt", "feedback", "show_numbers", "pacer", "prompts", "instrument")
 PACER_FIELDS = ("rate_bpm", "ratio")
 PROMPT_FIELDS = ("at", "text")
 DEFAULT_RATIO = (4.0, 6.0)
@@ -211,8 +215,11 @@ class _Checker:
         return seconds
 
 
-def parse_protocol(text: str, source: str = "<string>") -> Protocol:
-    """Parse protocol TOML `text` (`source` names it in messages); ProtocolError lists all problems."""
+def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | None = None) -> Protocol:
+    """Parse protocol TOML `text` (`source` names it in messages); ProtocolError lists all problems.
+
+    Relative instrument paths are taken from `base_dir` (the protocol file's folder), else the working directory.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -245,7 +252,7 @@ def parse_protocol(text: str, source: str = "<string>") -> Protocol:
     else:
         seen: dict[str, int] = {}
         for i, raw in enumerate(raw_phases, start=1):
-            phase = _parse_phase(ck, i, raw)
+            phase = _parse_phase(ck, i, raw, base_dir)
             if phase is None:
                 continue
             if phase.name in seen:
@@ -262,7 +269,7 @@ def parse_protocol(text: str, source: str = "<string>") -> Protocol:
     return Protocol(name=name, description=description, phases=tuple(phases), version=str(version))
 
 
-def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any]) -> Phase | None:
+def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any], base_dir: str | Path | None) -> Phase | None:
     before = len(ck.problems)
     ck.phase_index = index
     raw_name = raw.get("name")
@@ -278,10 +285,51 @@ def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any]) -> Phase | None:
         ck.add("show_numbers", f"expected true or false, got {_show(show_numbers)}")
     pacer = _parse_pacer(ck, raw["pacer"]) if "pacer" in raw else None
     prompts = _parse_prompts(ck, raw["prompts"], duration) if "prompts" in raw else ()
+    instrument = _parse_instrument(ck, raw, kind, base_dir)
     if len(ck.problems) > before:
         return None
     assert name is not None and kind is not None and duration is not None
-    return Phase(name, kind, duration, prompt, prompts, pacer, feedback, bool(show_numbers))
+    return Phase(name, kind, duration, prompt, prompts, pacer, feedback, bool(show_numbers), instrument)
+
+
+def _parse_instrument(
+    ck: _Checker, raw: dict[str, Any], kind: PhaseKind | None, base_dir: str | Path | None
+) -> str | None:
+    """The phase's instrument: a built-in name as given, a file as its resolved path; checked by loading it."""
+    if "instrument" not in raw:
+        return DIARY_NAME if kind is PhaseKind.DIARY else None
+    value = raw["instrument"]
+    builtins = sorted(builtin_instruments())
+    expected = f"the name of a built-in instrument ({', '.join(builtins)}) or the path of an instrument TOML file"
+    if kind is not None and kind is not PhaseKind.DIARY:
+        ck.add("instrument", f'expected only on a phase of kind "diary", got it on kind "{kind.value}"')
+        return None
+    if not isinstance(value, str) or not value.strip():
+        ck.add("instrument", f"expected {expected}, got {_show(value)}")
+        return None
+    text = value.strip()
+    if text in builtins:
+        return text
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        if path.suffix == ".toml" or len(Path(text).parts) > 1:
+            ck.add("instrument", f"expected an instrument TOML file, got {_show(value)}: no such file ({path})")
+        else:
+            close = _suggest(text, builtins)
+            hint = f' (did you mean "{close}"?)' if close else ""
+            ck.add("instrument", f"expected {expected}, got {_show(value)}{hint}")
+        return None
+    try:
+        load_instrument(path)
+    except InstrumentError as exc:
+        ck.add("instrument", f"expected a valid instrument file, got {_show(value)}: {exc}")
+        return None
+    except OSError as exc:
+        ck.add("instrument", f"expected a readable instrument file, got {_show(value)} ({exc.strerror or exc})")
+        return None
+    return str(path.resolve())
 
 
 def _parse_pacer(ck: _Checker, raw: Any) -> Pacer | None:
@@ -334,4 +382,4 @@ def load_protocol(path: str | Path) -> Protocol:
     except UnicodeDecodeError as exc:
         problem = Problem(str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})")
         raise ProtocolError([problem]) from None
-    return parse_protocol(text, source=str(path))
+    return parse_protocol(text, source=str(path), base_dir=p.parent)

@@ -85,7 +85,11 @@ class TimedPrompt:
 
 @dataclass(frozen=True)
 class Phase:
-    """One scripted phase. `prompts` are sorted by time and fall inside the phase."""
+    """One scripted phase. `prompts` are sorted by time and fall inside the phase.
+
+    `instrument` (kind `diary` only) names the diary or questionnaire the participant answers during the phase: a
+    built-in instrument's name or the path of an instrument TOML file.
+    """
 
     name: str
     kind: PhaseKind
@@ -95,11 +99,18 @@ class Phase:
     pacer: Pacer | None = None
     feedback: FeedbackMode = FeedbackMode.LIVE
     show_numbers: bool = False
+    instrument: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ValueError("phase name must not be empty")
         object.__setattr__(self, "kind", PhaseKind(self.kind))
+        if self.instrument is not None:
+            if not (isinstance(self.instrument, str) and self.instrument.strip()):
+                raise ValueError(f"phase {self.name!r}: instrument must be a non-empty name or path")
+            if self.kind is not PhaseKind.DIARY:
+                raise ValueError(f"phase {self.name!r}: only a diary phase names an instrument, not a "
+                                 f"{self.kind.value} phase")  # fmt: skip
         object.__setattr__(self, "feedback", FeedbackMode(self.feedback))
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
             raise ValueError(f"phase {self.name!r}: duration must be > 0 s, got {self.duration_s!r}")

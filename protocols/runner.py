@@ -104,6 +104,8 @@ class ProtocolRunner:
             "kind": ph.kind.value, "planned_s": ph.duration_s, "feedback": ph.feedback.value,
             "pacer_bpm": ph.pacer.rate_bpm if ph.pacer else None,
         }  # fmt: skip
+        if ph.instrument is not None:
+            detail["instrument"] = ph.instrument
         return [self._marker(t, "phase_start", ph.name, **detail), *self._due_prompts(t)]
 
     def _phase_end_marker(self, t: float, ended: str) -> Marker:
@@ -185,15 +187,19 @@ class ProtocolRunner:
         self._paused_since = None
         return [self._marker(t, "resume", "resumed", paused_s=paused), *self._advance(t)]
 
-    def skip(self, t: float) -> list[Marker]:
-        """End the current phase at `t` and start the next one (a pause carries over into it)."""
+    def skip(self, t: float, reason: str = "") -> list[Marker]:
+        """End the current phase at `t` and start the next one (a pause carries over into it).
+
+        A `reason` (e.g. "everyone has answered the diary") is kept in the skip marker's detail.
+        """
         self._require_started("skip")
         t = self._accept_time(t)
         out = self._advance(t)
         if self._finished:
             return out
+        extra = {"reason": reason} if reason else {}
         out.append(self._marker(t, "skip", "phase skipped", elapsed_s=self._elapsed(t),
-                                remaining_s=self._phase.duration_s - self._elapsed(t)))
+                                remaining_s=self._phase.duration_s - self._elapsed(t), **extra))
         out += self._end_phase(t, "skipped")
         return out + self._advance(t)
 

@@ -15,26 +15,30 @@ class ProtocolJsonError(ValueError):
     """A stored protocol copy that cannot be turned back into a protocol."""
 
 
+def _phase_to_dict(ph: Phase) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": ph.name,
+        "kind": ph.kind.value,
+        "duration_s": ph.duration_s,
+        "prompt": ph.prompt,
+        "prompts": [{"at_s": p.at_s, "text": p.text} for p in ph.prompts],
+        "pacer": None
+        if ph.pacer is None
+        else {"rate_bpm": ph.pacer.rate_bpm, "inhale_fraction": ph.pacer.inhale_fraction},
+        "feedback": ph.feedback.value,
+        "show_numbers": ph.show_numbers,
+    }
+    if ph.instrument is not None:  # only diary phases name one; older stored copies have no such key
+        out["instrument"] = ph.instrument
+    return out
+
+
 def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
     return {
         "name": protocol.name,
         "description": protocol.description,
         "version": protocol.version,
-        "phases": [
-            {
-                "name": ph.name,
-                "kind": ph.kind.value,
-                "duration_s": ph.duration_s,
-                "prompt": ph.prompt,
-                "prompts": [{"at_s": p.at_s, "text": p.text} for p in ph.prompts],
-                "pacer": None
-                if ph.pacer is None
-                else {"rate_bpm": ph.pacer.rate_bpm, "inhale_fraction": ph.pacer.inhale_fraction},
-                "feedback": ph.feedback.value,
-                "show_numbers": ph.show_numbers,
-            }
-            for ph in protocol.phases
-        ],
+        "phases": [_phase_to_dict(ph) for ph in protocol.phases],
     }
 
 
@@ -53,6 +57,7 @@ def _phase_from_dict(i: int, raw: Any) -> Phase:
             pacer=None if pacer is None else Pacer(float(pacer["rate_bpm"]), float(pacer["inhale_fraction"])),
             feedback=raw.get("feedback", "live"),
             show_numbers=bool(raw.get("show_numbers", False)),
+            instrument=None if raw.get("instrument") is None else str(raw["instrument"]),
         )
     except KeyError as exc:
         raise ProtocolJsonError(f"{where}: missing field {exc.args[0]!r}") from None

@@ -399,7 +399,8 @@ def _participant_text(p: Protocol) -> list[str]:
 
 def test_builtins_are_listed_and_loadable() -> None:
     names = list_protocols()
-    assert names == ["cmt-grounding", "cmt-soothing", "resonance-assessment", "rest-5min", "sham-control"]
+    assert names == ["cmt-grounding", "cmt-soothing", "cmt-soothing-diary", "resonance-assessment", "rest-5min",
+                     "sham-control"]
     assert set(builtin_protocols()) == set(names)
     for name in names:
         assert get_protocol(name) is builtin_protocols()[name]
