@@ -5,12 +5,10 @@ with more than 11 points), and a quiet "leave this one out" link that clears an 
 Optional free-text boxes follow. "Done" calls `on_submit(values, texts)` (skipped items are None); "Not now" calls
 `on_cancel()`. Nothing is scored or judged on screen, and the colours are the participant display's calm palette.
 
-How a session opens it (wired by the session/display code, not here): a protocol phase of kind `diary` names the
-instrument to ask, for example a phase named after it (`name = "cmt-weekly-diary"`) or a future `instrument`
-field; when that phase starts, the participant window shows `InstrumentForm(get_instrument(name), on_submit=...)`
-instead of the pacer, and `on_submit` stores the answers with
-`AnswerStore(store).add(instrument, participant, time_point, values, texts, session_id=..., source="form")`,
-then skips to the next phase. "Not now" just moves on (recorded neutrally, never as a failure).
+How a session opens it: a protocol phase of kind `diary` names its `instrument`; during that phase
+`display_diary.host_diary_forms` lays this form over each participant window and sends the answers to
+`LiveSession.submit_answers` (stored with the session id and week, source "form"); "Not now" calls
+`LiveSession.skip_diary` (recorded neutrally, never as a failure). The phase ends once everyone has responded.
 """
 
 from __future__ import annotations

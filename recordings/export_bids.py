@@ -59,12 +59,13 @@ EVENT_LEVELS = {
     "skip": "The rest of the phase was skipped",
     "stop": "The session was stopped early (recorded neutrally; not a failure)",
     "manual": "A marker set by the experimenter during the session",
+    "diary": "The participant sent or set aside the diary form (the answers themselves stay in the store)",
     "note": "A free-text note by the experimenter (exported only when asked for)",
     "disconnected": "The strap's link dropped; no data until the next `connected`",
     "connected": "The strap's link was (re-)established",
     "ecg_gap": "No ECG samples in this interval (duration); the physio file holds n/a rows",
 }
-_POINT_KINDS = {"session_start", "session_end", "prompt", "pause", "resume", "skip", "stop", "manual"}
+_POINT_KINDS = {"session_start", "session_end", "prompt", "pause", "resume", "skip", "stop", "manual", "diary"}
 
 
 class BidsExportError(ValueError):

@@ -244,6 +244,8 @@ def test_answers_never_reach_markers_listeners_or_exports(tmp_path):
     with open(tmp_path / f"csv{sids[0]}" / "markers.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["label"] for r in rows if r["kind"] == "diary"] == [DIARY_SUBMITTED]  # the neutral fact stays
+    events = next((tmp_path / "bids").rglob(f"sub-P01_ses-{sids[0]}_*_events.tsv")).read_text()
+    assert "\tdiary\t" in events  # BIDS events carry the fact too
     assert len(AnswerStore(store).find()) == 2
     store.close()
 

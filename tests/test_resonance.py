@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
@@ -14,6 +13,7 @@ import devices.physiology as physiology
 from biofeedback.recorder import build_session, parse_device_specs
 from biofeedback.resonance import RateResult, assess_resonance, assess_session, choose_resonance
 from devices.physiology import BeatModel, GuideSegment, PacerSetting, ScheduledGuide, SimParticipant
+from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol
 from recordings.protocol_json import ProtocolJsonError, protocol_from_dict, protocol_to_dict
 from recordings.store import Store
@@ -110,17 +110,17 @@ def sharpen_resonance(monkeypatch: pytest.MonkeyPatch, peak_bpm: float, damping:
 
 @pytest.fixture(scope="module")
 def recorded_assessment(tmp_path_factory):
-    """The built-in resonance-assessment (16 min) recorded live at x300 from a simulated participant whose
+    """The built-in resonance-assessment (16 min) recorded live (on virtual time) from a simulated participant whose
     resonance is at 5.5/min (Mayer waves and noise as usual)."""
     path = tmp_path_factory.mktemp("resonance") / "store.sqlite"
     store = Store(path)
     with pytest.MonkeyPatch.context() as mp:
         sharpen_resonance(mp, 5.5)
         gains = {r: physiology.resonance_gain(r / 60) for r in RATES}
-        session = build_session(
-            store, get_protocol("resonance-assessment"), parse_device_specs(["sim"], "P07"), speed=300, seed=7
+        session = build_session(  # virtual time: exact whatever the machine's load
+            store, get_protocol("resonance-assessment"), parse_device_specs(["sim"], "P07"), seed=7, clock=LoopClock()
         )
-        (sid,) = asyncio.run(session.run())
+        (sid,) = run_virtual(session.run())
     store.close()
     return path, sid, gains
 
