@@ -43,10 +43,8 @@ Built-in instruments live in protocols/instruments/*.toml (files starting with "
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -55,6 +53,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from .file_problems import FileProblems, Problem, closest, parse_toml, read_text, show
+
 TOP_FIELDS = ("name", "title", "version", "kind", "instructions", "description", "scale", "item", "subscale", "text")
 SCALE_FIELDS = ("min", "max", "labels")
 ITEM_FIELDS = ("id", "text", "subscale", "subscales", "reverse", "scale")
@@ -62,7 +62,6 @@ SUBSCALE_FIELDS = ("name", "title", "items", "method", "missing")
 MISSING_FIELDS = ("rule", "max_missing")
 TEXT_FIELDS = ("id", "prompt")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
 class InstrumentKind(StrEnum):
@@ -177,40 +176,8 @@ class Instrument:
 # -- validation problems ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One problem; `where` names the table ("item 3 (\"sc_often\")", "subscale 1 (...)"), `field` a dotted key."""
-
-    source: str
-    message: str
-    where: str | None = None
-    field: str | None = None
-    line: int | None = None
-    column: int | None = None
-
-    def __str__(self) -> str:
-        parts = [self.source]
-        if self.line is not None:
-            parts.append(f"line {self.line}, column {self.column}")
-        if self.where is not None:
-            parts.append(self.where)
-        if self.field is not None:
-            parts.append(f'field "{self.field}"')
-        parts.append(self.message)
-        return ": ".join(parts)
-
-
-class InstrumentError(ValueError):
+class InstrumentError(FileProblems):
     """An instrument file is invalid; `problems` lists every problem found (the message shows them all)."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = tuple(problems)
-        lines = [str(p) for p in problems]
-        if len(lines) == 1:
-            text = lines[0]
-        else:
-            text = f"{problems[0].source}: {len(lines)} problems:\n" + "\n".join(f"  {ln}" for ln in lines)
-        super().__init__(text)
 
 
 class AnswerError(ValueError):
@@ -221,25 +188,10 @@ class AnswerError(ValueError):
         super().__init__(f"answers to {instrument!r}: " + "; ".join(problems))
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"a {type(value).__name__}"
-
-
 def _suggest(value: str, options: list[str]) -> str:
-    """' (did you mean "x"?)' for the closest option, ignoring case; "" when none is close."""
-    lowered = {o.lower(): o for o in options}
-    close = difflib.get_close_matches(value.lower(), list(lowered), n=1)
-    return f' (did you mean "{lowered[close[0]]}"?)' if close else ""
+    """' (did you mean "x"?)' for the closest option; "" when none is close."""
+    close = closest(value, options)
+    return f' (did you mean "{close}"?)' if close else ""
 
 
 def _is_int(value: Any) -> bool:
@@ -269,7 +221,7 @@ class _Checker:
             return None
         value = table[key]
         if not isinstance(value, str) or not value.strip():
-            self.add(field, f"expected a non-empty string, got {_show(value)}")
+            self.add(field, f"expected a non-empty string, got {show(value)}")
             return None
         return value.strip()
 
@@ -283,7 +235,7 @@ class _Checker:
             return str(value)
         if isinstance(value, str) and _NAME.match(value.strip()):
             return value.strip()
-        self.add(field, f"expected a name of letters, digits, '-' or '_' or an item number, got {_show(value)}")
+        self.add(field, f"expected a name of letters, digits, '-' or '_' or an item number, got {show(value)}")
         return None
 
     def choice(self, table: dict[str, Any], key: str, field: str, enum: type[StrEnum]) -> Any:
@@ -295,13 +247,13 @@ class _Checker:
             return enum(value.strip().lower())
         close = difflib.get_close_matches(str(value), valid, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
-        self.add(field, f"expected one of {', '.join(valid)}, got {_show(value)}{hint}")
+        self.add(field, f"expected one of {', '.join(valid)}, got {show(value)}{hint}")
         return None
 
 
 def _parse_scale(ck: _Checker, raw: Any, field: str) -> ResponseScale | None:
     if not isinstance(raw, dict):
-        ck.add(field, f"expected a table with min, max and optional labels, got {_show(raw)}")
+        ck.add(field, f"expected a table with min, max and optional labels, got {show(raw)}")
         return None
     ck.unknown_fields(raw, SCALE_FIELDS, field + ".", "scale")
     lo, hi = raw.get("min"), raw.get("max")
@@ -311,7 +263,7 @@ def _parse_scale(ck: _Checker, raw: Any, field: str) -> ResponseScale | None:
             ck.add(f"{field}.{key}", "required field is missing: expected a whole number")
             ok = False
         elif not _is_int(value):
-            ck.add(f"{field}.{key}", f"expected a whole number, got {_show(value)}")
+            ck.add(f"{field}.{key}", f"expected a whole number, got {show(value)}")
             ok = False
     if not ok:
         return None
@@ -321,7 +273,7 @@ def _parse_scale(ck: _Checker, raw: Any, field: str) -> ResponseScale | None:
     labels: list[tuple[int, str]] = []
     raw_labels = raw.get("labels", {})
     if not isinstance(raw_labels, dict):
-        ck.add(f"{field}.labels", f'expected a table like {{ {lo} = "not at all" }}, got {_show(raw_labels)}')
+        ck.add(f"{field}.labels", f'expected a table like {{ {lo} = "not at all" }}, got {show(raw_labels)}')
     else:
         for key, text in raw_labels.items():
             try:
@@ -329,9 +281,9 @@ def _parse_scale(ck: _Checker, raw: Any, field: str) -> ResponseScale | None:
             except ValueError:
                 value = None
             if value is None or not lo <= value <= hi:
-                ck.add(f"{field}.labels", f"expected label keys that are values from {lo} to {hi}, got {_show(key)}")
+                ck.add(f"{field}.labels", f"expected label keys that are values from {lo} to {hi}, got {show(key)}")
             elif not isinstance(text, str) or not text.strip():
-                ck.add(f"{field}.labels.{key}", f"expected a non-empty label text, got {_show(text)}")
+                ck.add(f"{field}.labels.{key}", f"expected a non-empty label text, got {show(text)}")
             else:
                 labels.append((value, text.strip()))
     return ResponseScale(lo, hi, tuple(sorted(labels)))
@@ -341,36 +293,28 @@ def _names(ck: _Checker, raw: Any, field: str) -> tuple[str, ...]:
     """A string or a list of strings/numbers (subscale names or item ids)."""
     values = [raw] if isinstance(raw, str | int) and not isinstance(raw, bool) else raw
     if not isinstance(values, list) or not all(_is_int(v) or isinstance(v, str) for v in values):
-        ck.add(field, f"expected a name or a list of names, got {_show(raw)}")
+        ck.add(field, f"expected a name or a list of names, got {show(raw)}")
         return ()
     return tuple(str(v).strip() for v in values)
 
 
 def parse_instrument(text: str, source: str = "<string>") -> Instrument:
     """Parse instrument TOML `text` (`source` names it in messages); InstrumentError lists all problems."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = _TOML_POS.match(str(exc))
-        if m:
-            problem = Problem(source, f"TOML syntax error: {m['msg']}", line=int(m["line"]), column=int(m["col"]))
-        else:
-            problem = Problem(source, f"TOML syntax error: {exc}")
-        raise InstrumentError([problem]) from None
+    data = parse_toml(text, source, InstrumentError)
 
     ck = _Checker(source)
     ck.unknown_fields(data, TOP_FIELDS, "", "top-level")
     name = ck.text(data, "name", "name", required=True)
     if name is not None and not _NAME.match(name):
         ck.add("name", f"expected letters, digits, '-' or '_' (it names the instrument on the command line), "
-                       f"got {_show(name)}")  # fmt: skip
+                       f"got {show(name)}")  # fmt: skip
     title = ck.text(data, "title", "title", required=True)
     instructions = ck.text(data, "instructions", "instructions", required=False) or ""
     description = ck.text(data, "description", "description", required=False) or ""
     kind = ck.choice(data, "kind", "kind", InstrumentKind) or InstrumentKind.QUESTIONNAIRE
     version = data.get("version", "1")
     if isinstance(version, bool) or not isinstance(version, str | int) or not str(version).strip():
-        ck.add("version", f'expected a version string like "1.2" or an integer, got {_show(version)}')
+        ck.add("version", f'expected a version string like "1.2" or an integer, got {show(version)}')
         version = "1"
     scale = None
     if "scale" not in data:
@@ -399,13 +343,13 @@ def _parse_items(ck: _Checker, raw: Any, scale: ResponseScale | None) -> list[It
         ck.add("item", "required: expected at least one [[item]] table, got none")
         return []
     if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw) or not raw:
-        ck.add("item", f"expected [[item]] tables (note the double brackets), got {_show(raw)}")
+        ck.add("item", f"expected [[item]] tables (note the double brackets), got {show(raw)}")
         return []
     items: list[Item] = []
     seen: dict[str, int] = {}
     for n, entry in enumerate(raw, start=1):
         raw_id = entry.get("id")
-        ck.where = f"item {n}" + (f" ({_show(str(raw_id))})" if isinstance(raw_id, str | int) else "")
+        ck.where = f"item {n}" + (f" ({show(str(raw_id))})" if isinstance(raw_id, str | int) else "")
         ck.unknown_fields(entry, ITEM_FIELDS, "", "item")
         item_id = ck.ident(entry, "id", "id")
         if item_id is not None and item_id in seen:
@@ -418,7 +362,7 @@ def _parse_items(ck: _Checker, raw: Any, scale: ResponseScale | None) -> list[It
         subs = _names(ck, entry.get("subscales", entry.get("subscale", [])), "subscales")
         reverse = entry.get("reverse", False)
         if not isinstance(reverse, bool):
-            ck.add("reverse", f"expected true or false, got {_show(reverse)}")
+            ck.add("reverse", f"expected true or false, got {show(reverse)}")
         own = _parse_scale(ck, entry["scale"], "scale") if "scale" in entry else scale
         if item_id is not None and text is not None and own is not None and seen[item_id] == n:
             # kept despite other problems of this item, so that later checks do not cascade from it
@@ -430,18 +374,18 @@ def _parse_items(ck: _Checker, raw: Any, scale: ResponseScale | None) -> list[It
 def _parse_subscales(ck: _Checker, raw: Any, items: list[Item]) -> tuple[Subscale, ...]:
     ck.where = None
     if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-        ck.add("subscale", f"expected [[subscale]] tables, got {_show(raw)}")
+        ck.add("subscale", f"expected [[subscale]] tables, got {show(raw)}")
         return ()
     item_ids = [i.id for i in items]
     out: list[Subscale] = []
     declared = {e["name"] for e in raw if isinstance(e.get("name"), str)}
     for n, entry in enumerate(raw, start=1):
         raw_name = entry.get("name")
-        ck.where = f"subscale {n}" + (f" ({_show(raw_name)})" if isinstance(raw_name, str) else "")
+        ck.where = f"subscale {n}" + (f" ({show(raw_name)})" if isinstance(raw_name, str) else "")
         ck.unknown_fields(entry, SUBSCALE_FIELDS, "", "subscale")
         name = ck.text(entry, "name", "name", required=True)
         if name is not None and any(s.name == name for s in out):
-            ck.add("name", f"expected a name not used by another subscale, got {_show(name)} twice")
+            ck.add("name", f"expected a name not used by another subscale, got {show(name)} twice")
             continue
         title = ck.text(entry, "title", "title", required=False) or name
         method = ck.choice(entry, "method", "method", ScoreMethod) or ScoreMethod.SUM
@@ -449,7 +393,7 @@ def _parse_subscales(ck: _Checker, raw: Any, items: list[Item]) -> tuple[Subscal
         for item_id in listed:
             if item_id not in item_ids:
                 hint = _suggest(item_id, item_ids)
-                ck.add("items", f"expected ids of items in this file, got {_show(item_id)}{hint}")
+                ck.add("items", f"expected ids of items in this file, got {show(item_id)}{hint}")
         members = [i.id for i in items if i.id in listed or (name is not None and name in i.subscales)]
         missing = _parse_missing(ck, entry.get("missing"), len(members))
         if name is None:
@@ -465,9 +409,9 @@ def _parse_subscales(ck: _Checker, raw: Any, items: list[Item]) -> tuple[Subscal
     for n, item in enumerate(items, start=1):
         for sub in item.subscales:
             if sub not in declared:
-                ck.where = f"item {n} ({_show(item.id)})"
+                ck.where = f"item {n} ({show(item.id)})"
                 hint = _suggest(sub, sorted(declared))
-                ck.add("subscales", f"expected a subscale declared in a [[subscale]] table, got {_show(sub)}{hint}")
+                ck.add("subscales", f"expected a subscale declared in a [[subscale]] table, got {show(sub)}{hint}")
     ck.where = None
     return tuple(out)
 
@@ -476,7 +420,7 @@ def _parse_missing(ck: _Checker, raw: Any, n_items: int) -> MissingPolicy | None
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        ck.add("missing", f'expected a table like {{ rule = "prorate", max_missing = 1 }}, got {_show(raw)}')
+        ck.add("missing", f'expected a table like {{ rule = "prorate", max_missing = 1 }}, got {show(raw)}')
         return None
     ck.unknown_fields(raw, MISSING_FIELDS, "missing.", "missing-answer rule")
     rule = ck.choice(raw, "rule", "missing.rule", MissingRule)
@@ -487,7 +431,7 @@ def _parse_missing(ck: _Checker, raw: Any, n_items: int) -> MissingPolicy | None
     if rule is MissingRule.COMPLETE:
         if "max_missing" in raw and raw["max_missing"] != 0:
             ck.add(
-                "missing.max_missing", f'expected 0 (or no value) with rule "complete", got {_show(raw["max_missing"])}'
+                "missing.max_missing", f'expected 0 (or no value) with rule "complete", got {show(raw["max_missing"])}'
             )
         return MissingPolicy()
     max_missing = raw.get("max_missing")
@@ -496,7 +440,7 @@ def _parse_missing(ck: _Checker, raw: Any, n_items: int) -> MissingPolicy | None
         return None
     if not _is_int(max_missing) or max_missing < 0 or (n_items and max_missing >= n_items):
         upper = f" and below the subscale's {n_items} items" if n_items else ""
-        ck.add("missing.max_missing", f"expected a whole number from 0{upper}, got {_show(max_missing)}")
+        ck.add("missing.max_missing", f"expected a whole number from 0{upper}, got {show(max_missing)}")
         return None
     return MissingPolicy(MissingRule.PRORATE, max_missing)
 
@@ -504,17 +448,17 @@ def _parse_missing(ck: _Checker, raw: Any, n_items: int) -> MissingPolicy | None
 def _parse_texts(ck: _Checker, raw: Any, item_ids: set[str]) -> tuple[TextField, ...]:
     ck.where = None
     if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-        ck.add("text", f"expected [[text]] tables with id and prompt, got {_show(raw)}")
+        ck.add("text", f"expected [[text]] tables with id and prompt, got {show(raw)}")
         return ()
     out: list[TextField] = []
     for n, entry in enumerate(raw, start=1):
         raw_id = entry.get("id")
-        ck.where = f"text field {n}" + (f" ({_show(raw_id)})" if isinstance(raw_id, str) else "")
+        ck.where = f"text field {n}" + (f" ({show(raw_id)})" if isinstance(raw_id, str) else "")
         ck.unknown_fields(entry, TEXT_FIELDS, "", "text field")
         tid = ck.ident(entry, "id", "id")
         prompt = ck.text(entry, "prompt", "prompt", required=True)
         if tid is not None and (tid in item_ids or any(t.id == tid for t in out)):
-            ck.add("id", f"expected an id not used by an item or another text field, got {_show(tid)}")
+            ck.add("id", f"expected an id not used by an item or another text field, got {show(tid)}")
         elif tid is not None and prompt is not None:
             out.append(TextField(tid, prompt))
     ck.where = None
@@ -523,12 +467,7 @@ def _parse_texts(ck: _Checker, raw: Any, item_ids: set[str]) -> tuple[TextField,
 
 def load_instrument(path: str | Path) -> Instrument:
     """Load an instrument TOML file; errors name the file as given. Raises InstrumentError or OSError."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InstrumentError(
-            [Problem(str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})")]
-        ) from None
+    text = read_text(path, InstrumentError)
     return parse_instrument(text, source=str(path))
 
 
@@ -601,7 +540,7 @@ def check_answers(
             out[item.id] = None
         elif isinstance(value, bool) or not isinstance(value, int | float) or not item.scale.contains(value):
             problems.append(f"item {item.id!r}: expected a whole number from {item.scale.min} to {item.scale.max}, "
-                            f"got {_show(value)}")  # fmt: skip
+                            f"got {show(value)}")  # fmt: skip
         else:
             out[item.id] = float(value)
     if problems:

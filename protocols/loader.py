@@ -32,15 +32,15 @@ Unknown fields are rejected with a suggestion. Every problem in a file is report
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocols.file_problems import FileProblems, closest, parse_toml, read_text, show
+from protocols.file_problems import Problem as BaseProblem
 from protocols.instruments import DIARY_NAME, InstrumentError, builtin_instruments, load_instrument
 from protocols.model import (
     PACER_RATE_RANGE_BPM,
@@ -65,60 +65,24 @@ _UNIT_SECONDS = {
 }  # fmt: skip
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
-_TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
 @dataclass(frozen=True)
-class Problem:
+class Problem(BaseProblem):
     """One validation problem; `phase_index` counts from 1, `field` is a dotted path in the phase or file."""
 
-    source: str
-    message: str
     phase_index: int | None = None
     phase_name: str | None = None
-    field: str | None = None
-    line: int | None = None
-    column: int | None = None
 
-    def __str__(self) -> str:
-        parts = [self.source]
-        if self.line is not None:
-            parts.append(f"line {self.line}, column {self.column}")
-        if self.phase_index is not None:
-            shown = json.dumps(self.phase_name, ensure_ascii=False) if self.phase_name else "unnamed"
-            parts.append(f"phase {self.phase_index} ({shown})")
-        if self.field is not None:
-            parts.append(f'field "{self.field}"')
-        parts.append(self.message)
-        return ": ".join(parts)
+    def location(self) -> str | None:
+        if self.phase_index is None:
+            return self.where
+        shown = json.dumps(self.phase_name, ensure_ascii=False) if self.phase_name else "unnamed"
+        return f"phase {self.phase_index} ({shown})"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(FileProblems):
     """A protocol file is invalid; `problems` lists every problem found (the message shows them all)."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = tuple(problems)
-        lines = [str(p) for p in problems]
-        if len(lines) == 1:
-            text = lines[0]
-        else:
-            text = f"{problems[0].source}: {len(lines)} problems:\n" + "\n".join(f"  {ln}" for ln in lines)
-        super().__init__(text)
-
-
-def _show(value: Any) -> str:
-    """How a TOML value is shown after "got"."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"a {type(value).__name__}"
 
 
 def parse_duration(value: Any, *, allow_zero: bool = False) -> float | None:
@@ -147,16 +111,6 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float | None:
     return seconds
 
 
-def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str | None:
-    """The option a typo most likely meant: a prefix match first, else the closest spelling."""
-    w = word.strip().lower()
-    prefixed = [o for o in options if len(w) >= 3 and (o.startswith(w) or w.startswith(o))]
-    if prefixed:
-        return min(prefixed, key=lambda o: abs(len(o) - len(w)))
-    close = difflib.get_close_matches(w, list(options), n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
 class _Checker:
     """Collects problems while reading one file."""
 
@@ -167,13 +121,15 @@ class _Checker:
         self.phase_name: str | None = None
 
     def add(self, field: str | None, message: str) -> None:
-        self.problems.append(Problem(self.source, message, self.phase_index, self.phase_name, field))
+        self.problems.append(
+            Problem(self.source, message, field=field, phase_index=self.phase_index, phase_name=self.phase_name)
+        )
 
     def unknown_fields(self, table: dict[str, Any], allowed: tuple[str, ...], prefix: str, what: str) -> None:
         for key in table:
             if key in allowed:
                 continue
-            close = _suggest(key, allowed)
+            close = closest(key, allowed)
             hint = f'did you mean "{close}"? ' if close else ""
             self.add(prefix + key, f"unknown {what} field; {hint}expected one of: {', '.join(allowed)}")
 
@@ -184,7 +140,7 @@ class _Checker:
             return None
         value = table[key]
         if not isinstance(value, str) or (required and not value.strip()):
-            self.add(field, f"expected a {'non-empty ' if required else ''}string, got {_show(value)}")
+            self.add(field, f"expected a {'non-empty ' if required else ''}string, got {show(value)}")
             return None
         return value
 
@@ -198,9 +154,9 @@ class _Checker:
         if isinstance(value, str) and value.strip().lower() in {m.value for m in enum}:
             return enum(value.strip().lower())
         else:
-            close = _suggest(str(value), [m.value for m in enum])
+            close = closest(str(value), [m.value for m in enum])
             hint = f' (did you mean "{close}"?)' if close else ""
-            self.add(field, f"expected one of {valid}, got {_show(value)}{hint}")
+            self.add(field, f"expected one of {valid}, got {show(value)}{hint}")
             return None
 
     def duration(self, table: dict[str, Any], key: str, field: str, *, allow_zero: bool) -> float | None:
@@ -211,7 +167,7 @@ class _Checker:
             return None
         seconds = parse_duration(table[key], allow_zero=allow_zero)
         if seconds is None:
-            self.add(field, f"expected {what} like {like}, got {_show(table[key])}")
+            self.add(field, f"expected {what} like {like}, got {show(table[key])}")
         return seconds
 
 
@@ -220,17 +176,7 @@ def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | N
 
     Relative instrument paths are taken from `base_dir` (the protocol file's folder), else the working directory.
     """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = _TOML_POS.match(str(exc))
-        if m:
-            problem = Problem(
-                source, f"TOML syntax error: {m['msg']}", line=int(m["line"]), column=int(m["col"])
-            )
-        else:
-            problem = Problem(source, f"TOML syntax error: {exc}")
-        raise ProtocolError([problem]) from None
+    data = parse_toml(text, source, ProtocolError)
 
     ck = _Checker(source)
     ck.unknown_fields(data, TOP_FIELDS, "", "top-level")
@@ -238,7 +184,7 @@ def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | N
     description = ck.text(data, "description", "description", required=False) or ""
     version = data.get("version", "1")
     if isinstance(version, bool) or not isinstance(version, str | int) or not str(version).strip():
-        ck.add("version", f'expected a version string like "1.2" or an integer, got {_show(version)}')
+        ck.add("version", f'expected a version string like "1.2" or an integer, got {show(version)}')
         version = "1"
 
     raw_phases = data.get("phase")
@@ -246,7 +192,7 @@ def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | N
     if raw_phases is None:
         ck.add("phase", "required: expected at least one [[phase]] table, got none")
     elif not isinstance(raw_phases, list) or not all(isinstance(p, dict) for p in raw_phases):
-        ck.add("phase", f"expected [[phase]] tables (note the double brackets), got {_show(raw_phases)}")
+        ck.add("phase", f"expected [[phase]] tables (note the double brackets), got {show(raw_phases)}")
     elif not raw_phases:
         ck.add("phase", "expected at least one [[phase]] table, got an empty array")
     else:
@@ -257,7 +203,7 @@ def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | N
                 continue
             if phase.name in seen:
                 ck.add("name", f"expected a name not used by another phase, but phase {seen[phase.name]} "
-                               f"is also called {_show(phase.name)}")
+                               f"is also called {show(phase.name)}")
             else:
                 seen[phase.name] = i
                 phases.append(phase)
@@ -282,7 +228,7 @@ def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any], base_dir: str | 
     feedback = ck.choice(raw, "feedback", "feedback", FeedbackMode, required=False) or FeedbackMode.LIVE
     show_numbers = raw.get("show_numbers", False)
     if not isinstance(show_numbers, bool):
-        ck.add("show_numbers", f"expected true or false, got {_show(show_numbers)}")
+        ck.add("show_numbers", f"expected true or false, got {show(show_numbers)}")
     pacer = _parse_pacer(ck, raw["pacer"]) if "pacer" in raw else None
     prompts = _parse_prompts(ck, raw["prompts"], duration) if "prompts" in raw else ()
     instrument = _parse_instrument(ck, raw, kind, base_dir)
@@ -305,7 +251,7 @@ def _parse_instrument(
         ck.add("instrument", f'expected only on a phase of kind "diary", got it on kind "{kind.value}"')
         return None
     if not isinstance(value, str) or not value.strip():
-        ck.add("instrument", f"expected {expected}, got {_show(value)}")
+        ck.add("instrument", f"expected {expected}, got {show(value)}")
         return None
     text = value.strip()
     if text in builtins:
@@ -315,26 +261,26 @@ def _parse_instrument(
         path = Path(base_dir) / path
     if not path.is_file():
         if path.suffix == ".toml" or len(Path(text).parts) > 1:
-            ck.add("instrument", f"expected an instrument TOML file, got {_show(value)}: no such file ({path})")
+            ck.add("instrument", f"expected an instrument TOML file, got {show(value)}: no such file ({path})")
         else:
-            close = _suggest(text, builtins)
+            close = closest(text, builtins)
             hint = f' (did you mean "{close}"?)' if close else ""
-            ck.add("instrument", f"expected {expected}, got {_show(value)}{hint}")
+            ck.add("instrument", f"expected {expected}, got {show(value)}{hint}")
         return None
     try:
         load_instrument(path)
     except InstrumentError as exc:
-        ck.add("instrument", f"expected a valid instrument file, got {_show(value)}: {exc}")
+        ck.add("instrument", f"expected a valid instrument file, got {show(value)}: {exc}")
         return None
     except OSError as exc:
-        ck.add("instrument", f"expected a readable instrument file, got {_show(value)} ({exc.strerror or exc})")
+        ck.add("instrument", f"expected a readable instrument file, got {show(value)} ({exc.strerror or exc})")
         return None
     return str(path.resolve())
 
 
 def _parse_pacer(ck: _Checker, raw: Any) -> Pacer | None:
     if not isinstance(raw, dict):
-        ck.add("pacer", f"expected a [phase.pacer] table with rate_bpm and ratio, got {_show(raw)}")
+        ck.add("pacer", f"expected a [phase.pacer] table with rate_bpm and ratio, got {show(raw)}")
         return None
     ck.unknown_fields(raw, PACER_FIELDS, "pacer.", "pacer")
     lo, hi = PACER_RATE_RANGE_BPM
@@ -344,12 +290,12 @@ def _parse_pacer(ck: _Checker, raw: Any) -> Pacer | None:
     if "rate_bpm" not in raw:
         ck.add("pacer.rate_bpm", f"required field is missing: expected {expected}")
     elif not ok_rate:
-        ck.add("pacer.rate_bpm", f"expected {expected}, got {_show(rate)}")
+        ck.add("pacer.rate_bpm", f"expected {expected}, got {show(rate)}")
     inhale, exhale = DEFAULT_RATIO
     ratio = raw.get("ratio", "4:6")
     m = _RATIO.match(ratio) if isinstance(ratio, str) else None
     if m is None or float(m[1]) <= 0 or float(m[2]) <= 0:
-        ck.add("pacer.ratio", f'expected inhale:exhale as positive numbers like "4:6", got {_show(ratio)}')
+        ck.add("pacer.ratio", f'expected inhale:exhale as positive numbers like "4:6", got {show(ratio)}')
         return None
     inhale, exhale = float(m[1]), float(m[2])
     return Pacer.from_ratio(float(rate), inhale, exhale) if ok_rate else None
@@ -357,7 +303,7 @@ def _parse_pacer(ck: _Checker, raw: Any) -> Pacer | None:
 
 def _parse_prompts(ck: _Checker, raw: Any, duration: float | None) -> tuple[TimedPrompt, ...]:
     if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
-        ck.add("prompts", f"expected [[phase.prompts]] tables with at and text, got {_show(raw)}")
+        ck.add("prompts", f"expected [[phase.prompts]] tables with at and text, got {show(raw)}")
         return ()
     out = []
     for j, item in enumerate(raw, start=1):
@@ -366,7 +312,7 @@ def _parse_prompts(ck: _Checker, raw: Any, duration: float | None) -> tuple[Time
         at = ck.duration(item, "at", prefix + "at", allow_zero=True)
         text = ck.text(item, "text", prefix + "text", required=True)
         if at is not None and duration is not None and at >= duration:
-            got = _show(item["at"])
+            got = show(item["at"])
             ck.add(prefix + "at", f"expected a time before the phase ends ({duration:g} s), got {got}")
             continue
         if at is not None and text is not None:
@@ -376,10 +322,5 @@ def _parse_prompts(ck: _Checker, raw: Any, duration: float | None) -> tuple[Time
 
 def load_protocol(path: str | Path) -> Protocol:
     """Load a protocol TOML file; errors name the file as given. Raises ProtocolError or OSError."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        problem = Problem(str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})")
-        raise ProtocolError([problem]) from None
-    return parse_protocol(text, source=str(path), base_dir=p.parent)
+    text = read_text(path, ProtocolError)
+    return parse_protocol(text, source=str(path), base_dir=Path(path).parent)
