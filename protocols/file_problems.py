@@ -57,6 +57,30 @@ class FileProblems(ValueError):
         super().__init__(text)
 
 
+class TableChecker:
+    """Collects a file's problems while its tables are read; `where` names the table being read."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+        self.where: str | None = None
+
+    def problem(self, field: str | None, message: str) -> Problem:
+        return Problem(self.source, message, self.where, field)
+
+    def add(self, field: str | None, message: str) -> None:
+        self.problems.append(self.problem(field, message))
+
+    def unknown_fields(self, table: dict[str, Any], allowed: tuple[str, ...], prefix: str, what: str) -> None:
+        """A problem for every key not in `allowed` (typos get a "did you mean")."""
+        for key in table:
+            if key in allowed:
+                continue
+            close = closest(key, allowed)
+            hint = f'did you mean "{close}"? ' if close else ""
+            self.add(prefix + key, f"unknown {what} field; {hint}expected one of: {', '.join(allowed)}")
+
+
 def show(value: Any) -> str:
     """How a TOML value is shown after "got"."""
     if isinstance(value, bool):

@@ -53,7 +53,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .file_problems import FileProblems, Problem, closest, parse_toml, read_text, show
+from .file_problems import FileProblems, TableChecker, closest, parse_toml, read_text, show
 
 TOP_FIELDS = ("name", "title", "version", "kind", "instructions", "description", "scale", "item", "subscale", "text")
 SCALE_FIELDS = ("min", "max", "labels")
@@ -198,21 +198,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class _Checker:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[Problem] = []
-        self.where: str | None = None
-
-    def add(self, field: str | None, message: str) -> None:
-        self.problems.append(Problem(self.source, message, self.where, field))
-
-    def unknown_fields(self, table: dict[str, Any], allowed: tuple[str, ...], prefix: str, what: str) -> None:
-        for key in table:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f'did you mean "{close[0]}"? ' if close else ""
-                self.add(prefix + key, f"unknown {what} field; {hint}expected one of: {', '.join(allowed)}")
+class _Checker(TableChecker):
+    """Collects problems while reading one instrument file (located by item or subscale)."""
 
     def text(self, table: dict[str, Any], key: str, field: str, *, required: bool) -> str | None:
         if key not in table:

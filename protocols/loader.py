@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocols.file_problems import FileProblems, closest, parse_toml, read_text, show
+from protocols.file_problems import FileProblems, TableChecker, closest, parse_toml, read_text, show
 from protocols.file_problems import Problem as BaseProblem
 from protocols.instruments import DIARY_NAME, InstrumentError, builtin_instruments, load_instrument
 from protocols.model import (
@@ -111,27 +111,16 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float | None:
     return seconds
 
 
-class _Checker:
-    """Collects problems while reading one file."""
+class _Checker(TableChecker):
+    """Collects problems while reading one protocol file (located by phase)."""
 
     def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[Problem] = []
+        super().__init__(source)
         self.phase_index: int | None = None
         self.phase_name: str | None = None
 
-    def add(self, field: str | None, message: str) -> None:
-        self.problems.append(
-            Problem(self.source, message, field=field, phase_index=self.phase_index, phase_name=self.phase_name)
-        )
-
-    def unknown_fields(self, table: dict[str, Any], allowed: tuple[str, ...], prefix: str, what: str) -> None:
-        for key in table:
-            if key in allowed:
-                continue
-            close = closest(key, allowed)
-            hint = f'did you mean "{close}"? ' if close else ""
-            self.add(prefix + key, f"unknown {what} field; {hint}expected one of: {', '.join(allowed)}")
+    def problem(self, field: str | None, message: str) -> Problem:
+        return Problem(self.source, message, field=field, phase_index=self.phase_index, phase_name=self.phase_name)
 
     def text(self, table: dict[str, Any], key: str, field: str, *, required: bool) -> str | None:
         if key not in table:
