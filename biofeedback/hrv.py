@@ -28,13 +28,13 @@ Method, in order:
    and trapezoid band integrals over [lo, hi): LF 0.04–0.15 Hz, HF 0.15–0.40 Hz, in ms² absolute. This is
    the same computation as ``neurokit2.hrv_frequency(..., interpolation_rate=4, normalize=False)``.
 6. **Breathing rate**: the pacer rate when the phase has a pacer, else the respiratory sinus arrhythmia peak of
-   the same PSD, x 60: the highest peak in 0.13–0.5 Hz, or the highest in 0.05–0.13 Hz when that one is at least
-   5x stronger (slow breathing makes a dominant slow peak; Mayer waves at rest do not). Limits: it assumes
-   breathing drives the main HR oscillation; Mayer waves (~0.1 Hz), irregular breathing, talking or movement can
-   dominate instead (short resting records often peak near 0.05–0.1 Hz); the PSD starts at 4 / run length Hz (60 s
-   run: nothing below 4/min is visible) and its resolution is 2 / run length Hz; above about half the heart rate
-   the tachogram cannot represent breathing at all. Below `SLOW_BREATHING_BPM` RSA falls into LF and HF is flagged
-   as not vagal.
+   the same PSD, x 60: the highest local maximum in 0.13–0.5 Hz (not a band edge on a slower peak's slope), or the
+   highest in 0.05–0.13 Hz when that one is at least 5x stronger (slow breathing makes a dominant slow peak; Mayer
+   waves at rest do not). Limits: it assumes breathing drives the main HR oscillation; Mayer waves (~0.1 Hz),
+   irregular breathing, talking or movement can dominate instead (short resting records often peak near 0.05–0.1
+   Hz); the PSD starts at 4 / run length Hz (60 s run: nothing below 4/min is visible) and its resolution is 2 /
+   run length Hz; above about half the heart rate the tachogram cannot represent breathing at all. Below
+   `SLOW_BREATHING_BPM` RSA falls into LF and HF is flagged as not vagal.
 
 Window rules: RMSSD/SDNN/pNN50 and HF need >= 60 s of data in the phase, LF needs >= 120 s; otherwise the
 value is None and a note says why. "Data in the phase" is the phase time covered by gap-free segments (a
@@ -50,6 +50,7 @@ from typing import Literal
 
 import neurokit2 as nk
 import numpy as np
+from scipy.signal import find_peaks
 
 Phase = tuple[str, str, float, float, float | None]
 
@@ -379,12 +380,20 @@ def _respiratory_peak_hz(psd: tuple[np.ndarray, np.ndarray]) -> float | None:
     `SLOW_PEAK_DOMINANCE` times the strongest peak above it, as it is with slow (e.g. paced) breathing.
     """
     f, p = psd
-    slow = _peak_hz(psd, (RSA_BAND_HZ[0], SPONTANEOUS_BREATHING_HZ))
-    fast = _peak_hz(psd, (SPONTANEOUS_BREATHING_HZ, RSA_BAND_HZ[1]))
+    slow = _local_peak_hz(psd, (RSA_BAND_HZ[0], SPONTANEOUS_BREATHING_HZ))
+    fast = _local_peak_hz(psd, (SPONTANEOUS_BREATHING_HZ, RSA_BAND_HZ[1]))
     if slow is None or fast is None:
         return slow if fast is None else fast
     power = dict(zip(f, p, strict=True))
     return slow if power[slow] >= SLOW_PEAK_DOMINANCE * power[fast] else fast
+
+
+def _local_peak_hz(psd: tuple[np.ndarray, np.ndarray], band: tuple[float, float]) -> float | None:
+    """The highest true peak (a local maximum, not the band's edge on a neighbour's slope) within `band`."""
+    f, p = psd
+    peaks, _ = find_peaks(p)
+    inside = [i for i in peaks if band[0] <= f[i] <= band[1]]
+    return float(f[max(inside, key=lambda i: p[i])]) if inside else None
 
 
 def _peak_hz(psd: tuple[np.ndarray, np.ndarray], band: tuple[float, float]) -> float | None:

@@ -280,3 +280,14 @@ def test_bad_options_are_rejected() -> None:
         analyze_phases(t, rr, whole(), correction="Kubios")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="gap_before must be a bool array"):
         analyze_phases(t, rr, whole(), gap_before=np.array([0, 1]))
+
+
+def test_breathing_rate_is_a_true_peak_not_the_edge_of_a_slower_one():
+    from biofeedback.hrv import _respiratory_peak_hz
+
+    f = np.linspace(0.0, 0.5, 501)
+    mayer = 120.0 * np.exp(-(((f - 0.10) / 0.04) ** 2))  # a broad 0.1 Hz wave, higher at 0.13 Hz than the RSA peak
+    breathing = 30.0 * np.exp(-(((f - 0.25) / 0.01) ** 2))  # weaker but real RSA at 15/min
+    assert _respiratory_peak_hz((f, mayer + breathing)) == pytest.approx(0.25, abs=0.002)
+    slow_paced = 4000.0 * np.exp(-(((f - 0.1) / 0.005) ** 2)) + breathing  # slow breathing dominates
+    assert _respiratory_peak_hz((f, slow_paced)) == pytest.approx(0.10, abs=0.002)
