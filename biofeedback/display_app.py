@@ -17,7 +17,9 @@ from .display_participant import ParticipantWindow
 from .session import LiveSession
 
 
-class _SessionThread(threading.Thread):
+class SessionThread(threading.Thread):
+    """Runs a session's asyncio loop beside Qt's; `result` holds the session ids, `error` what ended it badly."""
+
     def __init__(self, session: LiveSession) -> None:
         super().__init__(name="session", daemon=True)
         self.session = session
@@ -34,7 +36,7 @@ class _SessionThread(threading.Thread):
 def run_with_displays(session: LiveSession, *, participant_windows: bool = True) -> list[int]:
     """Open the experimenter monitor (and a participant display per strap) and run the session to its end."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    worker = _SessionThread(session)
+    worker = SessionThread(session)
     monitor = MonitorWindow(session, session)
     windows: list[QtWidgets.QWidget] = [monitor]
     if participant_windows:

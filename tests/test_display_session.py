@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from biofeedback.display_app import _SessionThread
+from biofeedback.display_app import SessionThread
 from biofeedback.display_monitor import MonitorWindow
 from biofeedback.display_participant import ParticipantWindow
 from biofeedback.recorder import build_session, parse_device_specs
@@ -38,7 +38,7 @@ class Running:
 
     def __init__(self, qtbot, session) -> None:
         self.session = session
-        self.worker = _SessionThread(session)
+        self.worker = SessionThread(session)
         self.monitor = MonitorWindow(session, session)
         self.monitor.confirm_end = lambda: True
         pid = session.straps[0].binding.participant_id
