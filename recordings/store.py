@@ -521,7 +521,7 @@ class Store:
     def acc_chunks(self, session_id: int) -> list[tuple[float, int, float, np.ndarray]]:
         """(arrival t, device ns of last sample, fs, samples (n, 3) mG int32) per frame, in device-time order."""
         rows = self._db.execute(
-            "SELECT t_arrival, device_ns, fs_hz, samples FROM acc_chunks WHERE session_id=? ORDER BY device_ns",
+            "SELECT t_arrival, device_ns, fs_hz, samples FROM acc_chunks WHERE session_id=? ORDER BY device_ns, rowid",
             (session_id,),
         ).fetchall()
         return [(t, ns, fs, np.frombuffer(blob, dtype="<i4").reshape(-1, 3)) for t, ns, fs, blob in rows]
