@@ -104,7 +104,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         sims = [s.participant_id for s in specs if s.simulated]
         faults = parse_sim_faults(args.sim_faults or [], sims, args.seed)
         session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
-                                settings=settings, faults=faults)  # fmt: skip
+                                acc=args.acc, settings=settings, faults=faults)  # fmt: skip
         console.print(
             f"Recording [bold]{protocol.name}[/bold] ({protocol.total_duration_s / 60:.0f} min) for "
             f"{', '.join(s.participant_id for s in specs)} at speed ×{args.speed:g} into {store.path}"
@@ -672,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="simulated time per real second (simulator only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated participant(s)")
     p.add_argument("--ecg", action="store_true", help="also record raw ECG (Polar H10 PMD, or simulated)")
+    p.add_argument("--acc", action="store_true",
+                   help="also record the chest strap's accelerometer (Polar H10 PMD, or simulated): phase "
+                        "breathing rates then come from chest movement")  # fmt: skip
     p.add_argument("--pacer-rate", type=float, help="breathing pacer rate for paced phases (breaths/min)")
     p.add_argument("--sim-faults", action="append", metavar="[ID:]KIND=N,...",
                    help="faults of simulated straps, events per hour: disconnect=N, contact=N (contact loss), "

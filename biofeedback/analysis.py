@@ -1,4 +1,12 @@
-"""After the session: phases from the stored markers, HRV per phase from the stored beats (via `hrv`)."""
+"""After the session: phases from the stored markers, HRV per phase from the stored beats (via `hrv`).
+
+When the strap's accelerometer was recorded (`acc_chunks`), a phase with at least `MIN_ACC_WINDOW_S` of gap-free
+chest movement gets its breathing rate from it (`acc_breathing`, source "acc") instead of the RSA estimate; a paced
+phase keeps the pacer rate, with a note when the participant breathed at a clearly different rate. ACC samples are
+put on the session clock exactly like ECG samples (`recordings.ecg_time.map_ecg_chunks`: device-clock spacing,
+lower envelope of arrival times, new stretch at every device-time jump), and only the longest stretch within the
+phase is used. A rate whose spectral peak holds less than `MIN_ACC_PEAK_SHARE` of the band power is not trusted.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from recordings.ecg_time import EcgTimeError, EcgTimeline, map_ecg_chunks
 from recordings.store import SessionInfo, Store
 
+from .acc_breathing import breathing_rate_from_acc
 from .hrv import PhaseMetrics, analyze_phases
+
+MIN_ACC_WINDOW_S = 60.0
+"""Gap-free accelerometer seconds a phase needs for a chest-movement breathing rate."""
+MIN_ACC_PEAK_SHARE = 0.3
+"""Below this share of breathing-band power in its peak, the chest-movement rate is not used (noise gives 0.1-0.2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,18 +96,54 @@ def _window(start_marker, end_t: float, ended: str, paused_s: float) -> PhaseWin
     )
 
 
+def acc_timeline(store: Store, session_id: int) -> EcgTimeline | None:
+    """The session's accelerometer samples on the session clock (`uv` holds (n, 3) mG), or None without ACC."""
+    chunks = store.acc_chunks(session_id)
+    if not chunks:
+        return None
+    try:
+        return map_ecg_chunks(chunks)
+    except EcgTimeError:
+        return None
+
+
+def phase_acc_rate(acc: EcgTimeline, start_s: float, end_s: float) -> tuple[float | None, str | None]:
+    """Chest-movement breathing rate (breaths/min) of one phase's longest ACC stretch, or None and why not."""
+    inside = (acc.t >= start_s) & (acc.t < end_s)
+    if not inside.any():
+        return None, None
+    segments, counts = np.unique(acc.segment[inside], return_counts=True)
+    longest = segments[np.argmax(counts)]
+    take = inside & (acc.segment == longest)
+    seconds = float(take.sum()) / acc.fs_hz
+    if seconds < MIN_ACC_WINDOW_S:
+        return None, f"chest-movement breathing rate needs ≥ {MIN_ACC_WINDOW_S:.0f} s of ACC; phase has {seconds:.1f} s"
+    try:
+        estimate = breathing_rate_from_acc(acc.uv[take], acc.fs_hz)
+    except ValueError as exc:
+        return None, f"no chest-movement breathing rate: {exc}"
+    if estimate.peak_share < MIN_ACC_PEAK_SHARE:
+        return None, f"chest movement shows no clear breathing rhythm (peak share {estimate.peak_share:.2f})"
+    return estimate.rate_bpm, None
+
+
 def analyze_session(store: Store, session_id: int, correction: str = "kubios") -> SessionAnalysis:
     info = store.session(session_id)
     beats = store.beats(session_id)
     windows = phase_windows(store, session_id)
+    acc = acc_timeline(store, session_id)
+    acc_results = [phase_acc_rate(acc, w.start_s, w.end_s) if acc else (None, None) for w in windows]
     phases = analyze_phases(
         beats.t,
         beats.rr_ms,
         [(w.name, w.kind, w.start_s, w.end_s, w.pacer_rate_bpm) for w in windows],
         correction=correction,
         gap_before=beats.gap_before,
+        acc_rates=[rate for rate, _ in acc_results],
     )
-    for metrics, window in zip(phases, windows, strict=True):
+    for metrics, window, (_, acc_note) in zip(phases, windows, acc_results, strict=True):
+        if acc_note:
+            metrics.notes.append(acc_note)
         if window.ended != "completed":
             metrics.notes.append(f"phase {window.ended} before its planned end")
         if window.paused_s > 0:
@@ -106,5 +157,6 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
         "packets": counts["packets"],
         "disconnects": sum(1 for e in store.link_events(session_id) if e[2] == "disconnected"),
         "median_arrival_lag_s": float(np.median(lags)) if len(lags) else None,
+        "acc_seconds": float(len(acc.t) / acc.fs_hz) if acc else 0.0,
     }
     return SessionAnalysis(info, correction, phases, windows, quality)

@@ -27,14 +27,18 @@ Method, in order:
    (``neurokit2.signal_psd``: mean removed, Hann window of half the run, 50 % overlap, no normalisation)
    and trapezoid band integrals over [lo, hi): LF 0.04–0.15 Hz, HF 0.15–0.40 Hz, in ms² absolute. This is
    the same computation as ``neurokit2.hrv_frequency(..., interpolation_rate=4, normalize=False)``.
-6. **Breathing rate**: the pacer rate when the phase has a pacer, else the respiratory sinus arrhythmia peak of
-   the same PSD, x 60: the highest local maximum in 0.13–0.5 Hz (not a band edge on a slower peak's slope), or the
-   highest in 0.05–0.13 Hz when that one is at least 5x stronger (slow breathing makes a dominant slow peak; Mayer
-   waves at rest do not). Limits: it assumes breathing drives the main HR oscillation; Mayer waves (~0.1 Hz),
-   irregular breathing, talking or movement can dominate instead (short resting records often peak near 0.05–0.1
-   Hz); the PSD starts at 4 / run length Hz (60 s run: nothing below 4/min is visible) and its resolution is 2 /
-   run length Hz; above about half the heart rate the tachogram cannot represent breathing at all. Below
-   `SLOW_BREATHING_BPM` RSA falls into LF and HF is flagged as not vagal.
+6. **Breathing rate**: the pacer rate when the phase has a pacer, else a rate measured from chest movement (the
+   strap's accelerometer, `acc_rates`, source "acc") when the caller has one, else the respiratory sinus
+   arrhythmia peak of the same PSD, x 60: the highest local maximum in 0.13–0.5 Hz (not a band edge on a slower
+   peak's slope), or the highest in 0.05–0.13 Hz when that one is at least 5x stronger (slow breathing makes a
+   dominant slow peak; Mayer waves at rest do not). Limits: it assumes breathing drives the main HR oscillation;
+   Mayer waves (~0.1 Hz), irregular breathing, talking or movement can dominate instead (short resting records
+   often peak near 0.05–0.1 Hz); the PSD starts at 4 / run length Hz (60 s run: nothing below 4/min is visible)
+   and its resolution is 2 / run length Hz; above about half the heart rate the tachogram cannot represent
+   breathing at all. Below `SLOW_BREATHING_BPM` RSA falls into LF and HF is flagged as not vagal (judged on the
+   chest-movement rate when there is one, since that is how the participant actually breathed). With a pacer and a
+   chest-movement rate more than `PACER_DISAGREEMENT_BPM` away from it, a neutral experimenter-facing note gives
+   both rates.
 
 Window rules: RMSSD/SDNN/pNN50 and HF need >= 60 s of data in the phase, LF needs >= 120 s; otherwise the
 value is None and a note says why. "Data in the phase" is the phase time covered by gap-free segments (a
@@ -45,6 +49,7 @@ fraction of a beat shorter; LF/HF use the coverage of the longest gap-free stret
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -58,6 +63,8 @@ CORRECTED_NOTE_PCT = 5.0
 MIN_SHORT_WINDOW_S = 60.0
 MIN_LF_WINDOW_S = 120.0
 SLOW_BREATHING_BPM = 9.0
+PACER_DISAGREEMENT_BPM = 1.5
+"""A chest-movement breathing rate this far (breaths/min) from the pacer gets a note."""
 LF_BAND_HZ = (0.04, 0.15)
 HF_BAND_HZ = (0.15, 0.40)
 RSA_BAND_HZ = (0.05, 0.5)
@@ -91,7 +98,7 @@ class PhaseMetrics:
     hf_ms2: float | None = None
     lf_peak_hz: float | None = None
     breathing_rate_bpm: float | None = None
-    breathing_rate_source: Literal["pacer", "rsa"] | None = None
+    breathing_rate_source: Literal["pacer", "acc", "rsa"] | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -123,11 +130,25 @@ def analyze_phases(
     phases: list[Phase],
     correction: Literal["kubios", "none"] = "kubios",
     gap_before: np.ndarray | None = None,
+    acc_rates: Sequence[float | None] | None = None,
 ) -> list[PhaseMetrics]:
-    """HRV metrics for each phase, in the order given (see the module docstring for the method)."""
+    """HRV metrics for each phase, in the order given (see the module docstring for the method).
+
+    `acc_rates`: per phase, the breathing rate (breaths/min) measured from chest movement, or None.
+    """
     timeline = corrected_beats(beat_t, rr_ms, correction, gap_before)
     checked = [_validate_phase(i, p) for i, p in enumerate(phases)]
-    return [_phase_metrics(timeline, p, corrected=correction == "kubios") for p in checked]
+    if acc_rates is None:
+        acc_rates = [None] * len(checked)
+    if len(acc_rates) != len(checked):
+        raise ValueError(f"acc_rates has {len(acc_rates)} values for {len(checked)} phases")
+    for i, rate in enumerate(acc_rates):
+        if rate is not None and not (np.isfinite(rate) and rate > 0):
+            raise ValueError(f"acc_rates[{i}] must be a breathing rate > 0 or None, got {rate!r}")
+    return [
+        _phase_metrics(timeline, p, corrected=correction == "kubios", acc_rate=None if r is None else float(r))
+        for p, r in zip(checked, acc_rates, strict=True)
+    ]
 
 
 def corrected_beats(
@@ -270,7 +291,7 @@ def _runs(mask: np.ndarray, seg: np.ndarray) -> list[np.ndarray]:
     return np.split(idx, breaks)
 
 
-def _phase_metrics(tl: CorrectedBeats, phase: Phase, corrected: bool) -> PhaseMetrics:
+def _phase_metrics(tl: CorrectedBeats, phase: Phase, corrected: bool, acc_rate: float | None = None) -> PhaseMetrics:
     name, kind, start, end, pacer = phase
     in_phase = (tl.t >= start) & (tl.t < end)
     mask = in_phase & np.isfinite(tl.rr)
@@ -292,7 +313,7 @@ def _phase_metrics(tl: CorrectedBeats, phase: Phase, corrected: bool) -> PhaseMe
         m.corrected_pct = 0.0
     if nn.size == 0:
         m.notes.append("no usable beats in this phase")
-        _breathing(m, pacer, None)
+        _breathing(m, pacer, None, acc_rate)
         return m
     m.mean_hr_bpm = float(60000.0 / np.mean(nn))
     runs = _runs(mask, tl.seg)
@@ -322,22 +343,28 @@ def _phase_metrics(tl: CorrectedBeats, phase: Phase, corrected: bool) -> PhaseMe
         m.lf_peak_hz = _peak_hz(psd, LF_BAND_HZ)
     else:
         m.notes.append(f"LF needs ≥ {MIN_LF_WINDOW_S:.0f} s; phase has {run_s:.1f} s")
-    _breathing(m, pacer, psd)
+    _breathing(m, pacer, psd, acc_rate)
     return m
 
 
-def _breathing(m: PhaseMetrics, pacer: float | None, psd: tuple[np.ndarray, np.ndarray] | None) -> None:
+def _breathing(
+    m: PhaseMetrics, pacer: float | None, psd: tuple[np.ndarray, np.ndarray] | None, acc_rate: float | None = None
+) -> None:
     if pacer is not None:
         m.breathing_rate_bpm, m.breathing_rate_source = pacer, "pacer"
+        if acc_rate is not None and abs(acc_rate - pacer) > PACER_DISAGREEMENT_BPM:
+            m.notes.append(f"participant breathed at ~{acc_rate:.1f}/min, pacer {pacer:g}/min")
+    elif acc_rate is not None:
+        m.breathing_rate_bpm, m.breathing_rate_source = acc_rate, "acc"
     elif psd is not None:
         peak = _respiratory_peak_hz(psd)
         if peak is not None:
             m.breathing_rate_bpm, m.breathing_rate_source = 60.0 * peak, "rsa"
     if m.breathing_rate_bpm is None:
         m.notes.append(f"breathing rate unknown: no pacer and RSA needs ≥ {MIN_SHORT_WINDOW_S:.0f} s")
-    elif m.breathing_rate_bpm < SLOW_BREATHING_BPM:
+    elif (breathed := m.breathing_rate_bpm if acc_rate is None else acc_rate) < SLOW_BREATHING_BPM:
         m.notes.append(
-            f"breathing ~{m.breathing_rate_bpm:.1f}/min moves RSA into LF; "
+            f"breathing ~{breathed:.1f}/min moves RSA into LF; "
             "HF does not index vagal activity here"
         )
 

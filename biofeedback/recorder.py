@@ -99,7 +99,9 @@ def make_links(
     faults: dict[str, SimFaults] | None = None,
     participants: dict[str, SimParticipant] | None = None,
     keep_history: bool = False,
+    acc: bool = False,
 ) -> list[StrapLink]:
+    """One link per device: a `SimulatedStrap` for `sim`, else a `BleStrapLink` (ECG / accelerometer on request)."""
     links: list[StrapLink] = []
     for i, spec in enumerate(specs):
         if spec.simulated:
@@ -113,12 +115,13 @@ def make_links(
                     ecg=ecg,
                     faults=(faults or {}).get(spec.participant_id),
                     keep_history=keep_history,
+                    acc=acc,
                 )
             )
         else:
             from devices.ble import BleStrapLink  # imported only when a real strap is used
 
-            links.append(BleStrapLink(spec.device, clock, ecg=ecg))
+            links.append(BleStrapLink(spec.device, clock, ecg=ecg, acc=acc))
     return links
 
 
@@ -148,6 +151,7 @@ def build_session(
     participants: dict[str, SimParticipant] | None = None,
     settings: dict | None = None,
     keep_history: bool = False,
+    acc: bool = False,
 ) -> LiveSession:
     if speed != 1.0 and not all(s.simulated for s in specs):
         raise DeviceSpecError("--speed other than 1 only makes sense with simulated straps")
@@ -159,14 +163,15 @@ def build_session(
         return guides[-1]
 
     links = make_links(
-        specs, clock, new_guide, seed=seed, ecg=ecg, faults=faults, participants=participants, keep_history=keep_history
+        specs, clock, new_guide, seed=seed, ecg=ecg, faults=faults, participants=participants,
+        keep_history=keep_history, acc=acc,
     )
     session = LiveSession(
         store,
         protocol,
         [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)],
         clock,
-        settings={"speed": speed, "seed": seed, "ecg": ecg, **(settings or {})},
+        settings={"speed": speed, "seed": seed, "ecg": ecg, "acc": acc, **(settings or {})},
     )
     for guide in guides:
         guide.target = GuideFromRunner(session)

@@ -7,8 +7,11 @@ CONNECTED once streaming again. BlueZ's usual connect failures (`org.bluez.Error
 `le-connection-abort-by-local`, "Software caused connection abort", timeouts, strap not advertising) are
 retried the same way; `stop()` ends it promptly and disconnects.
 
-With `ecg=True` the link also starts the Polar Measurement Data (PMD) ECG stream at 130 Hz; PMD
-control-point responses and data frames are passed on as raw packets too, so the raw layer keeps them.
+With `ecg=True` the link also starts the Polar Measurement Data (PMD) ECG stream at 130 Hz, and with `acc=True`
+(after ECG) the accelerometer at 50 Hz / 16 bit / ±8 g, for breathing from chest movement; PMD control-point
+responses and data frames are passed on as raw packets too, so the raw layer keeps them (including the FACTOR of
+the ACC start response, which delta-compressed ACC frames need). A refused stream is recorded (`ecg_error`,
+`acc_error`) and everything else keeps streaming.
 
 MTU: Polar ECG frames need a large ATT MTU (Polar asks for 232). BlueZ, WinRT and CoreBluetooth negotiate
 the largest MTU themselves when connecting. bleak's `mtu_size` on BlueZ needs the private `_acquire_mtu()`
@@ -60,6 +63,7 @@ from devices.polar_pmd import (
     decode_settings,
     ecg_settings_request,
     raise_for_response,
+    start_acc_request,
     start_ecg_request,
 )
 
@@ -72,6 +76,9 @@ POLAR_PMD_NAME_PREFIXES = ("Polar H10", "Polar OH1", "Polar Sense", "Polar Verit
 
 ECG_SAMPLE_RATE_HZ = 130
 ECG_RESOLUTION_BITS = 14
+ACC_SAMPLE_RATE_HZ = 50
+ACC_RESOLUTION_BITS = 16
+ACC_RANGE_G = 8
 PMD_RESPONSE_TIMEOUT_S = 5.0
 
 _ADDRESS_RE = re.compile(
@@ -190,6 +197,10 @@ class EcgUnavailable(Exception):
     """ECG could not be started on this strap (no PMD service, no ECG, or no usable answer)."""
 
 
+class AccUnavailable(Exception):
+    """The accelerometer could not be started on this strap (no PMD service, no ACC, or no usable answer)."""
+
+
 class _Stopped(Exception):
     """stop() was called while waiting."""
 
@@ -209,8 +220,8 @@ class BleStrapLink:
     matches is used); it is also the `device_id` stamped on packets and events. Times are on `clock`, and
     backoff waits use `clock.sleep`; connect and scan timeouts are real (radio) time. `stop()` must be called
     from the event loop's thread (from another thread use `loop.call_soon_threadsafe(link.stop)`).
-    After each connection `address`, `mtu` (ECG only) and `ecg_error` (None, or why ECG did not start)
-    describe the strap.
+    After each connection `address`, `mtu` (PMD only), `ecg_error` and `acc_error` (None, or why that stream did
+    not start) and `acc_factor` (the ACC start response's FACTOR, if it sent one) describe the strap.
     """
 
     def __init__(
@@ -225,6 +236,7 @@ class BleStrapLink:
         scan_timeout_s: float = 10.0,
         jitter: float = 0.1,
         seed: int | None = None,
+        acc: bool = False,
     ) -> None:
         if not device.strip():
             raise ValueError("strap address or name prefix must not be empty")
@@ -233,12 +245,16 @@ class BleStrapLink:
         self.device_id = device.strip().upper() if is_address(device) else device.strip()
         self.clock = clock
         self.ecg = ecg
+        self.acc = acc
         self.connect_timeout_s = connect_timeout_s
         self.scan_timeout_s = scan_timeout_s
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, jitter=jitter, rng=random.Random(seed))
         self.address: str | None = None
         self.mtu: int | None = None
         self.ecg_error: Exception | None = None
+        self.acc_error: Exception | None = None
+        self.acc_factor: float | None = None
+        self._features_hex = ""
         self._stop = asyncio.Event()
         self._running = False
 
@@ -345,24 +361,45 @@ class BleStrapLink:
         await client.start_notify(
             HEART_RATE_MEASUREMENT_UUID, lambda _c, data: self._packet(HEART_RATE_MEASUREMENT_UUID, data)
         )
-        if self.ecg:
-            await self._start_ecg(client)
+        if self.ecg or self.acc:
+            await self._start_pmd(client)
 
-    async def _start_ecg(self, client: BleakClient) -> None:
-        """Polar PMD start-up; a refusal is recorded in `ecg_error` and heart rate keeps streaming.
+    async def _start_pmd(self, client: BleakClient) -> None:
+        """Polar PMD start-up; a refusal is recorded in `ecg_error` / `acc_error` and the rest keeps streaming.
 
-        Order: indications on the control point, notifications on PMD data, read the features, ask for the
-        ECG settings, start ECG at 130 Hz / 14 bit. Every control-point response (and the feature read) is
-        also passed on as a raw packet.
+        Order: indications on the control point, notifications on PMD data, read the features, then (ECG) ask
+        for the ECG settings and start ECG at 130 Hz / 14 bit, then (ACC) start the accelerometer at 50 Hz /
+        16 bit / ±8 g. Every control-point response (and the feature read) is also passed on as a raw packet.
         """
-        self.ecg_error = None
+        self.ecg_error = self.acc_error = None
+        self.acc_factor = None
+        failures = (PmdControlError, EcgUnavailable, AccUnavailable, DecodeError)
         try:
-            await self._pmd_start(client)
-        except (PmdControlError, EcgUnavailable, DecodeError) as exc:
-            self.ecg_error = exc
-            logger.warning("ECG not started on %s: %s", self.device_id, exc)
+            control, responses, features = await self._pmd_open(client)
+        except failures as exc:
+            if self.ecg:
+                self.ecg_error = exc
+            if self.acc:
+                self.acc_error = AccUnavailable(str(exc)) if isinstance(exc, EcgUnavailable) else exc
+            logger.warning("PMD not started on %s: %s", self.device_id, exc)
+            return
+        if self.ecg:
+            try:
+                await self._pmd_start_ecg(client, control, responses, features)
+            except failures as exc:
+                self.ecg_error = exc
+                logger.warning("ECG not started on %s: %s", self.device_id, exc)
+        if self.acc:
+            try:
+                await self._pmd_start_acc(client, control, responses, features)
+            except failures as exc:
+                self.acc_error = exc
+                logger.warning("ACC not started on %s: %s", self.device_id, exc)
 
-    async def _pmd_start(self, client: BleakClient) -> None:
+    async def _pmd_open(
+        self, client: BleakClient
+    ) -> tuple[BleakGATTCharacteristic, asyncio.Queue[bytes], frozenset[MeasurementType]]:
+        """Subscribe to the PMD control point and data, read the features; returns what the starts need."""
         control = client.services.get_characteristic(PMD_CONTROL_POINT_UUID)
         data = client.services.get_characteristic(PMD_DATA_UUID)
         if control is None or data is None:
@@ -378,8 +415,15 @@ class BleStrapLink:
         await client.start_notify(data, lambda _c, value: self._packet(PMD_DATA_UUID, value))
         features_raw = bytes(await client.read_gatt_char(control))
         self._packet(PMD_CONTROL_POINT_UUID, features_raw)
-        if MeasurementType.ECG not in decode_features(features_raw):
-            raise EcgUnavailable(f"strap does not offer ECG (features {features_raw.hex()})")
+        self._features_hex = features_raw.hex()
+        return control, responses, decode_features(features_raw)
+
+    async def _pmd_start_ecg(
+        self, client: BleakClient, control: BleakGATTCharacteristic, responses: asyncio.Queue,
+        features: frozenset[MeasurementType],
+    ) -> None:
+        if MeasurementType.ECG not in features:
+            raise EcgUnavailable(f"strap does not offer ECG (features {self._features_hex})")
         answer = await self._pmd_request(client, control, ecg_settings_request(), responses)
         rates = decode_settings(answer.parameters).get("sample_rate", ())
         if rates and ECG_SAMPLE_RATE_HZ not in rates:
@@ -390,6 +434,22 @@ class BleStrapLink:
         except PmdControlError as exc:
             if exc.response.error_code != ResponseCode.ALREADY_IN_STATE:  # still streaming from before: fine
                 raise
+
+    async def _pmd_start_acc(
+        self, client: BleakClient, control: BleakGATTCharacteristic, responses: asyncio.Queue,
+        features: frozenset[MeasurementType],
+    ) -> None:
+        if MeasurementType.ACC not in features:
+            raise AccUnavailable(f"strap does not offer the accelerometer (features {self._features_hex})")
+        start = start_acc_request(ACC_SAMPLE_RATE_HZ, ACC_RESOLUTION_BITS, ACC_RANGE_G)
+        try:
+            answer = await self._pmd_request(client, control, start, responses)
+        except PmdControlError as exc:
+            if exc.response.error_code != ResponseCode.ALREADY_IN_STATE:
+                raise
+            return  # streaming from before; the FACTOR of that start is in the raw layer
+        factors = decode_settings(answer.parameters).get("factor", ())
+        self.acc_factor = float(factors[0]) if factors else None
 
     async def _pmd_request(
         self, client: BleakClient, control: BleakGATTCharacteristic, request: bytes, responses: asyncio.Queue
@@ -404,7 +464,8 @@ class BleStrapLink:
                         return raise_for_response(response)
         except TimeoutError:
             op = ControlOpCode(request[0]).name
-            raise EcgUnavailable(f"no PMD response to {op} within {PMD_RESPONSE_TIMEOUT_S:g} s") from None
+            unavailable = AccUnavailable if len(request) > 1 and request[1] == MeasurementType.ACC else EcgUnavailable
+            raise unavailable(f"no PMD response to {op} within {PMD_RESPONSE_TIMEOUT_S:g} s") from None
 
     def _connected_reason(self, device: BLEDevice) -> str:
         parts = [f"address {device.address}"]
@@ -414,4 +475,6 @@ class BleStrapLink:
             parts.append(f"MTU {self.mtu}")
         if self.ecg:
             parts.append(f"ECG not started: {self.ecg_error}" if self.ecg_error else "ECG streaming")
+        if self.acc:
+            parts.append(f"ACC not started: {self.acc_error}" if self.acc_error else "ACC streaming")
         return ", ".join(parts)

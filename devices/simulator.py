@@ -4,8 +4,11 @@ Beats come from `devices.physiology.BeatModel`. About once a second a Heart Rate
 carries the RR intervals of the beats completed since the previous one (quantised to 1/1024 s with the
 rounding remainder carried, so their sum does not drift) and the strap's smoothed heart rate. With
 `ecg=True`, Polar PMD ECG frames (73 samples at 130 Hz of device time) are sent too, stamped by a device
-clock that starts at a wrong date and drifts against the session clock. `SimFaults` adds disconnects,
-contact loss and bursts of malformed packets.
+clock that starts at a wrong date and drifts against the session clock. With `acc=True`, Polar PMD accelerometer
+frames (raw int16 x,y,z mG, 36 samples at 50 Hz of device time, same device clock) carry gravity (about 1000 mG on
+one axis) plus chest movement following the model's breathing signal along a fixed chest direction, plus noise; the
+accelerometer needs no skin contact, so contact loss does not affect it. `SimFaults` adds disconnects, contact loss
+and bursts of malformed packets.
 """
 
 from __future__ import annotations
@@ -33,11 +36,18 @@ from devices.link import (
     PacketSink,
 )
 from devices.physiology import REST_GUIDE, BeatModel, BreathingGuide, SimBeat, SimParticipant
-from devices.polar_pmd import HEADER_SIZE, encode_ecg_frame
+from devices.polar_pmd import HEADER_SIZE, encode_acc_frame, encode_ecg_frame
 
 RR_UNITS_PER_S = 1024
 NOTIFY_INTERVAL_S = 1.0
 ECG_FRAME_SAMPLES = 73
+ACC_FS_HZ = 50.0
+"""Accelerometer samples per second of device time (what `BleStrapLink` asks a Polar H10 for)."""
+ACC_FRAME_SAMPLES = 36
+"""Raw int16 x,y,z samples per ACC frame: 10 + 36 * 6 = 226 bytes, within Polar's 232-byte MTU."""
+ACC_BREATH_AMPLITUDE_MG = (5.0, 20.0)
+"""Range (seeded per strap) of the chest movement's amplitude in mG at full lung volume swing."""
+ACC_NOISE_MG = 2.0
 CONNECT_DELAY_S = 0.4
 """Time from CONNECTING to CONNECTED (and from RECONNECTING to the end of a disconnect)."""
 PACKET_LATENCY_S = 0.02
@@ -156,6 +166,7 @@ class SimulatedStrap:
         faults: SimFaults | None = None,
         *,
         keep_history: bool = False,
+        acc: bool = False,
     ) -> None:
         self.device_id = device_id
         self.keep_history = keep_history
@@ -163,9 +174,19 @@ class SimulatedStrap:
         self.participant = participant
         self.guide: BreathingGuide = guide or REST_GUIDE
         self.ecg = ecg
+        self.acc = acc
         self.faults = faults or SimFaults()
         base = [participant.seed, zlib.crc32(device_id.encode())]
         self._rng = np.random.default_rng([*base, 1])
+        acc_rng = np.random.default_rng([*base, 3])
+        gravity = np.array([0.0, -1.0, 0.0]) + acc_rng.normal(0, 0.1, 3)
+        self.acc_gravity_mg = 1000.0 * gravity / np.linalg.norm(gravity)
+        """Gravity as the strap's accelerometer sees it (mG): mostly along -y, the strap worn upright."""
+        chest = np.cross(gravity, acc_rng.normal(0, 1, 3))
+        self.acc_chest_direction = chest / np.linalg.norm(chest)
+        """Unit direction (perpendicular to gravity) along which breathing moves the strap."""
+        self.acc_breath_amplitude_mg = float(acc_rng.uniform(*ACC_BREATH_AMPLITUDE_MG))
+        self._acc_noise = np.random.default_rng([*base, 4])
         self.model = BeatModel(participant, history_s=math.inf if keep_history else HISTORY_S)
         f = self.faults
         self._disconnects = FaultWindows(f.disconnects, f.disconnect_rate_per_hour, f.disconnect_duration_s,
@@ -282,6 +303,8 @@ class SimulatedStrap:
             stream.extend([b for b in self.true_beat_times() if b > t_connect - 1.0], self.beats[-1].t_beat)
             self.ecg_stream = stream
         lost_rng = np.random.default_rng([self.participant.seed, 99])
+        acc_fs = ACC_FS_HZ * (1.0 + self.device_clock_drift_ppm * 1e-6)
+        acc_frames_sent = 0
 
         while not self._stopped:
             now = self.clock.now()
@@ -356,10 +379,34 @@ class SimulatedStrap:
                         data = self._truncate(data, HEADER_SIZE)
                     on_packet(Packet(now, PMD_DATA_UUID, data, self.device_id))
 
-            wake = min(next_notify if connected else math.inf, next_frame,
+            next_acc = math.inf
+            while self.acc:
+                end_index = (acc_frames_sent + 1) * ACC_FRAME_SAMPLES
+                due = t_connect + (end_index - 1) / acc_fs + PACKET_LATENCY_S
+                if due > now + 1e-9:
+                    next_acc = due
+                    break
+                acc_frames_sent += 1
+                if connected:
+                    data = self._acc_frame(t_connect, acc_fs, end_index)
+                    if self._malformed.active(now):
+                        data = self._truncate(data, HEADER_SIZE)
+                    on_packet(Packet(now, PMD_DATA_UUID, data, self.device_id))
+
+            wake = min(next_notify if connected else math.inf, next_frame, next_acc,
                        self._disconnects.next_boundary(now), self._contact_loss.next_boundary(now),
                        self._malformed.next_boundary(now))
             await self._sleep(wake - now)
+
+    def _acc_frame(self, t_connect: float, acc_fs: float, end_index: int) -> bytes:
+        """The ACC frame whose last sample is sample `end_index - 1` since connecting (session time from `acc_fs`)."""
+        index = np.arange(end_index - ACC_FRAME_SAMPLES, end_index)
+        times = t_connect + index / acc_fs
+        lung = np.asarray(self.model.breathing_signal(times, self.guide), dtype=float)
+        mg = (self.acc_gravity_mg + self.acc_breath_amplitude_mg * lung[:, None] * self.acc_chest_direction
+              + self._acc_noise.normal(0, ACC_NOISE_MG, (len(times), 3)))
+        device_ns = self.device_clock_start_ns + round((end_index - 1) * 1e9 / ACC_FS_HZ)
+        return encode_acc_frame(device_ns, np.rint(mg).astype(np.int64))
 
     def true_beat_times(self) -> list[float]:
         """Times of the beats in `beats`, including ones the strap failed to detect (they are in the ECG)."""

@@ -9,6 +9,12 @@ new stretch with `gap_before=True`: no interval is ever invented across a gap.
 
 `SessionDecoder` applies this to every packet of a session (live, on import, or when re-decoding the raw layer) and
 writes the decoded rows to the store; a malformed packet is kept, counted and explained, never fatal.
+
+Accelerometer (PMD ACC) frames go to `acc_chunks` at the nominal `ACC_FS_HZ` (the rate `BleStrapLink` and the
+simulator start). Delta-compressed frames need the FACTOR setting of the ACC start response: the decoder reads it
+from the control-point responses stored in the raw layer (they precede the data). A compressed type-0 frame with no
+factor known is kept raw only, with the reason recorded as a packet error; compressed type 1 is in mG and decodes
+without one.
 """
 
 from __future__ import annotations
@@ -21,10 +27,23 @@ import numpy as np
 from devices.errors import DecodeError
 from devices.heart_rate import HeartRateMeasurement, SensorContact, decode_heart_rate
 from devices.link import HEART_RATE_MEASUREMENT_UUID, PMD_CONTROL_POINT_UUID, PMD_DATA_UUID
-from devices.polar_pmd import EcgFrame, decode_pmd_frame
+from devices.polar_pmd import (
+    CONTROL_RESPONSE_CODE,
+    AccFrame,
+    ControlOpCode,
+    EcgFrame,
+    MeasurementType,
+    UnknownFrame,
+    decode_control_response,
+    decode_pmd_frame,
+    decode_settings,
+)
 
 from .ecg_time import ECG_FS_HZ
 from .store import Store
+
+ACC_FS_HZ = 50.0
+"""Polar H10 accelerometer: nominal samples per second as started by `BleStrapLink` and the simulator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +96,7 @@ class DecodeCounts:
     malformed: int = 0
     beats: int = 0
     ecg_samples: int = 0
+    acc_samples: int = 0
     unknown: int = 0
 
 
@@ -89,6 +109,8 @@ class SessionDecoder:
     timeline: BeatTimeline = field(default_factory=BeatTimeline)
     counts: DecodeCounts = field(default_factory=DecodeCounts)
     last_measurement: HeartRateMeasurement | None = None
+    acc_factor: float | None = None
+    """FACTOR of the latest successful ACC start response (None until one is seen)."""
     _ecg_frame: EcgFrame | None = None
 
     def take_ecg_frame(self) -> EcgFrame | None:
@@ -108,7 +130,9 @@ class SessionDecoder:
                 return self._heart_rate(packet_id, t, data)
             if uuid == PMD_DATA_UUID:
                 self._pmd(packet_id, t, data)
-            elif uuid != PMD_CONTROL_POINT_UUID:
+            elif uuid == PMD_CONTROL_POINT_UUID:
+                self._control(packet_id, data)
+            else:
                 self.counts.unknown += 1
         except DecodeError as exc:
             self.counts.malformed += 1
@@ -131,15 +155,36 @@ class SessionDecoder:
             self.counts.beats += len(rows)
         return rows
 
+    def _control(self, packet_id: int, data: bytes) -> None:
+        """Note the FACTOR of a successful ACC start response (feature reads and other responses need nothing)."""
+        if not data or data[0] != CONTROL_RESPONSE_CODE:
+            return
+        response = decode_control_response(data)
+        if not (response.ok and response.opcode == ControlOpCode.REQUEST_MEASUREMENT_START
+                and response.measurement_type == MeasurementType.ACC):
+            return
+        factors = decode_settings(response.parameters).get("factor", ())
+        if not factors:
+            return
+        factor = float(factors[0])
+        if not (np.isfinite(factor) and factor != 0.0):
+            self.store.add_packet_error(self.session_id, packet_id, f"ACC start response FACTOR {factor} is unusable")
+            return
+        self.acc_factor = factor
+
     def _pmd(self, packet_id: int, t: float, data: bytes) -> None:
-        frame = decode_pmd_frame(data)
+        frame = decode_pmd_frame(data, acc_factor=self.acc_factor)
         if isinstance(frame, EcgFrame):
             self.store.add_ecg_chunk(self.session_id, t, frame.timestamp_ns, ECG_FS_HZ, frame.samples_uv, packet_id)
             self.counts.ecg_samples += len(frame.samples_uv)
             self._ecg_frame = frame
+        elif isinstance(frame, AccFrame):
+            self.store.add_acc_chunk(self.session_id, t, frame.timestamp_ns, ACC_FS_HZ, frame.samples_mg, packet_id)
+            self.counts.acc_samples += len(frame.samples_mg)
         else:
             self.counts.unknown += 1
-            self.store.add_packet_error(self.session_id, packet_id, f"kept raw, not decoded: {type(frame).__name__}")
+            reason = frame.reason if isinstance(frame, UnknownFrame) else type(frame).__name__
+            self.store.add_packet_error(self.session_id, packet_id, f"kept raw, not decoded: {reason}")
 
 
 def decode_packets(

@@ -103,6 +103,16 @@ CREATE TABLE IF NOT EXISTS ecg_chunks (
     packet_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS ecg_session ON ecg_chunks(session_id, device_ns);
+CREATE TABLE IF NOT EXISTS acc_chunks (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    t_arrival REAL NOT NULL,
+    device_ns INTEGER NOT NULL,
+    fs_hz REAL NOT NULL,
+    n INTEGER NOT NULL,
+    samples BLOB NOT NULL,
+    packet_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS acc_session ON acc_chunks(session_id, device_ns);
 CREATE TABLE IF NOT EXISTS markers (
     id INTEGER PRIMARY KEY,
     session_id INTEGER NOT NULL REFERENCES sessions(id),
@@ -434,7 +444,7 @@ class Store:
     def clear_decoded(self, session_id: int) -> None:
         """Drop the decoded layer of a session (before re-decoding it from its raw packets)."""
         self._begin()
-        for table in ("beats", "heart_rate", "ecg_chunks", "packet_errors"):
+        for table in ("beats", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors"):
             self._db.execute(f"DELETE FROM {table} WHERE session_id=?", (session_id,))
 
     def beats(self, session_id: int) -> Beats:
@@ -484,6 +494,37 @@ class Store:
             (session_id,),
         ).fetchall()
         return [(t, ns, fs, np.frombuffer(blob, dtype="<i4")) for t, ns, fs, blob in rows]
+
+    def add_acc_chunk(
+        self,
+        session_id: int,
+        t_arrival: float,
+        device_ns: int,
+        fs_hz: float,
+        samples_mg: np.ndarray,
+        packet_id: int | None,
+    ) -> None:
+        """Store one frame of accelerometer samples (n, 3) x/y/z in mG with the device time of its last sample."""
+        samples = np.asarray(samples_mg)
+        if samples.ndim != 2 or samples.shape[1] != 3 or not len(samples):
+            raise ValueError(f"ACC samples must have shape (n >= 1, 3), got {samples.shape}")
+        if samples.min() < -(1 << 31) or samples.max() >= 1 << 31:
+            raise ValueError("ACC samples must fit int32")
+        blob = np.ascontiguousarray(samples, dtype="<i4").tobytes()
+        self._begin()
+        self._db.execute(
+            "INSERT INTO acc_chunks(session_id, t_arrival, device_ns, fs_hz, n, samples, packet_id)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (session_id, t_arrival, int(device_ns), fs_hz, len(samples), blob, packet_id),
+        )
+
+    def acc_chunks(self, session_id: int) -> list[tuple[float, int, float, np.ndarray]]:
+        """(arrival t, device ns of last sample, fs, samples (n, 3) mG int32) per frame, in device-time order."""
+        rows = self._db.execute(
+            "SELECT t_arrival, device_ns, fs_hz, samples FROM acc_chunks WHERE session_id=? ORDER BY device_ns, rowid",
+            (session_id,),
+        ).fetchall()
+        return [(t, ns, fs, np.frombuffer(blob, dtype="<i4").reshape(-1, 3)) for t, ns, fs, blob in rows]
 
     def add_marker(
         self,
@@ -536,7 +577,9 @@ class Store:
 
     def counts(self, session_id: int) -> dict[str, int]:
         out = {}
-        for table in ("packets", "packet_errors", "beats", "ecg_chunks", "markers", "notes", "link_events"):
+        for table in (
+            "packets", "packet_errors", "beats", "ecg_chunks", "acc_chunks", "markers", "notes", "link_events"
+        ):
             out[table] = self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE session_id=?", (session_id,)).fetchone()[
                 0
             ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import struct
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ POLAR_COMPANY_ID = 0x006B
 PMD_FEATURES = bytes([0x0F, 0x05, 0x00])
 # ECG settings as a Polar H10 answers them: sample rate 130 Hz, resolution 14 bits.
 ECG_SETTINGS_PARAMS = bytes([0x00, 0x01, 0x82, 0x00, 0x01, 0x01, 0x0E, 0x00])
+# What a successful ACC start answers: the FACTOR setting (type 5, one float32 value) for compressed frames.
+ACC_START_FACTOR = 1.0
+ACC_START_PARAMS = bytes([0x05, 0x01]) + struct.pack("<f", ACC_START_FACTOR)
 
 # Connect behaviours the test can queue (consumed one per Connect call; an empty plan connects).
 CONNECT_MODES = ("ok", "abort-by-local", "software-abort", "in-progress", "hang", "delay:<seconds>")
@@ -309,8 +313,12 @@ def _m_write_value(char, value, _options):
         return
     opcode = data[0]
     measurement = data[1] if len(data) > 1 else 0
-    error = state["pmd_errors"].get(opcode, 0)
-    params = ECG_SETTINGS_PARAMS if opcode == 0x01 and error == 0 else b""
+    error = state["pmd_type_errors"].get((opcode, measurement), state["pmd_errors"].get(opcode, 0))
+    params = b""
+    if opcode == 0x01 and error == 0:
+        params = ECG_SETTINGS_PARAMS
+    elif opcode == 0x02 and measurement == 0x02 and error == 0:
+        params = ACC_START_PARAMS
     response = bytes([0xF0, opcode, measurement, error, 0x00]) + params
     path = char.path
     # The indication follows the write response, as on the air.
@@ -399,6 +407,7 @@ def _m_add_strap(_root, adapter_name, address, name, pmd, rssi):
         "chars": {},
         "ops": [],
         "pmd_errors": {},
+        "pmd_type_errors": {},
         "rssi": int(rssi),
         "rssi_flip": False,
     }
@@ -430,6 +439,10 @@ def _m_set_uuids(_root, path, uuids):
 
 def _m_set_pmd_error(_root, path, opcode, error_code):
     _strap_of(path)["pmd_errors"][int(opcode)] = int(error_code)
+
+
+def _m_set_pmd_type_error(_root, path, opcode, measurement, error_code):
+    _strap_of(path)["pmd_type_errors"][(int(opcode), int(measurement))] = int(error_code)
 
 
 def _m_notify(_root, path, char_uuid, value):
@@ -505,6 +518,7 @@ def load(mock, parameters):
             ("SetConnectPlan", "sas", "", _m_set_connect_plan),
             ("SetAdvertising", "sb", "", _m_set_advertising),
             ("SetPmdError", "syy", "", _m_set_pmd_error),
+            ("SetPmdTypeError", "syyy", "", _m_set_pmd_type_error),
             ("SetUuids", "sas", "", _m_set_uuids),
             ("Notify", "ssay", "", _m_notify),
             ("DropLink", "s", "", _m_drop_link),
@@ -600,6 +614,10 @@ class BluezMock:
     def set_pmd_error(self, path: str, opcode: int, error_code: int) -> None:
         """Make the PMD control point answer `opcode` with `error_code`."""
         self.ctl.SetPmdError(path, dbus.Byte(opcode), dbus.Byte(error_code))
+
+    def set_pmd_type_error(self, path: str, opcode: int, measurement: int, error_code: int) -> None:
+        """Make the PMD control point answer `opcode` for one measurement type (0 ECG, 2 ACC) with `error_code`."""
+        self.ctl.SetPmdTypeError(path, dbus.Byte(opcode), dbus.Byte(measurement), dbus.Byte(error_code))
 
     def notify(self, path: str, char_uuid: str, value: bytes) -> None:
         self.ctl.Notify(path, char_uuid, _bytes(value))

@@ -7,9 +7,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
-from bluez_mock import HR_MEASUREMENT, PMD_CONTROL, PMD_DATA, BluezMock, dbus_daemon_available
+from bluez_mock import (
+    ACC_START_FACTOR,
+    ACC_START_PARAMS,
+    HR_MEASUREMENT,
+    PMD_CONTROL,
+    PMD_DATA,
+    BluezMock,
+    dbus_daemon_available,
+)
 
-from devices.ble import BleStrapLink, EcgUnavailable, find_device, scan
+from devices.ble import AccUnavailable, BleStrapLink, EcgUnavailable, find_device, scan
 from devices.clock import ScaledClock
 from devices.link import (
     HEART_RATE_MEASUREMENT_UUID,
@@ -411,3 +419,71 @@ def test_ecg_requested_from_a_strap_without_pmd_keeps_heart_rate(bluez):
     assert "no Polar Measurement Data" in str(link.ecg_error)
     assert len(rec.packets) == 2
     assert [op for op, _u, _d in bluez.ops(path)] == ["start_notify"]
+
+
+# -- Polar PMD accelerometer (breathing from chest movement) -------------------------------------------------
+
+START_ACC_50HZ_16BIT_8G = bytes([0x02, 0x02, 0x00, 0x01, 0x32, 0x00, 0x01, 0x01, 0x10, 0x00, 0x02, 0x01, 0x08, 0x00])
+
+
+def acc_frame(timestamp_ns: int, samples_mg: list[tuple[int, int, int]]) -> bytes:
+    body = b"".join(v.to_bytes(2, "little", signed=True) for xyz in samples_mg for v in xyz)
+    return bytes([0x02]) + timestamp_ns.to_bytes(8, "little") + bytes([0x01]) + body
+
+
+def test_acc_starts_after_ecg_and_its_factor_and_frames_are_kept(bluez):
+    path = bluez.add_strap(H10, H10_NAME, pmd=True)
+    link = fast_link(ecg=True, acc=True)
+    frames = [acc_frame(10**9 * (i + 1), [(i, -1000 + i, 30), (-i, -999, 31)]) for i in range(3)]
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection with ECG and ACC")
+        for frame in frames:
+            bluez.notify(path, PMD_DATA, frame)
+        await rec.until(lambda: sum(p.uuid == PMD_DATA_UUID for p in rec.packets) == 3, "ACC frames")
+
+    rec = run_with_link(link, body)
+    assert bluez.ops(path) == [*ECG_STARTUP, ("write", PMD_CONTROL, START_ACC_50HZ_16BIT_8G)]
+    assert [p.data for p in rec.packets if p.uuid == PMD_DATA_UUID] == frames
+    control = [p.data for p in rec.packets if p.uuid == PMD_CONTROL_POINT_UUID]
+    assert control[-1] == bytes([0xF0, 0x02, 0x02, 0x00, 0x00]) + ACC_START_PARAMS  # kept raw, FACTOR included
+    assert link.acc_factor == ACC_START_FACTOR
+    assert link.ecg_error is None and link.acc_error is None
+    reason = next(e for e in rec.events if e.state == LinkState.CONNECTED).reason
+    assert "ECG streaming" in reason and "ACC streaming" in reason
+
+
+def test_acc_refused_keeps_ecg_and_heart_rate_with_the_reason(bluez):
+    path = bluez.add_strap(H10, H10_NAME, pmd=True)
+    bluez.set_pmd_type_error(path, opcode=0x02, measurement=0x02, error_code=9)  # INVALID_RANGE for ACC only
+    link = fast_link(ecg=True, acc=True)
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        bluez.notify(path, PMD_DATA, ecg_frame(5, [1, 2, 3]))
+        await send_and_wait(bluez, path, rec, hr_frames(64, 2))
+        await rec.until(lambda: any(p.uuid == PMD_DATA_UUID for p in rec.packets), "an ECG frame")
+
+    rec = run_with_link(link, body)
+    assert link.ecg_error is None
+    assert isinstance(link.acc_error, PmdControlError) and "INVALID_RANGE" in str(link.acc_error)
+    assert link.acc_factor is None
+    reason = next(e for e in rec.events if e.state == LinkState.CONNECTED).reason
+    assert "ECG streaming" in reason and "ACC not started" in reason and "INVALID_RANGE" in reason
+    assert rec.count(LinkState.DISCONNECTED) == 0
+    assert [p.data for p in rec.packets if p.uuid == HEART_RATE_MEASUREMENT_UUID] == hr_frames(64, 2)
+
+
+def test_acc_alone_from_a_strap_without_pmd_keeps_heart_rate(bluez):
+    path = bluez.add_strap("C0:FF:EE:00:00:03", "Garmin HRM-Dual")
+    link = fast_link(device="Garmin", acc=True)
+
+    async def body(rec: Recorder) -> None:
+        await rec.until(lambda: rec.count(LinkState.CONNECTED) == 1, "connection")
+        await send_and_wait(bluez, path, rec, hr_frames(57, 2))
+
+    rec = run_with_link(link, body)
+    assert isinstance(link.acc_error, AccUnavailable) and "no Polar Measurement Data" in str(link.acc_error)
+    assert link.ecg_error is None
+    assert [op for op, _u, _d in bluez.ops(path)] == ["start_notify"]
+    assert len(rec.packets) == 2
