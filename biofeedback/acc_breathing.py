@@ -10,7 +10,11 @@ estimate, for a window of samples (n, 3) in mG:
    variance (first principal component), since how the strap sits on the chest varies between people;
 3. Welch spectrum of that signal (Hann segments of up to 64 s, half overlap, zero-padded to a 1/512 Hz grid) and
    the dominant frequency within the band; `peak_share` is the share of in-band power within ±0.02 Hz of it, a
-   quality figure (a clean breathing signal gives well over 0.4, noise alone about 0.1-0.2).
+   quality figure (a clean breathing signal gives well over 0.4, noise alone about 0.1-0.2);
+4. the rate is the breaths counted: peaks of the movement signal at least 0.6 of the dominant period apart and
+   standing out by 0.3 SD, (count - 1) over the time from the first to the last, x 60. A spontaneous rate wanders
+   (±10 % is usual), and the count gives its mean where the spectrum gives only its most common value; with fewer
+   than three breaths found, the spectral peak is the rate (`method` says which).
 
 Unlike the RSA-based rate (biofeedback.hrv), this does not depend on heart-rate variability, so it also works when
 RSA is weak, and gives the breathing rate needed to decide whether HF power can be read as vagal.
@@ -22,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import butter, sosfiltfilt, welch
+from scipy.signal import butter, find_peaks, sosfiltfilt, welch
 
 BREATHING_BAND_HZ = (0.05, 0.7)
 MIN_DURATION_S = 30.0
@@ -38,6 +42,7 @@ class AccBreathing:
     frequency_hz: float
     peak_share: float
     direction: tuple[float, float, float]
+    method: str = "counted"
 
 
 def chest_movement(samples_mg: np.ndarray, fs_hz: float, *, axis: int | None = None) -> np.ndarray:
@@ -60,7 +65,12 @@ def breathing_rate_from_acc(samples_mg: np.ndarray, fs_hz: float, *, axis: int |
         raise ValueError("no chest movement in the breathing band (the accelerometer signal is flat)")
     f_peak = float(freqs[band][np.argmax(psd[band])])
     near = band & (np.abs(freqs - f_peak) <= PEAK_HALF_WIDTH_HZ)
-    return AccBreathing(60.0 * f_peak, f_peak, float(psd[near].sum()) / total, direction)
+    share = float(psd[near].sum()) / total
+    breaths, _ = find_peaks(signal, distance=max(1, int(0.6 * fs_hz / f_peak)), prominence=0.3 * float(np.std(signal)))
+    if len(breaths) >= 3:
+        rate = 60.0 * (len(breaths) - 1) * fs_hz / float(breaths[-1] - breaths[0])
+        return AccBreathing(rate, f_peak, share, direction, "counted")
+    return AccBreathing(60.0 * f_peak, f_peak, share, direction, "spectrum")
 
 
 def _check(samples_mg: np.ndarray, fs_hz: float, axis: int | None) -> np.ndarray:
