@@ -469,62 +469,55 @@ class Store:
         arr = np.array(rows, dtype=float).reshape(-1, 2)
         return arr[:, 0], arr[:, 1]
 
-    def add_ecg_chunk(
-        self,
-        session_id: int,
-        t_arrival: float,
-        device_ns: int,
-        fs_hz: float,
-        samples_uv: np.ndarray,
-        packet_id: int | None,
-    ) -> None:
-        """Store one frame of ECG samples (µV, int32) with the device time of its last sample."""
-        samples = np.asarray(samples_uv, dtype="<i4")
-        self._begin()
-        self._db.execute(
-            "INSERT INTO ecg_chunks(session_id, t_arrival, device_ns, fs_hz, n, samples, packet_id)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (session_id, t_arrival, int(device_ns), fs_hz, len(samples), samples.tobytes(), packet_id),
-        )
-
-    def ecg_chunks(self, session_id: int) -> list[tuple[float, int, float, np.ndarray]]:
-        """(arrival t, device ns of last sample, fs, samples µV) per frame, in device-time order."""
-        rows = self._db.execute(
-            "SELECT t_arrival, device_ns, fs_hz, samples FROM ecg_chunks WHERE session_id=? ORDER BY device_ns",
-            (session_id,),
-        ).fetchall()
-        return [(t, ns, fs, np.frombuffer(blob, dtype="<i4")) for t, ns, fs, blob in rows]
-
-    def add_acc_chunk(
-        self,
-        session_id: int,
-        t_arrival: float,
-        device_ns: int,
-        fs_hz: float,
-        samples_mg: np.ndarray,
-        packet_id: int | None,
-    ) -> None:
-        """Store one frame of accelerometer samples (n, 3) x/y/z in mG with the device time of its last sample."""
-        samples = np.asarray(samples_mg)
-        if samples.ndim != 2 or samples.shape[1] != 3 or not len(samples):
-            raise ValueError(f"ACC samples must have shape (n >= 1, 3), got {samples.shape}")
-        if samples.min() < -(1 << 31) or samples.max() >= 1 << 31:
-            raise ValueError("ACC samples must fit int32")
+    def _add_chunk(
+        self, table: str, what: str, session_id: int, t_arrival: float, device_ns: int, fs_hz: float,
+        samples: np.ndarray, packet_id: int | None,
+    ) -> None:  # fmt: skip
+        if samples.size and (samples.min() < -(1 << 31) or samples.max() >= 1 << 31):
+            raise ValueError(f"{what} samples must fit int32")
         blob = np.ascontiguousarray(samples, dtype="<i4").tobytes()
         self._begin()
         self._db.execute(
-            "INSERT INTO acc_chunks(session_id, t_arrival, device_ns, fs_hz, n, samples, packet_id)"
+            f"INSERT INTO {table}(session_id, t_arrival, device_ns, fs_hz, n, samples, packet_id)"
             " VALUES (?,?,?,?,?,?,?)",
             (session_id, t_arrival, int(device_ns), fs_hz, len(samples), blob, packet_id),
         )
 
-    def acc_chunks(self, session_id: int) -> list[tuple[float, int, float, np.ndarray]]:
-        """(arrival t, device ns of last sample, fs, samples (n, 3) mG int32) per frame, in device-time order."""
+    def _chunks(self, table: str, session_id: int, width: int) -> list[tuple[float, int, float, np.ndarray]]:
         rows = self._db.execute(
-            "SELECT t_arrival, device_ns, fs_hz, samples FROM acc_chunks WHERE session_id=? ORDER BY device_ns, rowid",
+            f"SELECT t_arrival, device_ns, fs_hz, samples FROM {table} WHERE session_id=? ORDER BY device_ns, rowid",
             (session_id,),
         ).fetchall()
-        return [(t, ns, fs, np.frombuffer(blob, dtype="<i4").reshape(-1, 3)) for t, ns, fs, blob in rows]
+        shape = (-1,) if width == 1 else (-1, width)
+        return [(t, ns, fs, np.frombuffer(blob, dtype="<i4").reshape(shape)) for t, ns, fs, blob in rows]
+
+    def add_ecg_chunk(
+        self, session_id: int, t_arrival: float, device_ns: int, fs_hz: float, samples_uv: np.ndarray,
+        packet_id: int | None,
+    ) -> None:  # fmt: skip
+        """Store one frame of ECG samples (µV, int32) with the device time of its last sample."""
+        samples = np.asarray(samples_uv)
+        if samples.ndim != 1:
+            raise ValueError(f"ECG samples must be one channel (n,), got {samples.shape}")
+        self._add_chunk("ecg_chunks", "ECG", session_id, t_arrival, device_ns, fs_hz, samples, packet_id)
+
+    def ecg_chunks(self, session_id: int) -> list[tuple[float, int, float, np.ndarray]]:
+        """(arrival t, device ns of last sample, fs, samples µV) per frame, in device-time order."""
+        return self._chunks("ecg_chunks", session_id, 1)
+
+    def add_acc_chunk(
+        self, session_id: int, t_arrival: float, device_ns: int, fs_hz: float, samples_mg: np.ndarray,
+        packet_id: int | None,
+    ) -> None:  # fmt: skip
+        """Store one frame of accelerometer samples (n, 3) x/y/z in mG with the device time of its last sample."""
+        samples = np.asarray(samples_mg)
+        if samples.ndim != 2 or samples.shape[1] != 3 or not len(samples):
+            raise ValueError(f"ACC samples must have shape (n >= 1, 3), got {samples.shape}")
+        self._add_chunk("acc_chunks", "ACC", session_id, t_arrival, device_ns, fs_hz, samples, packet_id)
+
+    def acc_chunks(self, session_id: int) -> list[tuple[float, int, float, np.ndarray]]:
+        """(arrival t, device ns of last sample, fs, samples (n, 3) mG int32) per frame, in device-time order."""
+        return self._chunks("acc_chunks", session_id, 3)
 
     def add_marker(
         self,
