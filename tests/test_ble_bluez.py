@@ -10,6 +10,7 @@ import pytest
 from bluez_mock import (
     ACC_START_FACTOR,
     ACC_START_PARAMS,
+    BLUEZ_MOCK_SKIP_REASON,
     HR_MEASUREMENT,
     PMD_CONTROL,
     PMD_DATA,
@@ -29,7 +30,7 @@ from devices.link import (
 )
 from devices.polar_pmd import PmdControlError
 
-pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="dbus-daemon not installed (apt: dbus)")
+pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason=BLUEZ_MOCK_SKIP_REASON)
 
 H10 = "A0:9E:1A:12:34:56"
 H10_NAME = "Polar H10 1234ABCD"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from bluez_mock import HR_MEASUREMENT, HR_SERVICE, PMD_SERVICE, dbus_daemon_available
+from bluez_mock import BLUEZ_MOCK_SKIP_REASON, HR_MEASUREMENT, HR_SERVICE, PMD_SERVICE, dbus_daemon_available
 
-pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="dbus-daemon not installed (apt: dbus)")
+pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason=BLUEZ_MOCK_SKIP_REASON)
 
 
 def test_bleak_scans_connects_and_receives_notifications(bluez):

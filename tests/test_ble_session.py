@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from bluez_mock import HR_MEASUREMENT, PMD_DATA, dbus_daemon_available
+from bluez_mock import BLUEZ_MOCK_SKIP_REASON, HR_MEASUREMENT, PMD_DATA, dbus_daemon_available
 
 import app
 from biofeedback.session import LiveSession, StrapBinding
@@ -17,7 +17,7 @@ from devices.polar_pmd import encode_ecg_frame
 from protocols.model import Phase, PhaseKind, Protocol
 from recordings.store import Store
 
-pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason="dbus-daemon not installed (apt: dbus)")
+pytestmark = pytest.mark.skipif(not dbus_daemon_available(), reason=BLUEZ_MOCK_SKIP_REASON)
 
 H10 = "A0:9E:1A:12:34:56"
 ONE_HOUR = Protocol("long-rest", "a rest phase longer than the test", (Phase("baseline", PhaseKind.REST, 3600.0),))

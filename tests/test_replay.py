@@ -16,6 +16,7 @@ from devices.clock import ManualClock, ScaledClock
 from devices.link import HEART_RATE_MEASUREMENT_UUID, LinkEvent, LinkState, Packet
 from devices.replay import ReplayLink
 from devices.simulator import SimFaults
+from devices.virtual_time import LoopClock, run_virtual
 from protocols.model import Pacer, Phase, Protocol
 from recordings.store import Store
 
@@ -55,16 +56,16 @@ def ends(store: Store, sid: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """SHORT at x100 with ECG, a 6 s disconnect, and a pause, a marker and a skip by the experimenter."""
+    """SHORT with ECG (on virtual time), a 6 s disconnect, and a pause, a marker and a skip by the experimenter."""
     path = tmp_path_factory.mktemp("replay") / "store.sqlite"
     store = Store(path)
-    session = build_session(
-        store, SHORT, parse_device_specs(["sim"], "P03"), speed=100, seed=4, ecg=True,
+    session = build_session(  # virtual time: exact whatever the machine's load
+        store, SHORT, parse_device_specs(["sim"], "P03"), seed=4, ecg=True, clock=LoopClock(),
         faults={"P03": SimFaults(disconnects=[(20.0, 6.0)])},
     )  # fmt: skip
     actions = [(55.0, session.pause), (63.0, session.resume), (80.0, lambda: session.add_marker("coughed")),
                (95.0, session.skip_phase)]  # fmt: skip
-    (sid,) = asyncio.run(run_with_actions(session, actions))
+    (sid,) = run_virtual(run_with_actions(session, actions))
     yield store, sid
     store.close()
 
@@ -114,13 +115,13 @@ def test_replay_walks_the_same_phases_and_decodes_the_same_beats(recorded, tmp_p
     store, sid = recorded
     assert ends(store, sid) == ["completed", "skipped", "completed"]
     with Store(tmp_path / "replay.sqlite") as copy:
-        session = build_replay(store, sid, speed=100, record_into=copy)
-        (rid,) = asyncio.run(session.run())
+        session = build_replay(store, sid, speed=100, record_into=copy, clock=LoopClock())
+        (rid,) = run_virtual(session.run())
         assert copy.session(rid).settings["replay_of"] == sid
         original, replayed = phase_starts(store, sid), phase_starts(copy, rid)
         assert [n for n, _ in replayed] == [n for n, _ in original] == ["settle", "breathe", "image"]
-        # the same session times, up to the scheduling jitter of a x100 clock (0.01 s real = 1 s session)
-        assert np.allclose([t for _, t in replayed], [t for _, t in original], atol=1.5)
+        # the same session times (virtual time: no scheduling jitter)
+        assert np.allclose([t for _, t in replayed], [t for _, t in original], atol=0.01)
         assert ends(copy, rid) == ends(store, sid)
         kinds = [m.kind for m in copy.markers(rid) if m.kind in ("pause", "resume", "skip", "manual")]
         assert kinds == ["pause", "resume", "manual", "skip"]
