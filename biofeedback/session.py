@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from devices.clock import Clock
+from devices.clock import Clock, sleep_unless
 from devices.link import LinkEvent, LinkState, Packet, StrapLink
 from devices.physiology import PacerSetting
 from devices.polar_pmd import EcgFrame
@@ -613,11 +613,7 @@ class LiveSession:
                 break
             deadline = self.runner.next_deadline()
             wait = 1.0 if deadline is None else min(max(deadline - self.clock.now(), 0.0), 1.0)
-            sleeper = asyncio.create_task(self.clock.sleep(wait))
-            stopper = asyncio.create_task(self._done.wait())
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            sleeper.cancel()
-            stopper.cancel()
+            await sleep_unless(self.clock, wait, self._done)
 
     async def _drain(self, until: float, timeout_s: float = 3.0) -> None:
         """Let connected straps deliver the beats of the last seconds (their notifications lag the beats)."""

@@ -7,6 +7,7 @@ deterministic. Every stored time in the project is seconds on one of these clock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Protocol
 
@@ -17,6 +18,17 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+async def sleep_unless(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
+    """Sleep `seconds` on `clock`, returning early (and cleanly) as soon as `stop` is set."""
+    sleeper = asyncio.ensure_future(clock.sleep(max(0.0, seconds)))
+    stopper = asyncio.ensure_future(stop.wait())
+    _, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class ScaledClock:

@@ -9,10 +9,9 @@ injected clock reaches its stored time, unchanged: same bytes, same characterist
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 
-from devices.clock import Clock
+from devices.clock import Clock, sleep_unless
 from devices.link import EventSink, LinkEvent, LinkState, Packet, PacketSink
 
 
@@ -51,13 +50,7 @@ class ReplayLink:
         delay = t - self.clock.now()
         if delay <= 0 or self._stopped:
             return
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        stopper = asyncio.ensure_future(self._stop_event.wait())
-        _, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await sleep_unless(self.clock, delay, self._stop_event)
 
     async def run(self, on_packet: PacketSink, on_event: EventSink) -> None:
         """Deliver everything in time order (an event before a packet of the same time), then CLOSED."""

@@ -14,7 +14,6 @@ and bursts of malformed packets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import zlib
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from devices.clock import Clock
+from devices.clock import Clock, sleep_unless
 from devices.ecg_synth import POLAR_H10_ECG_HZ, EcgStream
 from devices.heart_rate import SensorContact, encode_heart_rate
 from devices.link import (
@@ -233,13 +232,7 @@ class SimulatedStrap:
     async def _sleep(self, seconds: float) -> None:
         if self._stopped:
             return
-        sleeper = asyncio.ensure_future(self.clock.sleep(max(0.0, seconds)))
-        stopper = asyncio.ensure_future(self._stop_event.wait())
-        _, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await sleep_unless(self.clock, seconds, self._stop_event)
 
     def _extend_beats(self, until: float, start: float) -> list[float]:
         """Generate beats until the last is after `until`; return the new true beat times (for the ECG)."""
