@@ -49,11 +49,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from .file_problems import FileProblems, TableChecker, closest, parse_toml, read_text, show
+from .packaged import builtin_or_file, load_packaged
 
 TOP_FIELDS = ("name", "title", "version", "kind", "instructions", "description", "scale", "item", "subscale", "text")
 SCALE_FIELDS = ("min", "max", "labels")
@@ -470,15 +470,7 @@ class UnknownInstrumentError(LookupError):
 
 @cache
 def _load_builtins() -> dict[str, Instrument]:
-    out: dict[str, Instrument] = {}
-    for entry in sorted(files("protocols").joinpath("instruments").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".toml") or entry.name.startswith("_"):
-            continue
-        inst = parse_instrument(entry.read_text(encoding="utf-8"), source=f"instruments/{entry.name}")
-        if inst.name != entry.name.removesuffix(".toml"):
-            raise ValueError(f"instruments/{entry.name}: instrument name {inst.name!r} is not its file name")
-        out[inst.name] = inst
-    return out
+    return load_packaged("instruments", parse_instrument)
 
 
 def builtin_instruments() -> dict[str, Instrument]:
@@ -487,20 +479,7 @@ def builtin_instruments() -> dict[str, Instrument]:
 
 def get_instrument(name_or_path: str | Path) -> Instrument:
     """A built-in instrument by name, or one loaded from a TOML file path (InstrumentError if invalid)."""
-    builtins = _load_builtins()
-    if isinstance(name_or_path, str) and name_or_path in builtins:
-        return builtins[name_or_path]
-    path = Path(name_or_path)
-    if path.is_file():
-        return load_instrument(path)
-    if path.suffix == ".toml" or len(path.parts) > 1:
-        raise UnknownInstrumentError(f"instrument file not found: {str(name_or_path)!r}")
-    close = difflib.get_close_matches(str(name_or_path), list(builtins), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise UnknownInstrumentError(
-        f"no built-in instrument named {str(name_or_path)!r} and no such file; {hint}"
-        f"built-in instruments: {', '.join(sorted(builtins))}"
-    )
+    return builtin_or_file(name_or_path, _load_builtins(), load_instrument, "instrument", UnknownInstrumentError)
 
 
 # -- answers and scoring (pure) -----------------------------------------------------------------------------------
