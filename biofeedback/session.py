@@ -574,9 +574,7 @@ class LiveSession:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.current_thread()
         self._done = asyncio.Event()
-        restart = getattr(self.clock, "restart", None)
-        if restart is not None:
-            restart()  # 0 on the session clock is the moment the session starts
+        self.clock.restart()  # 0 on the session clock is the moment the session starts
         self._notify("session_started", self)
         self._record_markers(self.runner.start(self.clock.now()))
         tasks = [

@@ -19,6 +19,10 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def restart(self) -> None:
+        """Make now() read 0 again: called when the session actually starts."""
+        ...
+
 
 async def sleep_unless(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
     """Sleep `seconds` on `clock`, returning early (and cleanly) as soon as `stop` is set."""
@@ -66,6 +70,9 @@ class ManualClock:
 
     def now(self) -> float:
         return self._t
+
+    def restart(self) -> None:
+        self._t = 0.0
 
     def advance(self, seconds: float) -> None:
         self._t += seconds
