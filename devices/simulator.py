@@ -275,6 +275,7 @@ class SimulatedStrap:
         if self._stopped:
             return
         t_connect = self.clock.now()
+        link_up_since = t_connect  # beats before this moment (while the link was down) are never reported
         self._event(on_event, LinkState.CONNECTED)
         connected = True
         self._extend_beats(t_connect + BEAT_LOOKAHEAD_S, t_connect)
@@ -314,6 +315,7 @@ class SimulatedStrap:
             elif not connected and not in_gap:
                 self._event(on_event, LinkState.CONNECTED)
                 connected = True
+                link_up_since = now
                 next_notify = now + self._notify_gap()
 
             # beats completed up to now: quantise (always, the strap counts on), report only when possible
@@ -331,8 +333,8 @@ class SimulatedStrap:
                     continue
                 hr_now = 60000.0 / beat.rr_ms
                 hr_smooth = hr_now if hr_smooth is None else hr_smooth + HR_SMOOTHING * (hr_now - hr_smooth)
-                if connected and not self._disconnects.active(beat.t_beat):
-                    pending_rr.append(units)  # beats during a link gap are never reported
+                if connected and beat.t_beat >= link_up_since and not self._disconnects.active(beat.t_beat):
+                    pending_rr.append(units)  # beats while the link is down (fault to CONNECTED) are never reported
 
             if connected and now >= next_notify - 1e-9:
                 next_notify += self._notify_gap()

@@ -256,3 +256,35 @@ def test_bad_fault_settings_are_rejected():
         SimFaults(contact_loss_rate_per_hour=-1)
     with pytest.raises(ValueError, match="malformed_burst_s"):
         SimFaults(malformed_burst_s=(5.0, 1.0))
+
+
+class LateClock(ManualClock):
+    """A session clock on a busy machine: every wake-up comes 2 s (session time) late."""
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(max(0.0, seconds) + 2.0)
+
+
+def test_beats_while_the_link_is_down_are_never_reported_even_when_noticed_late():
+    clock = LateClock()
+    strap = SimulatedStrap("sim-L", clock, SimParticipant(seed=2), faults=SimFaults(disconnects=[(40.0, 10.0)]))
+    packets: list[Packet] = []
+    events: list[LinkEvent] = []
+
+    async def main() -> None:
+        async def stop_later() -> None:
+            while clock.now() < 90.0:
+                await asyncio.sleep(0)
+            strap.stop()
+
+        await asyncio.gather(strap.run(packets.append, events.append), stop_later())
+
+    asyncio.run(main())
+    (up,) = [e.t for e in events if e.state is LinkState.CONNECTED and e.t > 40.0]
+    (down,) = [e.t for e in events if e.state is LinkState.DISCONNECTED]
+    assert down >= 40.0 and up >= 50.0 and up > down
+    assert not [p for p in packets if down <= p.t < up]
+    first = next(p for p in packets if p.t >= up and p.uuid == HEART_RATE_MEASUREMENT_UUID)
+    rr = decode_heart_rate(first.data).rr_ms
+    # every beat after the first in that notification happened after the link came back
+    assert sum(rr[1:]) / 1000.0 <= first.t - up + 1e-6
