@@ -94,36 +94,36 @@ def test_stream_metadata_names_the_strap_and_participant(streamed):
 
 
 def test_markers_arrive_at_the_phase_boundaries(streamed):
-    store, sid, outlets, received, corr, _ = streamed
+    store, sid, outlets, received, _corr, _ = streamed
     labels, stamps = received["markers"]
     labels = [v[0] for v in labels]
-    stamps = stamps + corr["markers"]
+    # one machine, one clock: stamps arrive exactly as pushed (the inlets' time correction is checked separately)
     pairs = list(zip(labels, stamps, strict=True))
     starts = {lab.split(": ", 1)[1]: ts for lab, ts in pairs if lab.startswith("phase_start")}
     assert list(starts) == [p.name for p in PROTOCOL.phases]
     session_start = next(m.t for m in store.markers(sid) if m.kind == "session_start")
     for planned, ts in zip(PROTOCOL.phase_starts_s, starts.values(), strict=True):
-        assert ts == pytest.approx(outlets.offset + session_start + planned, abs=0.05)
+        assert ts == pytest.approx(outlets.offset + session_start + planned, abs=1e-6)
     ends = [ts for lab, ts in zip(labels, stamps, strict=True) if lab.startswith("phase_end")]
     assert len(ends) == 3
-    assert ends[-1] == pytest.approx(outlets.offset + session_start + PROTOCOL.total_duration_s, abs=0.05)
+    assert ends[-1] == pytest.approx(outlets.offset + session_start + PROTOCOL.total_duration_s, abs=1e-6)
     manual = [m for m in store.markers(sid) if m.kind == "manual"]
     (knock,) = [ts for lab, ts in zip(labels, stamps, strict=True) if lab == "manual: door knock"]
-    assert knock == pytest.approx(outlets.offset + manual[0].t, abs=0.05)
+    assert knock == pytest.approx(outlets.offset + manual[0].t, abs=1e-6)
     assert not any("private" in lab for lab in labels)
     # the offset maps session time onto the LSL clock of this machine (stamps are not left at zero)
     assert abs(outlets.offset - time.monotonic()) < 60
 
 
 def test_rr_stream_equals_the_stored_beats(streamed):
-    store, sid, outlets, received, corr, _ = streamed
+    store, sid, outlets, received, _corr, _ = streamed
     values, stamps = received["rr"]
     values = np.asarray(values)
     beats = store.beats(sid)
     assert len(beats.t) > 40
     np.testing.assert_allclose(values[:, 0], beats.rr_ms, rtol=1e-6)
     np.testing.assert_array_equal(values[:, 1].astype(bool), beats.gap_before)
-    np.testing.assert_allclose(stamps + corr["rr"], outlets.offset + beats.t, atol=1e-3)
+    np.testing.assert_allclose(stamps, outlets.offset + beats.t, atol=1e-6)
 
 
 def test_heart_rate_stream_equals_the_strap_values(streamed):
@@ -135,8 +135,13 @@ def test_heart_rate_stream_equals_the_strap_values(streamed):
     np.testing.assert_allclose(stamps, outlets.offset + t[keep], atol=1e-6)
 
 
+def test_inlets_see_the_same_clock_as_the_outlets(streamed):
+    *_, corr, _infos = streamed
+    assert all(abs(c) < 1.0 for c in corr.values()), corr  # one machine: LSL's round-trip estimate is ~0
+
+
 def test_ecg_stream_has_every_sample_at_130_hz_on_the_session_clock(streamed):
-    store, sid, outlets, received, corr, _ = streamed
+    store, sid, outlets, received, _corr, _ = streamed
     values, stamps = received["ecg"]
     stored = np.concatenate([s for _t, _ns, _fs, s in store.ecg_chunks(sid)])
     np.testing.assert_array_equal(np.asarray(values)[:, 0], stored.astype(np.float32))
@@ -146,7 +151,7 @@ def test_ecg_stream_has_every_sample_at_130_hz_on_the_session_clock(streamed):
     # each frame arrives after its last sample: stamps never run ahead of the arrival time
     last_per_frame = stamps[72::73]
     arrivals = np.array([t for t, _ns, _fs, _s in store.ecg_chunks(sid)])[: len(last_per_frame)]
-    lag = (arrivals + outlets.offset) - (last_per_frame + corr["ecg"])
+    lag = (arrivals + outlets.offset) - last_per_frame
     assert np.all(lag > -0.05)
     assert np.median(lag) < 0.5
 
