@@ -64,14 +64,25 @@ def run_with_displays(session: LiveSession, *, participant_windows: bool = True)
     watcher.timeout.connect(quit_when_done)
     worker.start()
     watcher.start()
-    app.aboutToQuit.connect(lambda: session.end_session("monitor closed") if worker.is_alive() else None)
+    def end_on_quit() -> None:
+        if worker.is_alive():
+            session.end_session("monitor closed")
+
+    app.aboutToQuit.connect(end_on_quit)
     app.exec()
-    if worker.is_alive():
-        session.end_session("monitor closed")
+    app.aboutToQuit.disconnect(end_on_quit)  # never left behind to act on a later event loop
+    end_on_quit()
     worker.join(timeout=10)
     app.setQuitOnLastWindowClosed(False)  # closing them now must not leave a quit pending either
+    # Tear the windows down here, in order, rather than whenever Python's garbage collector gets to them: a
+    # widget deleted by the collector while Qt delivers one of its timer events crashes the process.
     for window in windows:
+        for timer in window.findChildren(QtCore.QTimer):
+            timer.stop()
         window.close()
+        window.deleteLater()
+    del _forms
+    app.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
     app.processEvents()
     app.setQuitOnLastWindowClosed(quit_on_close)
     if worker.error is not None:

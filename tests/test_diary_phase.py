@@ -357,9 +357,13 @@ def test_form_over_the_participant_windows_during_a_group_session(qtbot, tmp_pat
     driver.setInterval(50)
     driver.timeout.connect(drive)
     driver.start()
-    QtCore.QTimer.singleShot(60000, lambda: session.end_session("test guard"))
+    guard = QtCore.QTimer()
+    guard.setSingleShot(True)
+    guard.timeout.connect(lambda: session.end_session("test guard"))
+    guard.start(60000)
     sids = run_with_displays(session)
     driver.stop()
+    guard.stop()  # not left pending for a later test's event loop
 
     assert set(filled) == {"P01", "P02"} and typed_pause == [False]
     answers = {a.participant_id: a for a in AnswerStore(store).find(include_text=True)}
