@@ -1,13 +1,16 @@
 """Batch HRV per protocol phase: artifact correction, time and frequency domain, breathing rate.
 
 Pure functions on arrays (no store access). Inputs are beat times in seconds on the session clock, the RR
-interval in ms that *ends* at each beat, an optional `gap_before` mask (the beat's RR spans a disconnect and
-is never used), and phases `(name, kind, start_s, end_s, pacer_rate_bpm | None)`.
+interval in ms that *ends* at each beat, an optional `gap_before` mask (the beat starts a new gap-free stretch:
+its RR is still a measured interval and counts, but no successive difference spans the gap), and phases
+`(name, kind, start_s, end_s, pacer_rate_bpm | None)`.
 
 Method, in order:
 
 1. **Segments.** The recording is split at gaps (`gap_before` or a missing/NaN RR). Nothing is ever
-   interpolated across a gap and no successive difference spans one.
+   interpolated across a gap and no successive difference spans one. The first beat of a segment keeps its RR
+   (the strap measured it from a beat before the gap, which is placed at `t − RR` as the segment's anchor);
+   only a missing/NaN RR is not an interval.
 2. **Artifact correction** (``correction="kubios"``): Lipponen & Tarvainen (2019) via
    ``neurokit2.signal_fixpeaks(method="kubios", iterative=True)``, run once per gap-free segment over the
    whole recording (the method needs context), then cut per phase. Beats are handed to neurokit2 as integer
@@ -17,7 +20,8 @@ Method, in order:
    new-or-moved output beats and missing-or-moved recorded beats, so a move counts once); ``corrected_pct``
    is corrected / recorded beats in the phase, and a note is added above `CORRECTED_NOTE_PCT`. An ectopic
    beat typically moves two beats (the premature one and the one after it).
-3. **Phase cut.** A beat belongs to a phase when ``start_s <= beat time < end_s``; its RR is the interval
+3. **Phase cut.** A beat belongs to a phase when ``start_s <= beat time < end_s`` (the phase that ends last
+   also takes a beat exactly at its end, so a recording's last beat is never lost); its RR is the interval
    ending at that beat.
 4. **Time domain** over the phase's NN intervals: mean HR = 60000 / mean NN, SDNN (ddof=1), RMSSD over
    successive differences inside gap-free runs, pNN50 = #(|diff| > 50 ms) / #NN x 100. On gap-free data these
@@ -145,8 +149,10 @@ def analyze_phases(
     for i, rate in enumerate(acc_rates):
         if rate is not None and not (np.isfinite(rate) and rate > 0):
             raise ValueError(f"acc_rates[{i}] must be a breathing rate > 0 or None, got {rate!r}")
+    last_end = max((p[3] for p in checked), default=None)
     return [
-        _phase_metrics(timeline, p, corrected=correction == "kubios", acc_rate=None if r is None else float(r))
+        _phase_metrics(timeline, p, corrected=correction == "kubios", acc_rate=None if r is None else float(r),
+                       closed=p[3] == last_end)
         for p, r in zip(checked, acc_rates, strict=True)
     ]
 
@@ -158,10 +164,10 @@ def corrected_beats(
     gap_before: np.ndarray | None = None,
 ) -> CorrectedBeats:
     """The beats exactly as `analyze_phases` uses them (validated, corrected per gap-free segment)."""
-    t, rr, usable = _validate(beat_t, rr_ms, gap_before)
+    t, rr, starts = _validate(beat_t, rr_ms, gap_before)
     if correction not in ("kubios", "none"):
         raise ValueError(f"correction must be 'kubios' or 'none', got {correction!r}")
-    return _build_timeline(t, rr, usable, correct=correction == "kubios")
+    return _build_timeline(t, rr, starts, correct=correction == "kubios")
 
 
 def gap_free_runs(beats: CorrectedBeats, start_s: float, end_s: float) -> list[np.ndarray]:
@@ -199,8 +205,8 @@ def _validate(
             raise ValueError(
                 f"gap_before must be a bool array of {t.size} beats, got {gap.dtype} {gap.shape}"
             )
-    usable = ~gap & np.isfinite(rr)
-    return t, rr, usable
+    starts = gap | ~np.isfinite(rr)  # the beat starts a new gap-free segment
+    return t, rr, starts
 
 
 def _validate_phase(i: int, phase: Phase) -> Phase:
@@ -220,20 +226,20 @@ def _validate_phase(i: int, phase: Phase) -> Phase:
 # ------------------------------------------------------------------------------------- correction
 
 
-def _segments(usable: np.ndarray) -> list[tuple[int, int]]:
-    """[first, last] beat index of each gap-free run: every beat after `first` has a usable RR."""
-    bounds = [0, *list(np.flatnonzero(~usable[1:]) + 1), usable.size]
+def _segments(starts: np.ndarray) -> list[tuple[int, int]]:
+    """[first, last] beat index of each gap-free run: every beat after `first` continues it."""
+    bounds = [0, *list(np.flatnonzero(starts[1:]) + 1), starts.size]
     return [(a, b - 1) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _build_timeline(t: np.ndarray, rr: np.ndarray, usable: np.ndarray, correct: bool) -> CorrectedBeats:
+def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: bool) -> CorrectedBeats:
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     changed: list[np.ndarray] = []
     removed: list[np.ndarray] = []
-    for first, last in _segments(usable):
+    for first, last in _segments(starts):
         seg_t = t[first : last + 1]
         seg_rr = rr[first : last + 1].copy()
-        if usable[first]:  # anchor: the beat that started the first RR (before the recording's first beat)
+        if np.isfinite(seg_rr[0]):  # anchor: the beat (not recorded) that started the segment's first RR
             seg_t = np.concatenate([[seg_t[0] - seg_rr[0] / 1000.0], seg_t])
             seg_rr = np.concatenate([[np.nan], seg_rr])
         else:
@@ -291,17 +297,21 @@ def _runs(mask: np.ndarray, seg: np.ndarray) -> list[np.ndarray]:
     return np.split(idx, breaks)
 
 
-def _phase_metrics(tl: CorrectedBeats, phase: Phase, corrected: bool, acc_rate: float | None = None) -> PhaseMetrics:
+def _phase_metrics(
+    tl: CorrectedBeats, phase: Phase, corrected: bool, acc_rate: float | None = None, closed: bool = False
+) -> PhaseMetrics:
+    """Metrics of one phase; `closed`: the phase also takes a beat exactly at its end (the last phase)."""
     name, kind, start, end, pacer = phase
-    in_phase = (tl.t >= start) & (tl.t < end)
+    hi = float(np.nextafter(end, np.inf)) if closed else end
+    in_phase = (tl.t >= start) & (tl.t < hi)
     mask = in_phase & np.isfinite(tl.rr)
     nn = tl.rr[mask]
     m = PhaseMetrics(name=name, kind=kind, start_s=start, end_s=end, n_beats=int(nn.size))
-    recorded = int(np.sum((tl.recorded_t >= start) & (tl.recorded_t < end)))
+    recorded = int(np.sum((tl.recorded_t >= start) & (tl.recorded_t < hi)))
     if corrected and recorded:
         # a moved beat is both new and missing: count it once (inserted/deleted beats count once too)
-        n_new = np.sum((tl.changed_t >= start) & (tl.changed_t < end))
-        n_gone = np.sum((tl.removed_t >= start) & (tl.removed_t < end))
+        n_new = np.sum((tl.changed_t >= start) & (tl.changed_t < hi))
+        n_gone = np.sum((tl.removed_t >= start) & (tl.removed_t < hi))
         n_fixed = max(n_new, n_gone)
         m.corrected_pct = float(100.0 * n_fixed / recorded)
         if m.corrected_pct > CORRECTED_NOTE_PCT:

@@ -37,7 +37,7 @@ from protocols.model import Phase, PhaseKind, Protocol
 from protocols.pacer import pacer_phase, pacer_size
 from protocols.runner import Marker, ProtocolRunner
 from recordings.answers import AnswerStore, TimePointError, parse_time_point
-from recordings.decode import ECG_FS_HZ, BeatRow, SessionDecoder
+from recordings.decode import ECG_FS_HZ, BeatRow, SessionDecoder, rebuild_beats
 from recordings.ecg_time import DeviceClockMap
 from recordings.protocol_json import protocol_to_dict
 from recordings.store import Store
@@ -597,7 +597,10 @@ class LiveSession:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            self.store.flush()
             for s in self.straps:
+                # the live beat times, refitted over the whole recording from the raw layer (the design map)
+                rebuild_beats(self.store, s.session_id)
                 self.store.end_session(s.session_id, self._end_state)
             self.store.flush()
             self._notify("session_ended")

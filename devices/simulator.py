@@ -1,8 +1,13 @@
 """A simulated heart-rate strap: a `StrapLink` streaming what a Polar H10 would send, on the injected clock.
 
-Beats come from `devices.physiology.BeatModel`. About once a second a Heart Rate Measurement notification
-carries the RR intervals of the beats completed since the previous one (quantised to 1/1024 s with the
-rounding remainder carried, so their sum does not drift) and the strap's smoothed heart rate. With
+Beats come from `devices.physiology.BeatModel`. The strap has its own clock, drifting against the session clock
+(`SimFaults.drift_ppm`, drawn per strap within ±50 ppm by default): about once a second *of strap time* (with
+jitter; a share of ticks skipped) a Heart Rate Measurement notification carries the RR intervals of the beats
+completed since the previous one, measured on the strap's clock (quantised to 1/1024 s with the rounding remainder
+carried, so their sum does not drift), and the strap's smoothed heart rate. Every packet reaches the host like over
+real BLE: in order, 0–300 ms late by default (`SimFaults.latency_s`), a share held back and delivered together with
+the next one (`bunch_fraction`), and the first notification of a connection later still (`first_delay_s`); its
+arrival on the session clock is what the recorder sees. With
 `ecg=True`, Polar PMD ECG frames (73 samples at 130 Hz of device time) are sent too, stamped by a device
 clock that starts at a wrong date and drifts against the session clock. With `acc=True`, Polar PMD accelerometer
 frames (raw int16 x,y,z mG, 36 samples at 50 Hz of device time, same device clock) carry gravity (about 1000 mG on
@@ -49,7 +54,6 @@ ACC_BREATH_AMPLITUDE_MG = (5.0, 20.0)
 ACC_NOISE_MG = 2.0
 CONNECT_DELAY_S = 0.4
 """Time from CONNECTING to CONNECTED (and from RECONNECTING to the end of a disconnect)."""
-PACKET_LATENCY_S = 0.02
 BEAT_LOOKAHEAD_S = 2.0
 HR_SMOOTHING = 0.3
 """Weight of the newest beat in the strap's exponentially smoothed heart rate."""
@@ -90,6 +94,16 @@ class SimFaults:
     malformed_rate_per_hour: float = 0.0
     malformed_burst_s: tuple[float, float] = (1.0, 4.0)
     disconnect_reason: str = DISCONNECT_REASON
+    latency_s: tuple[float, float] = (0.0, 0.3)
+    """Transport latency of every packet, uniform in this range (s)."""
+    bunch_fraction: float = 0.05
+    """Share of packets held back and delivered together with the next one."""
+    first_delay_s: tuple[float, float] = (0.2, 0.8)
+    """Extra delay of a connection's first heart-rate notification (s)."""
+    drift_ppm: float | None = None
+    """Strap clock rate error (ppm, positive = strap clock fast); None draws one per strap within ±50 ppm."""
+    skipped_tick_fraction: float = 0.02
+    """Share of notification ticks the strap skips (their RR come with the next notification)."""
 
     def __post_init__(self) -> None:
         for kind in ("disconnect", "contact_loss", "malformed"):
@@ -100,6 +114,17 @@ class SimFaults:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
+        lo, hi = self.latency_s
+        if not 0 <= lo <= hi <= 30:
+            raise ValueError(f"latency_s must be (low, high) with 0 <= low <= high <= 30 s, got {(lo, hi)}")
+        lo, hi = self.first_delay_s
+        if not 0 <= lo <= hi <= 30:
+            raise ValueError(f"first_delay_s must be (low, high) with 0 <= low <= high <= 30 s, got {(lo, hi)}")
+        for name in ("bunch_fraction", "skipped_tick_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.drift_ppm is not None and not abs(self.drift_ppm) <= 1000:
+            raise ValueError(f"drift_ppm must be within ±1000 ppm, got {self.drift_ppm}")
         _check_windows("disconnects", self.disconnects)
         _check_windows("contact_loss", self.contact_loss)
         _check_windows("malformed_bursts", self.malformed_bursts)
@@ -199,8 +224,13 @@ class SimulatedStrap:
         )
         self.device_clock_start_ns = int((start_2019 - PMD_EPOCH).total_seconds()) * 1_000_000_000
         """Device time (ns since 2000-01-01) at the first ECG sample: deliberately a wrong date in 2019."""
-        self.device_clock_drift_ppm = float(self._rng.choice([-1, 1]) * self._rng.uniform(15, 25))
-        """How much faster (ppm) the device clock runs than the session clock."""
+        drawn = float(self._rng.uniform(-50.0, 50.0))
+        self.device_clock_drift_ppm = drawn if self.faults.drift_ppm is None else float(self.faults.drift_ppm)
+        """How much faster (ppm) the strap's clock runs than the session clock (RR, ECG and ACC all use it)."""
+        self._net = np.random.default_rng([*base, 5])
+        self._outbox: list[tuple[float, Packet]] = []  # (due on the session clock, packet), in delivery order
+        self._held: list[Packet] = []  # packets held back, delivered with the next one
+        self._last_due = -math.inf
         self.beats: list[SimBeat] = []
         """The beats the model produced (reported or not): every one with `keep_history=True` (the ground truth
         for tests), otherwise only those of the last `HISTORY_S` seconds, so a long session does not grow."""
@@ -258,7 +288,35 @@ class SimulatedStrap:
             self._next_beat_index -= _FORGET_BLOCK
 
     def _notify_gap(self) -> float:
-        return NOTIFY_INTERVAL_S + float(np.clip(self._rng.normal(0, 0.02), -0.06, 0.06))
+        """Session seconds to the strap's next notification tick (a tick of its own clock, with jitter)."""
+        strap_s = NOTIFY_INTERVAL_S + float(np.clip(self._rng.normal(0, 0.02), -0.06, 0.06))
+        return strap_s / (1.0 + self.device_clock_drift_ppm * 1e-6)
+
+    def _send(self, now: float, uuid: str, data: bytes, extra_delay: float = 0.0) -> None:
+        """Queue a packet as BLE would deliver it: in order, late, sometimes held back for the next one."""
+        packet = Packet(now, uuid, data, self.device_id)
+        if self.faults.bunch_fraction and self._net.uniform() < self.faults.bunch_fraction:
+            self._held.append(packet)
+            return
+        due = max(now + float(self._net.uniform(*self.faults.latency_s)) + extra_delay, self._last_due)
+        self._last_due = due
+        for held in self._held:
+            self._outbox.append((due, held))
+        self._held.clear()
+        self._outbox.append((due, packet))
+
+    def _deliver(self, now: float, on_packet: PacketSink) -> float:
+        """Hand over every packet that has arrived by `now` (stamped with its arrival); returns the next due time."""
+        while self._outbox and self._outbox[0][0] <= now + 1e-9:
+            _due, packet = self._outbox.pop(0)
+            on_packet(Packet(self.clock.now(), packet.uuid, packet.data, packet.device))
+        return self._outbox[0][0] if self._outbox else math.inf
+
+    def _drop_in_flight(self) -> None:
+        """The link dropped: packets not yet delivered are lost with it."""
+        self._outbox.clear()
+        self._held.clear()
+        self._last_due = -math.inf
 
     def _truncate(self, data: bytes, min_valid: int) -> bytes:
         """A malformed copy no decoder can accept: cut inside the fixed header, or one byte off the tail.
@@ -287,6 +345,8 @@ class SimulatedStrap:
         hr_smooth: float | None = None
         skip_next_rr = False
         next_notify = t_connect + self._notify_gap()
+        first_notification = True
+        strap_rate = 1.0 + self.device_clock_drift_ppm * 1e-6  # strap seconds per session second
 
         stream: EcgStream | None = None
         ecg_fs = POLAR_H10_ECG_HZ * (1.0 + self.device_clock_drift_ppm * 1e-6)
@@ -312,17 +372,19 @@ class SimulatedStrap:
                 self._event(on_event, LinkState.RECONNECTING)
                 connected = False
                 pending_rr.clear()
+                self._drop_in_flight()
             elif not connected and not in_gap:
                 self._event(on_event, LinkState.CONNECTED)
                 connected = True
                 link_up_since = now
                 next_notify = now + self._notify_gap()
+                first_notification = True
 
             # beats completed up to now: quantise (always, the strap counts on), report only when possible
             while self._next_beat_index < len(self.beats) and self.beats[self._next_beat_index].t_beat <= now + 1e-9:
                 beat = self.beats[self._next_beat_index]
                 self._next_beat_index += 1
-                exact = beat.rr_ms * RR_UNITS_PER_S / 1000.0 + carry
+                exact = beat.rr_ms * strap_rate * RR_UNITS_PER_S / 1000.0 + carry  # measured on the strap's clock
                 units = round(exact)
                 carry = exact - units
                 if self._contact_loss.active(beat.t_beat):
@@ -339,22 +401,28 @@ class SimulatedStrap:
             if connected and now >= next_notify - 1e-9:
                 next_notify += self._notify_gap()
                 contact_ok = not self._contact_loss.active(now)
-                if hr_smooth is not None or not contact_ok:
+                skipped = not first_notification and self._rng.uniform() < self.faults.skipped_tick_fraction
+                if skipped:
+                    pass  # the strap skipped this tick: its RR come with the next notification
+                elif hr_smooth is not None or not contact_ok:
                     if contact_ok:
                         data = encode_heart_rate(round(hr_smooth or 0), pending_rr)
                     else:
                         data = encode_heart_rate(0, (), contact=SensorContact.SUPPORTED_NOT_DETECTED)
                     if self._malformed.active(now):
                         data = self._truncate(data, 2)
-                    on_packet(Packet(now, HEART_RATE_MEASUREMENT_UUID, data, self.device_id))
-                pending_rr.clear()
+                    delay = float(self._net.uniform(*self.faults.first_delay_s)) if first_notification else 0.0
+                    self._send(now, HEART_RATE_MEASUREMENT_UUID, data, delay)
+                    first_notification = False
+                if not skipped:
+                    pending_rr.clear()
 
             next_frame = math.inf
             if stream is not None:
                 while True:
                     frame_end_index = (frames_sent + 1) * ECG_FRAME_SAMPLES
                     last_sample_t = t_connect + (frame_end_index - 1) / ecg_fs
-                    due = last_sample_t + PACKET_LATENCY_S
+                    due = last_sample_t
                     if due > now + 1e-9:
                         next_frame = due
                         break
@@ -372,12 +440,12 @@ class SimulatedStrap:
                     data = encode_ecg_frame(device_ns, values.tolist())
                     if self._malformed.active(now):
                         data = self._truncate(data, HEADER_SIZE)
-                    on_packet(Packet(now, PMD_DATA_UUID, data, self.device_id))
+                    self._send(now, PMD_DATA_UUID, data)
 
             next_acc = math.inf
             while self.acc:
                 end_index = (acc_frames_sent + 1) * ACC_FRAME_SAMPLES
-                due = t_connect + (end_index - 1) / acc_fs + PACKET_LATENCY_S
+                due = t_connect + (end_index - 1) / acc_fs
                 if due > now + 1e-9:
                     next_acc = due
                     break
@@ -386,9 +454,10 @@ class SimulatedStrap:
                     data = self._acc_frame(t_connect, acc_fs, end_index)
                     if self._malformed.active(now):
                         data = self._truncate(data, HEADER_SIZE)
-                    on_packet(Packet(now, PMD_DATA_UUID, data, self.device_id))
+                    self._send(now, PMD_DATA_UUID, data)
 
-            wake = min(next_notify if connected else math.inf, next_frame, next_acc,
+            next_delivery = self._deliver(now, on_packet) if connected else math.inf
+            wake = min(next_notify if connected else math.inf, next_frame, next_acc, next_delivery,
                        self._disconnects.next_boundary(now), self._contact_loss.next_boundary(now),
                        self._malformed.next_boundary(now))
             await self._sleep(wake - now)

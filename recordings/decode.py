@@ -1,14 +1,13 @@
 """From raw notifications to the decoded layer: beat reconstruction, heart rate, ECG frames.
 
-Heart-rate straps send RR intervals without beat times. `BeatTimeline` reconstructs them as the design map says: the
-first RR of a stretch is laid back from the notification's arrival; after that, beats follow the strap's own RR sum
-(which is more precise than Bluetooth arrival times). The difference between the RR-sum chain and the host arrival
-time is kept per beat as `arrival_lag_s` (drift is tracked, not hidden). When the chain cannot be trusted — a
-disconnect, contact loss, a malformed heart-rate packet, a silence longer than `max_lag_s` — the next beat starts a
-new stretch with `gap_before=True`: no interval is ever invented across a gap.
+Heart-rate straps send RR intervals without beat times: `recordings.beat_timeline` reconstructs them (one design,
+written down there): live with `LiveBeatTimeline`, and when a session ends or is recovered `rebuild_beats` rebuilds
+the decoded beats from the raw layer with the whole-session fit. A disconnect, contact loss or a malformed
+heart-rate packet starts a new stretch with `gap_before=True`: no interval is ever invented across a gap.
 
 `SessionDecoder` applies this to every packet of a session (live, on import, or when re-decoding the raw layer) and
-writes the decoded rows to the store; a malformed packet is kept, counted and explained, never fatal.
+writes the decoded rows to the store; a malformed packet is kept, counted and explained, never fatal: every exception
+raised while decoding device bytes becomes a recorded packet error and the strap keeps streaming.
 
 Accelerometer (PMD ACC) frames go to `acc_chunks` at the nominal `ACC_FS_HZ` (the rate `BleStrapLink` and the
 simulator start). Delta-compressed frames need the FACTOR setting of the ACC start response: the decoder reads it
@@ -39,55 +38,18 @@ from devices.polar_pmd import (
     decode_settings,
 )
 
+from .beat_timeline import BeatRow, LiveBeatTimeline, Notification, StretchInfo, fit_beat_times
 from .ecg_time import ECG_FS_HZ
 from .store import Store
+
+__all__ = ["BeatRow", "DecodeCounts", "SessionDecoder", "decode_packets", "rebuild_beats", "redecode_session"]
 
 ACC_FS_HZ = 50.0
 """Polar H10 accelerometer: nominal samples per second as started by `BleStrapLink` and the simulator."""
 
 
-@dataclass(frozen=True, slots=True)
-class BeatRow:
-    t: float
-    rr_ms: float
-    gap_before: bool
-    arrival_lag_s: float
-    packet_id: int | None
-
-
-@dataclass
-class BeatTimeline:
-    """Incremental beat-time reconstruction for one strap."""
-
-    max_lag_s: float = 2.0
-    _last_t: float | None = None
-    _gap_pending: bool = True
-
-    def mark_gap(self) -> None:
-        """The link dropped or contact was lost: the next beat starts a new stretch."""
-        self._gap_pending = True
-
-    def add(self, t_arrival: float, rr_1024: Sequence[int], packet_id: int | None = None) -> list[BeatRow]:
-        if not rr_1024:
-            return []
-        rr_s = np.asarray(rr_1024, dtype=float) / 1024.0
-        gap = self._gap_pending or self._last_t is None
-        if not gap:
-            chain = self._last_t + np.cumsum(rr_s)
-            lag = t_arrival - chain[-1]
-            if lag > self.max_lag_s:
-                gap = True  # beats went missing between notifications
-            elif lag < 0:
-                chain = chain + lag  # a beat cannot follow its own notification; pull the chain back
-        if gap:
-            chain = t_arrival - np.concatenate([np.cumsum(rr_s[::-1])[::-1][1:], [0.0]])
-        rows = [
-            BeatRow(float(t), float(r * 1000.0), bool(gap and i == 0), float(t_arrival - chain[-1]), packet_id)
-            for i, (t, r) in enumerate(zip(chain, rr_s, strict=True))
-        ]
-        self._last_t = float(chain[-1])
-        self._gap_pending = False
-        return rows
+MAX_ACC_FACTOR = 1e3
+"""Largest |FACTOR| accepted from an ACC start response (real straps send 1.0; larger values overflow samples)."""
 
 
 @dataclass
@@ -106,7 +68,7 @@ class SessionDecoder:
 
     store: Store
     session_id: int
-    timeline: BeatTimeline = field(default_factory=BeatTimeline)
+    timeline: LiveBeatTimeline = field(default_factory=LiveBeatTimeline)
     counts: DecodeCounts = field(default_factory=DecodeCounts)
     last_measurement: HeartRateMeasurement | None = None
     acc_factor: float | None = None
@@ -119,7 +81,7 @@ class SessionDecoder:
         return frame
 
     def link_gap(self) -> None:
-        self.timeline.mark_gap()
+        self.timeline.mark_gap("disconnect")
 
     def packet(self, packet_id: int, t: float, uuid: str, data: bytes) -> list[BeatRow]:
         """Decode one stored packet; returns the new beats (empty for other characteristics)."""
@@ -134,18 +96,20 @@ class SessionDecoder:
                 self._control(packet_id, data)
             else:
                 self.counts.unknown += 1
-        except DecodeError as exc:
+        except (DecodeError, ValueError, OverflowError, ArithmeticError, IndexError, KeyError, TypeError) as exc:
+            # device bytes must never stop a strap: whatever the decoders raise is recorded against the packet
             self.counts.malformed += 1
-            self.store.add_packet_error(self.session_id, packet_id, str(exc))
+            reason = str(exc) if isinstance(exc, DecodeError) else f"undecodable ({type(exc).__name__}: {exc})"
+            self.store.add_packet_error(self.session_id, packet_id, reason)
             if uuid == HEART_RATE_MEASUREMENT_UUID:
-                self.timeline.mark_gap()  # its RR intervals are lost: the next beat starts a new stretch
+                self.timeline.mark_gap("malformed")  # its RR intervals are lost: the next beat starts a new stretch
         return []
 
     def _heart_rate(self, packet_id: int, t: float, data: bytes) -> list[BeatRow]:
         m = decode_heart_rate(data)
         self.last_measurement = m
         if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
-            self.timeline.mark_gap()  # RR during lost contact cannot be trusted to join the previous beats
+            self.timeline.mark_gap("contact")  # RR during lost contact cannot be trusted to join the previous beats
         self.store.add_heart_rate(self.session_id, t, m.heart_rate_bpm, m.contact.name.lower())
         rows = self.timeline.add(t, m.rr_1024, packet_id)
         if rows:
@@ -167,7 +131,7 @@ class SessionDecoder:
         if not factors:
             return
         factor = float(factors[0])
-        if not (np.isfinite(factor) and factor != 0.0):
+        if not (np.isfinite(factor) and 0.0 < abs(factor) <= MAX_ACC_FACTOR):
             self.store.add_packet_error(self.session_id, packet_id, f"ACC start response FACTOR {factor} is unusable")
             return
         self.acc_factor = factor
@@ -193,7 +157,10 @@ def decode_packets(
     packets: Iterable[tuple[int, float, str, bytes]],
     gap_times: Sequence[float] = (),
 ) -> DecodeCounts:
-    """Decode stored packets (id, t, uuid, data) in order; `gap_times` are disconnects on the session clock."""
+    """Decode stored packets (id, t, uuid, data) in order; `gap_times` are disconnects on the session clock.
+
+    The packets must already be in the store's raw layer: the beats are then rebuilt from it (`rebuild_beats`).
+    """
     decoder = SessionDecoder(store, session_id)
     gaps = sorted(gap_times)
     gi = 0
@@ -202,7 +169,46 @@ def decode_packets(
             decoder.link_gap()
             gi += 1
         decoder.packet(pid, t, uuid, data)
+    rebuild_beats(store, session_id)  # the stored packets again, with the whole-session fit
     return decoder.counts
+
+
+def heart_rate_notifications(store: Store, session_id: int) -> list[Notification]:
+    """The session's stored heart-rate notifications, decoded, with the reason for every break (raw layer only)."""
+    gaps = sorted(t for t, _dev, state, _r in store.link_events(session_id) if state == "disconnected")
+    notes: list[Notification] = []
+    pending: str | None = None
+    gi = 0
+    for p in store.packets(session_id, HEART_RATE_MEASUREMENT_UUID):
+        while gi < len(gaps) and gaps[gi] <= p.t:
+            pending = pending or "disconnect"
+            gi += 1
+        try:
+            m = decode_heart_rate(p.data)
+        except (DecodeError, ValueError, OverflowError, IndexError, TypeError):
+            pending = pending or "malformed"
+            continue
+        if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
+            pending = pending or "contact"
+        notes.append(Notification(p.id, p.t, tuple(m.rr_1024), pending))
+        if m.rr_1024:
+            pending = None
+    return notes
+
+
+def rebuild_beats(store: Store, session_id: int) -> list[StretchInfo]:
+    """Rebuild the session's decoded beats from its raw heart-rate packets with the whole-session fit.
+
+    The raw layer never changes; the stretches (drift, anchoring delay) are stored beside the beats.
+    """
+    rows, stretches = fit_beat_times(heart_rate_notifications(store, session_id))
+    values = [(r.t, r.rr_ms, r.gap_before, r.arrival_lag_s, r.packet_id) for r in rows]
+    if store.atomic:
+        store.replace_beats(session_id, values, stretches)
+    else:
+        with store.transaction():
+            store.replace_beats(session_id, values, stretches)
+    return stretches
 
 
 def redecode_session(store: Store, session_id: int) -> DecodeCounts:

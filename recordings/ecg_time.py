@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
+
+from .clock_fit import ClockFitError, lower_envelope
 
 Chunk = tuple[float, int, float, np.ndarray]  # (arrival s, device ns of the last sample, nominal fs, samples µV)
 
@@ -112,24 +113,11 @@ def _device_rate(device_s: np.ndarray, last_index: np.ndarray, seg: np.ndarray, 
 
 
 def _lower_envelope(x: np.ndarray, y: np.ndarray, seg: np.ndarray) -> tuple[float, np.ndarray]:
-    """Scale and per-stretch offsets of the line(s) below every (x, y) with the least total gap to them."""
-    n_seg = int(seg[-1]) + 1
-    if len(x) < 2 or np.ptp(x) <= 0:
-        return 1.0, np.array([float(np.min(y[seg == s] - x[seg == s])) for s in range(n_seg)])
-    xm = float(np.mean(x))
-    xc = x - xm
-    # variables: slope, offsets[n_seg]; minimise Σ (y − offset − slope·xc)  ⇔  maximise Σ (offset + slope·xc)
-    onehot = np.zeros((len(x), n_seg))
-    onehot[np.arange(len(x)), seg] = 1.0
-    a_ub = np.column_stack([xc, onehot])
-    cost = -np.concatenate([[xc.sum()], onehot.sum(axis=0)])
-    bounds = [(0.99, 1.01)] + [(None, None)] * n_seg  # a clock off by more than 1 % is not a clock
-    res = linprog(cost, A_ub=a_ub, b_ub=y, bounds=bounds, method="highs")
-    if not res.success:
-        raise EcgTimeError(f"could not fit ECG device time to arrival times: {res.message}")
-    slope = float(res.x[0])
-    offsets = res.x[1:] - slope * xm
-    return slope, offsets
+    """Scale and per-stretch offsets of the line(s) below every (x, y) (`recordings.clock_fit`)."""
+    try:
+        return lower_envelope(x, y, seg)
+    except ClockFitError as exc:
+        raise EcgTimeError(f"could not fit ECG device time to arrival times: {exc}") from None
 
 
 def map_ecg_chunks(chunks: Sequence[Chunk]) -> EcgTimeline:

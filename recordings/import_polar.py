@@ -10,7 +10,7 @@ Recognised by their header (the first line):
 Several files of one recording (for example `..._ECG.txt` and `..._RR.txt`) go into one session. The session
 clock's 0 is the earliest phone timestamp; the phone writes local civil time without a zone, which is taken as this
 computer's local time for the session's UTC start. Beat times are reconstructed from the RR values and the phone's
-arrival times exactly as for live data (`decode.BeatTimeline`); ECG frames keep the sensor timestamps, which
+arrival times exactly as for live data (`beat_timeline.fit_beat_times`); ECG frames keep the sensor timestamps, which
 `ecg_time` maps onto the session clock. A broken file (wrong columns, wrong units, truncated or garbled rows,
 time going backwards) is refused with its file and line, and nothing is stored.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .beat_timeline import Notification, fit_beat_times
 from .capture import ImportFormatError
-from .decode import BeatTimeline
 from .store import Store
 
 PHONE = "Phone timestamp"
@@ -190,13 +190,17 @@ def import_polar(store: Store, paths: Sequence[Path], participant_id: str) -> in
                 for t, ns, fs, samples in _ecg_frames(f, t0):
                     store.add_ecg_chunk(sid, t, ns, fs, samples, None)
             elif f.kind == "rr":
-                timeline = BeatTimeline()
-                rows = []
-                for phone, values in zip(f.phone, f.rr_ms, strict=True):
-                    # the strap's 1/1024 s units drive the time chain; the file's ms values are stored as given
-                    added = timeline.add((phone - t0).total_seconds(), [round(v * 1.024) for v in values])
-                    rows += [(r.t, v, r.gap_before, r.arrival_lag_s, None) for r, v in zip(added, values, strict=True)]
-                store.add_beats(sid, rows)
+                # the strap's 1/1024 s units drive the time chain (phone times as arrivals, whole-file fit);
+                # the file's ms values are stored as given
+                notes = [
+                    Notification(None, (phone - t0).total_seconds(),
+                                 tuple(u for v in values if (u := round(v * 1.024)) > 0))
+                    for phone, values in zip(f.phone, f.rr_ms, strict=True)
+                ]
+                fitted, _stretches = fit_beat_times(notes)
+                values_ms = [v for values in f.rr_ms for v in values if round(v * 1.024)]
+                store.add_beats(sid, [(r.t, v, r.gap_before, r.arrival_lag_s, None)
+                                      for r, v in zip(fitted, values_ms, strict=True)])
             else:
                 for phone, hr in zip(f.phone, f.hr, strict=True):
                     store.add_heart_rate(sid, (phone - t0).total_seconds(), round(hr), "unknown")

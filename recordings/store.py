@@ -13,6 +13,7 @@ files the same permissions as the database file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -86,6 +87,19 @@ CREATE TABLE IF NOT EXISTS beats (
     packet_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS beats_session ON beats(session_id, t);
+CREATE TABLE IF NOT EXISTS beat_stretches (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    idx INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    t_first REAL NOT NULL,
+    t_last REAL NOT NULL,
+    n_beats INTEGER NOT NULL,
+    n_notifications INTEGER NOT NULL,
+    drift_ppm REAL,
+    anchor_delay_s REAL NOT NULL,
+    median_delay_s REAL NOT NULL,
+    PRIMARY KEY (session_id, idx)
+);
 CREATE TABLE IF NOT EXISTS heart_rate (
     session_id INTEGER NOT NULL REFERENCES sessions(id),
     t REAL NOT NULL,
@@ -144,6 +158,10 @@ SESSION_STATES = ("running", "completed", "stopped", "interrupted", "imported")
 
 class StoreError(RuntimeError):
     """A store that cannot be opened or a request that names something not in it."""
+
+
+class BeatOrderError(StoreError):
+    """Beat times that do not strictly increase within a session (they cannot be analysed as given)."""
 
 
 def default_store_path() -> Path:
@@ -253,6 +271,7 @@ class Store:
             raise StoreError(f"{self.path}: not a recorder store or damaged ({exc})") from exc
         self._in_tx = False
         self._atomic = False
+        self._last_beat_t: dict[int, float] = {}
         if recover:
             self.recover_interrupted()
 
@@ -284,10 +303,16 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             self._in_tx = False
+            self._last_beat_t.clear()
             raise
         finally:
             self._atomic = False
         self.flush()
+
+    @property
+    def atomic(self) -> bool:
+        """True inside `transaction()`."""
+        return self._atomic
 
     def close(self) -> None:
         self.flush()
@@ -374,6 +399,11 @@ class Store:
             found.append(sid)
         for sid in found:
             self._db.execute("UPDATE sessions SET state='interrupted' WHERE id=?", (sid,))
+        if found:
+            from .decode import rebuild_beats  # same floor; decode builds on the store
+
+            for sid in found:
+                rebuild_beats(self, sid)  # the live beat times, refitted over the whole recording
         return found
 
     def session(self, session_id: int) -> SessionInfo:
@@ -434,25 +464,92 @@ class Store:
         )
 
     def add_beats(self, session_id: int, rows: Iterable[tuple[float, float, bool, float, int | None]]) -> None:
-        """Rows of (t, rr_ms, gap_before, arrival_lag_s, packet_id)."""
+        """Rows of (t, rr_ms, gap_before, arrival_lag_s, packet_id), in decode order.
+
+        Beat times must strictly increase within a session (`recordings.beat_timeline`); a row that does not
+        follow the session's previous beat is refused with `BeatOrderError` and nothing of the call is written.
+        """
+        rows = list(rows)
+        if not rows:
+            return
+        last = self._last_beat_t.get(session_id)
+        if last is None:
+            row = self._db.execute(
+                "SELECT t FROM beats WHERE session_id=? ORDER BY rowid DESC LIMIT 1", (session_id,)
+            ).fetchone()
+            last = -math.inf if row is None else float(row[0])
+        for i, (t, rr, *_rest) in enumerate(rows):
+            if not (math.isfinite(t) and t > last):
+                raise BeatOrderError(
+                    f"session {session_id}: beat at {t!r} s does not follow the previous beat at {last!r} s "
+                    f"(row {i} of this write); beat times must strictly increase"
+                )
+            if not (math.isfinite(rr) and rr > 0):
+                raise BeatOrderError(f"session {session_id}: beat at {t:.3f} s has RR {rr!r} ms")
+            last = t
         self._begin()
         self._db.executemany(
             "INSERT INTO beats(session_id, t, rr_ms, gap_before, arrival_lag_s, packet_id) VALUES (?,?,?,?,?,?)",
             [(session_id, t, rr, int(gap), lag, pid) for t, rr, gap, lag, pid in rows],
         )
+        self._last_beat_t[session_id] = last
+
+    def replace_beats(
+        self,
+        session_id: int,
+        rows: Iterable[tuple[float, float, bool, float, int | None]],
+        stretches: Iterable[Any] = (),
+    ) -> None:
+        """Replace a session's decoded beats (and their stretches) — the rebuild from the raw layer."""
+        self._begin()
+        self._db.execute("DELETE FROM beats WHERE session_id=?", (session_id,))
+        self._db.execute("DELETE FROM beat_stretches WHERE session_id=?", (session_id,))
+        self._last_beat_t.pop(session_id, None)
+        self._last_beat_t[session_id] = -math.inf
+        self.add_beats(session_id, rows)
+        self._db.executemany(
+            "INSERT INTO beat_stretches(session_id, idx, reason, t_first, t_last, n_beats, n_notifications, "
+            "drift_ppm, anchor_delay_s, median_delay_s) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(session_id, s.index, s.reason, s.t_first, s.t_last, s.n_beats, s.n_notifications,
+              None if math.isnan(s.drift_ppm) else s.drift_ppm, s.anchor_delay_s, s.median_delay_s)
+             for s in stretches],
+        )
+
+    def beat_stretches(self, session_id: int) -> list[dict[str, Any]]:
+        """The fitted stretches of a session's beats (empty until the beats were rebuilt); drift None = unknown."""
+        cur = self._db.execute(
+            "SELECT idx, reason, t_first, t_last, n_beats, n_notifications, drift_ppm, anchor_delay_s, "
+            "median_delay_s FROM beat_stretches WHERE session_id=? ORDER BY idx",
+            (session_id,),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def clear_decoded(self, session_id: int) -> None:
         """Drop the decoded layer of a session (before re-decoding it from its raw packets)."""
         self._begin()
-        for table in ("beats", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors"):
+        for table in ("beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors"):
             self._db.execute(f"DELETE FROM {table} WHERE session_id=?", (session_id,))
+        self._last_beat_t.pop(session_id, None)
 
     def beats(self, session_id: int) -> Beats:
+        """The session's beats in stored (decode) order; never re-sorted.
+
+        Raises `BeatOrderError` naming the session and the first offending beat when the stored times do not
+        strictly increase (a store written by an older version): such beats cannot be analysed.
+        """
         rows = self._db.execute(
-            "SELECT t, rr_ms, gap_before, arrival_lag_s FROM beats WHERE session_id=? ORDER BY t, rowid",
+            "SELECT t, rr_ms, gap_before, arrival_lag_s FROM beats WHERE session_id=? ORDER BY rowid",
             (session_id,),
         ).fetchall()
         arr = np.array(rows, dtype=float).reshape(-1, 4)
+        bad = np.flatnonzero(np.diff(arr[:, 0]) <= 0) if len(arr) > 1 else []
+        if len(bad):
+            i = int(bad[0]) + 1
+            raise BeatOrderError(
+                f"session {session_id}: beat {i} at {arr[i, 0]:.6f} s does not follow beat {i - 1} at "
+                f"{arr[i - 1, 0]:.6f} s; re-decode it from the raw layer (`sessions redecode {session_id}`)"
+            )
         return Beats(arr[:, 0], arr[:, 1], arr[:, 2].astype(bool), arr[:, 3])
 
     def add_heart_rate(self, session_id: int, t: float, hr_bpm: int, contact: str) -> None:

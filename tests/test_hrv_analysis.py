@@ -158,32 +158,34 @@ def test_injected_ectopic_beats_are_corrected_and_counted(n_ectopic: int) -> Non
     assert has_note == (n_ectopic == 25)
 
 
-def test_gap_before_excludes_spanning_rr_and_differences() -> None:
+def test_gap_before_keeps_its_interval_and_excludes_the_spanning_difference() -> None:
     t1, rr1 = rsa_series(120, seed=1)
     t2, rr2 = rsa_series(120, seed=2, mean_ms=700.0)
     gap_s = 30.0
     t = np.concatenate([t1, t1[-1] + gap_s + t2])
     rr = np.concatenate([rr1, rr2])
-    rr_gap = rr.copy()
-    rr_gap[len(rr1)] = 1000.0 * (t[len(rr1)] - t[len(rr1) - 1])  # what a naive diff of beat times gives
     gap = np.zeros(len(rr), dtype=bool)
     gap[len(rr1)] = True
-    nn = np.concatenate([rr1, rr2[1:]])
-    diffs = np.concatenate([np.diff(rr1), np.diff(rr2[1:])])
-    (m,) = analyze_phases(t, rr_gap, whole(), correction="none", gap_before=gap)
+    # the first RR after the gap is a measured interval (from a beat that was not reported): it counts, but no
+    # successive difference spans the gap
+    nn = np.concatenate([rr1, rr2])
+    diffs = np.concatenate([np.diff(rr1), np.diff(rr2)])
+    (m,) = analyze_phases(t, rr, whole(), correction="none", gap_before=gap)
     assert m.n_beats == len(nn)
     assert m.rmssd_ms == pytest.approx(np.sqrt(np.mean(diffs**2)), rel=1e-12)
     assert m.sdnn_ms == pytest.approx(np.std(nn, ddof=1), rel=1e-12)
     assert any("2 gap-free stretches" in n for n in m.notes)
-    (k,) = analyze_phases(t, rr_gap, whole(), correction="kubios", gap_before=gap)
-    assert k.n_beats == len(nn) and k.corrected_pct < 2.0  # the spanning RR is never seen as an artifact
+    (k,) = analyze_phases(t, rr, whole(), correction="kubios", gap_before=gap)
+    assert k.n_beats == len(nn) and k.corrected_pct < 2.0  # the jump in level is never seen as an artifact
     assert k.rmssd_ms == pytest.approx(m.rmssd_ms, rel=0.01)
-    rr_nan = rr_gap.copy()
-    rr_nan[len(rr1)] = np.nan  # a missing RR is a gap too
+    rr_nan = rr.copy()
+    rr_nan[len(rr1)] = np.nan  # a missing RR is a gap too, and not an interval
     (by_nan,) = analyze_phases(t, rr_nan, whole(), correction="none")
-    assert by_nan.rmssd_ms == pytest.approx(m.rmssd_ms, rel=1e-12)
-    (unflagged,) = analyze_phases(t, rr_gap, whole(), correction="none")
-    assert unflagged.rmssd_ms > 2 * m.rmssd_ms
+    no_first = np.concatenate([np.diff(rr1), np.diff(rr2[1:])])
+    assert by_nan.rmssd_ms == pytest.approx(np.sqrt(np.mean(no_first**2)), rel=1e-12)
+    assert by_nan.n_beats == len(nn) - 1
+    (unflagged,) = analyze_phases(t, rr, whole(), correction="none")
+    assert unflagged.rmssd_ms > m.rmssd_ms  # without the flag the level jump becomes a difference
 
 
 def test_window_rules_give_none_and_reason() -> None:

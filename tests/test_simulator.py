@@ -16,6 +16,7 @@ from devices.link import HEART_RATE_MEASUREMENT_UUID, PMD_DATA_UUID, LinkEvent, 
 from devices.physiology import GuideSegment, PacerSetting, ScheduledGuide, SimParticipant
 from devices.polar_pmd import POLAR_EPOCH, EcgFrame, decode_pmd_frame, pmd_time_to_datetime
 from devices.simulator import SimFaults, SimulatedStrap
+from recordings.clock_fit import lower_envelope
 
 TICK = 1.0 / 1024
 
@@ -77,11 +78,15 @@ def test_notifications_about_once_a_second_decode_with_zero_to_three_rr(clean):
     hr = clean.hr()
     times = np.array([p.t for p in hr])
     gaps = np.diff(times)
-    assert gaps.min() > 0.9 and gaps.max() < 1.1
-    assert len(hr) == pytest.approx(600, abs=3)
+    # a real strap's timing: in order, late by 0–300 ms, some held back and delivered with the next packet,
+    # a few ticks skipped (their RR come with the next notification)
+    assert gaps.min() >= 0.0 and np.median(gaps) == pytest.approx(1.0, abs=0.05)
+    assert 0.0 < np.mean(gaps < 0.7) < 0.2 and gaps.max() < 3.5
+    assert 560 <= len(hr) <= 600
     decoded = [decode_heart_rate(p.data) for p in hr]
     counts = [len(m.rr_1024) for m in decoded]
-    assert set(counts) <= {0, 1, 2, 3} and {1, 2} <= set(counts)
+    assert set(counts) <= {0, 1, 2, 3, 4, 5} and {1, 2} <= set(counts)
+    assert np.mean(np.array(counts) <= 3) > 0.97
     assert all(m.contact is SensorContact.DETECTED for m in decoded)
     assert all(p.device == "sim-A" for p in hr)
     # the strap's HR is its smoothed beat rate
@@ -97,23 +102,27 @@ def test_reported_rr_are_the_beats_quantised_without_drift(clean):
     reported_beats = beats[: rr_units.size]
     beat_times = np.array([b.t_beat for b in reported_beats])
     first_start = beat_times[0] - reported_beats[0].rr_ms / 1000
-    # every partial sum of reported RR lands on the true beat time to within one 1/1024 s tick
-    error = first_start + np.cumsum(rr_units) * TICK - beat_times
+    # RR are measured on the strap's own clock: every partial sum, converted to session seconds, lands on the
+    # true beat time to within one 1/1024 s tick
+    rate = 1 + clean.strap.device_clock_drift_ppm * 1e-6
+    error = first_start + np.cumsum(rr_units) * TICK / rate - beat_times
     assert np.max(np.abs(error)) <= TICK
-    assert rr_units.size == len(beats)
+    assert len(beats) - rr_units.size in (0, 1, 2, 3, 4, 5)  # the last notification's beats may be in flight
     # each value is the nearest tick or its neighbour (carry), never more than a tick off
-    exact = np.array([b.rr_ms for b in reported_beats]) * 1024 / 1000
+    exact = np.array([b.rr_ms for b in reported_beats]) * rate * 1024 / 1000
     assert np.max(np.abs(rr_units - exact)) < 1.0 + 1e-9
 
 
-def test_each_notification_carries_beats_completed_since_the_previous_one(clean):
+def test_each_notification_carries_beats_completed_before_it_arrived(clean):
     hr = clean.hr()
-    beats = np.array([b.t_beat for b in clean.strap.beats])
-    previous = clean.events[1].t
-    for packet in hr[:100]:
-        completed = np.sum((beats > previous) & (beats <= packet.t + 1e-9))
-        assert len(decode_heart_rate(packet.data).rr_1024) == completed
-        previous = packet.t
+    t_connect = clean.events[1].t
+    beats = np.array([b.t_beat for b in clean.strap.beats if b.t_beat > t_connect])
+    reported = np.cumsum([len(decode_heart_rate(p.data).rr_1024) for p in hr])
+    arrival = np.array([p.t for p in hr])
+    # never a beat reported before it happened; at most a few seconds (tick, latency, held back) behind
+    assert np.all(beats[reported - 1] <= arrival)
+    completed_earlier = np.searchsorted(beats, arrival - 3.0, side="right")
+    assert np.all(reported >= completed_earlier)
 
 
 def test_paced_breathing_shows_in_the_reported_rr(clean):
@@ -159,14 +168,14 @@ def test_disconnect_gives_events_and_a_silent_gap(faulty):
     after = [p for p in faulty.hr() if 112.0 <= p.t < 200.0]
     before = [p for p in faulty.hr() if p.t < 100.0]
     reported_s = sum(sum(decode_heart_rate(p.data).rr_ms) for p in before + after) / 1000
-    assert reported_s == pytest.approx(200.0 - 12.0 - faulty.events[1].t, abs=2.5)
+    assert reported_s == pytest.approx(200.0 - 12.0 - faulty.events[1].t, abs=3.5)
 
 
 def test_contact_loss_sends_not_detected_without_rr(faulty):
-    during = [decode_heart_rate(p.data) for p in faulty.hr() if 200.0 <= p.t < 206.0]
-    assert len(during) >= 5
+    during = [decode_heart_rate(p.data) for p in faulty.hr() if 201.0 <= p.t < 206.0]
+    assert len(during) >= 4
     assert all(m.contact is SensorContact.SUPPORTED_NOT_DETECTED and not m.rr_1024 for m in during)
-    after = [decode_heart_rate(p.data) for p in faulty.hr() if 207.5 <= p.t < 215.0]
+    after = [decode_heart_rate(p.data) for p in faulty.hr() if 208.0 <= p.t < 215.0]
     assert all(m.contact is SensorContact.DETECTED for m in after) and any(m.rr_1024 for m in after)
     # the ECG during contact loss is flat noise, no QRS
     frames = [decode_pmd_frame(p.data) for p in faulty.ecg() if 201.0 <= p.t < 205.0]
@@ -174,12 +183,13 @@ def test_contact_loss_sends_not_detected_without_rr(faulty):
 
 
 def test_malformed_bursts_are_undecodable_and_nothing_else_is(faulty):
+    # the burst is on the strap's side (300–303 s); packets arrive up to ~1 s later (latency, held back)
     for packet in faulty.packets:
         decode = decode_heart_rate if packet.uuid == HEART_RATE_MEASUREMENT_UUID else decode_pmd_frame
-        if 300.0 <= packet.t < 303.0:
+        if 301.2 <= packet.t < 303.0:
             with pytest.raises(DecodeError):
                 decode(packet.data)
-        else:
+        elif packet.t < 300.0 or packet.t >= 304.5:
             decode(packet.data)
 
 
@@ -203,9 +213,18 @@ def test_ecg_frames_device_clock_and_r_peaks(faulty):
     stamps = np.array([f.timestamp_ns for f in frames], dtype=np.int64)
     arrivals = np.array([p.t for p in faulty.ecg() if p.t < 100.0])
     np.testing.assert_allclose(np.diff(stamps), 73 / 130 * 1e9, atol=1)
+    # arrivals are late by 0–300 ms: the lower envelope stays within a few ms over these 100 s
+    scale, offset = lower_envelope((stamps - stamps[0]) / 1e9, arrivals, np.zeros(arrivals.size, dtype=int))
+    late = arrivals - (offset[0] + scale * (stamps - stamps[0]) / 1e9)
+    assert late.min() >= -1e-9 and np.median(late) == pytest.approx(0.15, abs=0.05) and late.max() < 1.5
+    assert abs(strap.device_clock_drift_ppm) <= 50
+    # without transport delay the device clock's drift is exact
+    no_delay = SimFaults(latency_s=(0.0, 0.0), bunch_fraction=0.0, first_delay_s=(0.0, 0.0), drift_ppm=-37.0)
+    ideal = simulate(100.0, SimParticipant(seed=2), ecg=True, faults=no_delay)
+    stamps = np.array([decode_pmd_frame(p.data).timestamp_ns for p in ideal.ecg()], dtype=np.int64)
+    arrivals = np.array([p.t for p in ideal.ecg()])
     slope = np.polyfit(arrivals - arrivals[0], (stamps - stamps[0]) / 1e9, 1)[0]
-    assert slope - 1 == pytest.approx(strap.device_clock_drift_ppm * 1e-6, abs=1e-7)
-    assert 10 <= abs(strap.device_clock_drift_ppm) <= 30
+    assert slope - 1 == pytest.approx(-37e-6, abs=1e-7)
     assert POLAR_EPOCH.year == 2000
     # R peaks: sample k is at t_connect + k / fs on the session clock
     fs = 130.0 * (1 + strap.device_clock_drift_ppm * 1e-6)
