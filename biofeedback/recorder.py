@@ -152,6 +152,7 @@ def build_session(
     settings: dict | None = None,
     keep_history: bool = False,
     acc: bool = False,
+    on_alert: Callable[[str], None] | None = None,
 ) -> LiveSession:
     if speed != 1.0 and not all(s.simulated for s in specs):
         raise DeviceSpecError("--speed other than 1 only makes sense with simulated straps")
@@ -172,6 +173,7 @@ def build_session(
         [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)],
         clock,
         settings={"speed": speed, "seed": seed, "ecg": ecg, "acc": acc, **(settings or {})},
+        on_alert=on_alert,
     )
     for guide in guides:
         guide.target = GuideFromRunner(session)
