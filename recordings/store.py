@@ -937,9 +937,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _retry_busy(fn: Any, budget_s: float = WRITE_BUSY_BUDGET_S) -> Any:
-    """Call `fn` until it does not fail with SQLITE_BUSY/LOCKED, for at most `budget_s` seconds."""
-    deadline = time.monotonic() + budget_s
+def _retry_busy(fn: Any, budget_s: float | None = None) -> Any:
+    """Call `fn` until it does not fail with SQLITE_BUSY/LOCKED, for at most `budget_s` (WRITE_BUSY_BUDGET_S)."""
+    deadline = time.monotonic() + (WRITE_BUSY_BUDGET_S if budget_s is None else budget_s)
     while True:
         try:
             return fn()
