@@ -138,7 +138,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             _print_notes(analysis)
         if problems := session.problems():
             for line in problems:
-                err_console.print(f"error: {line}", markup=False, highlight=False)
+                print(f"error: {line}", file=sys.stderr)
             console.print(f"Recording incomplete: sessions {', '.join(map(str, ids))} in {store.path}")
             return 1
         console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
@@ -146,8 +146,8 @@ def cmd_session_run(args: argparse.Namespace) -> int:
 
 
 def _alert(line: str) -> None:
-    """A strap or the store stopped recording: one line on the terminal at once."""
-    err_console.print(f"error: {line}", markup=False, highlight=False)
+    """A strap or the store stopped recording: one line on the terminal at once (never wrapped)."""
+    print(f"error: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -677,8 +677,10 @@ class LiveSession:
             except StoreWriteError as exc:
                 if not self.failure:
                     self._store_failed(exc)
-                    self._ended_states[s.session_id] = ("failed", self.failure)
-                break  # the store takes no writes: these sessions show as interrupted when next opened
+                    state, reason = "failed", self.failure
+                    self._ended_states[s.session_id] = (state, reason)
+                with contextlib.suppress(StoreWriteError):  # else it shows as interrupted when next opened
+                    self.store.set_state(s.session_id, state)
         with contextlib.suppress(StoreWriteError):
             self.store.flush()
 

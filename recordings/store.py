@@ -661,6 +661,14 @@ class Store:
         )
         self.flush()
 
+    def set_state(self, session_id: int, state: str) -> None:
+        """Only the state (the smallest write there is: it fits where `end_session` no longer does, on a full disk)."""
+        if state not in SESSION_STATES:
+            raise ValueError(f"unknown session state {state!r}")
+        self._begin()
+        self._db.execute("UPDATE sessions SET state=? WHERE id=?", (state, session_id))
+        self.flush()
+
     def recover_interrupted(self) -> list[int]:
         """Mark sessions left `running` by a process that no longer exists as `interrupted` (an unfinished
         import as `incomplete`)."""
