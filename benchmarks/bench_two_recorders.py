@@ -45,8 +45,9 @@ def _child_recorder(store_path: str, participant: str, protocol: str, speed: flo
         session._on_packet = counting
         (sid,) = asyncio.run(session.run())
         info = store.session(sid)
+        reason = getattr(info, "end_reason", None)  # (also runs against older stores' code, for comparison)
         print(json.dumps({"participant": participant, "sent": sent[0], "stored": store.counts(sid)["packets"],
-                          "state": info.state, "reason": getattr(info, "end_reason", None), "longest_s": longest[0]}))  # fmt: skip
+                          "state": info.state, "reason": reason, "longest_s": longest[0]}))  # fmt: skip
 
 
 def _child_import(store_path: str, capture: str) -> None:
