@@ -399,3 +399,18 @@ def _full_error(tmp_path: Path) -> sqlite3.OperationalError:
     except sqlite3.OperationalError as exc:
         return exc
     raise AssertionError("no SQLITE_FULL")
+
+
+def test_the_monitor_shows_the_alert(tmp_path, monkeypatch, qtbot):
+    from biofeedback.display_monitor import MonitorWindow
+
+    _dying_strap(monkeypatch, who="sim-2")
+    with Store(tmp_path / "store.sqlite") as store:
+        session = build_session(store, SHORT, parse_device_specs(["sim=P01", "sim=P02"], None), clock=LoopClock())
+        session.on_alert = lambda line: None
+        run_virtual(session.run())
+        win = MonitorWindow(session, session)
+        qtbot.addWidget(win)
+        win.refresh()
+        assert not win.alert_label.isHidden()
+        assert "P02: strap sim-2 stopped recording" in win.alert_label.text()
