@@ -28,10 +28,12 @@ class UserError(Exception):
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _open_store(args: argparse.Namespace):
+def _open_store(args: argparse.Namespace, *, readonly: bool = False):
+    """The store of `--store` (or the default). Reading commands open it read-only: they never write or wait."""
     from recordings.store import Store, default_store_path
 
-    return Store(Path(args.store) if args.store else default_store_path())
+    path = Path(args.store) if args.store else default_store_path()
+    return Store(path, readonly=readonly and path.exists())
 
 
 def _fmt(value, spec=".1f") -> str:
@@ -104,7 +106,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         sims = [s.participant_id for s in specs if s.simulated]
         faults = parse_sim_faults(args.sim_faults or [], sims, args.seed)
         session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
-                                acc=args.acc, settings=settings, faults=faults)  # fmt: skip
+                                acc=args.acc, settings=settings, faults=faults, on_alert=_alert)  # fmt: skip
         console.print(
             f"Recording [bold]{protocol.name}[/bold] ({protocol.total_duration_s / 60:.0f} min) for "
             f"{', '.join(s.participant_id for s in specs)} at speed ×{args.speed:g} into {store.path}"
@@ -128,12 +130,24 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         finally:
             if outlets is not None:
                 outlets.close()
+        if session.failure:  # already told, at the moment it happened (the alert line)
+            return 1
         for sid in ids:
             analysis = analyze_session(store, sid)
             console.print(_phase_table(analysis))
             _print_notes(analysis)
+        if problems := session.problems():
+            for line in problems:
+                print(f"error: {line}", file=sys.stderr)
+            console.print(f"Recording incomplete: sessions {', '.join(map(str, ids))} in {store.path}")
+            return 1
         console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
     return 0
+
+
+def _alert(line: str) -> None:
+    """A strap or the store stopped recording: one line on the terminal at once (never wrapped)."""
+    print(f"error: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -142,7 +156,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if args.speed <= 0:
         raise UserError(f"--speed must be > 0, got {args.speed:g}")
-    with _open_store(args) as store:
+    with _open_store(args, readonly=True) as store:
         session = build_replay(store, args.session, speed=args.speed)
     info = session.protocol
     console.print(f"Replaying session {args.session} ([bold]{info.name}[/bold], {len(session.link.packets)} packets) "
@@ -158,7 +172,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
+    with _open_store(args, readonly=True) as store:
         sessions = store.sessions(args.participant)
         if args.json:
             print(json.dumps([s.to_dict() for s in sessions], indent=2))
@@ -167,7 +181,8 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         for col in ("id", "participant", "protocol", "device", "started (UTC)", "state", "beats"):
             table.add_column(col)
         for s in sessions:
-            table.add_row(str(s.id), s.participant_id, s.protocol_name, s.device, s.started_utc, s.state,
+            state = s.state if not s.end_reason else f"{s.state}: {s.end_reason}"
+            table.add_row(str(s.id), s.participant_id, s.protocol_name, s.device, s.started_utc, state,
                           str(store.counts(s.id)["beats"]))  # fmt: skip
         console.print(table)
     return 0
@@ -217,7 +232,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from biofeedback.analysis import analyze_session
     from biofeedback.resonance import assess_session, is_resonance_assessment
 
-    with _open_store(args) as store:
+    with _open_store(args, readonly=not args.save_resonance) as store:
         analysis = analyze_session(store, args.session, correction=args.correction)
         assessment = None
         if is_resonance_assessment(store.protocol_dict(args.session)):
@@ -277,7 +292,7 @@ def _progress():
 def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     written: list[Path] = []
-    with _open_store(args) as store:
+    with _open_store(args, readonly=True) as store:
         ids = _export_sessions(args, store)
         if args.format == "bids":
             from recordings.export_bids import export_bids
@@ -306,7 +321,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from biofeedback.report import REPORT_STEPS, write_report
 
-    with _open_store(args) as store, Progress(console=err_console, transient=True) as progress:
+    with _open_store(args, readonly=True) as store, Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("report", total=len(REPORT_STEPS))
 
         def step(name: str) -> None:

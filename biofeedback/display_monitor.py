@@ -349,6 +349,12 @@ class MonitorWindow(QtWidgets.QMainWindow):
         top.addWidget(self.phase_label, 1)
         top.addWidget(self.clock_label)
         root.addLayout(top)
+        self.alert_label = QtWidgets.QLabel()  # a strap or the store stopped recording (MonitorView.alerts)
+        self.alert_label.setTextFormat(QtCore.Qt.TextFormat.PlainText)
+        self.alert_label.setWordWrap(True)
+        self.alert_label.setStyleSheet("color: #d29922; font-size: 14px; font-weight: 600;")
+        self.alert_label.hide()
+        root.addWidget(self.alert_label)
         self.timeline = TimelineWidget()
         root.addWidget(self.timeline)
 
@@ -493,6 +499,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.phase_label.text() != phase:
             self.phase_label.setText(phase)
         self.clock_label.setText(f"session {format_mmss(v.t)}")
+        alerts = "\n".join(v.alerts)
+        if alerts and self.alert_label.text() != alerts:
+            self.alert_label.setText(alerts)
+            self.alert_label.show()
         label = "Resume  [Space]" if v.paused else "Pause  [Space]"
         if self.pause_button.text() != label:
             self.pause_button.setText(label)

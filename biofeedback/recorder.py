@@ -21,6 +21,12 @@ class DeviceSpecError(ValueError):
     """A `--device` value that cannot be understood."""
 
 
+MAX_ECG_SPEED = 200.0
+"""Fastest `--speed` at which a simulated strap's ECG keeps up with the clock (measured: the 25-minute cmt-soothing
+with --ecg --acc runs clean at ×200 on a loaded 2-core machine; at ×1000 the ECG falls minutes behind its breathing
+history and the strap stops). Beats and the accelerometer alone run faster."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
     """`sim`, `sim=P01`, `AA:BB:CC:DD:EE:FF=P02` or a name prefix such as `Polar H10`."""
@@ -152,9 +158,15 @@ def build_session(
     settings: dict | None = None,
     keep_history: bool = False,
     acc: bool = False,
+    on_alert: Callable[[str], None] | None = None,
 ) -> LiveSession:
     if speed != 1.0 and not all(s.simulated for s in specs):
         raise DeviceSpecError("--speed other than 1 only makes sense with simulated straps")
+    if ecg and speed > MAX_ECG_SPEED and any(s.simulated for s in specs):
+        raise DeviceSpecError(
+            f"--speed {speed:g} is too fast with --ecg: the simulated ECG cannot be generated faster than "
+            f"×{MAX_ECG_SPEED:g}; use --speed {MAX_ECG_SPEED:g} or less (or leave out --ecg)"
+        )
     clock = clock or ScaledClock(speed)
     guides: list[_LateGuide] = []
 
@@ -172,6 +184,7 @@ def build_session(
         [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)],
         clock,
         settings={"speed": speed, "seed": seed, "ecg": ecg, "acc": acc, **(settings or {})},
+        on_alert=on_alert,
     )
     for guide in guides:
         guide.target = GuideFromRunner(session)

@@ -12,6 +12,12 @@ A diary phase names an instrument: each participant's view carries its name unti
 (`submit_answers`) or set it aside (`skip_diary`). Answers go to the answer store, linked to the participant, their
 session and the time point; only a neutral marker ("diary submitted" / "diary skipped") enters the recording, so
 no answer ever reaches markers, LSL or exports. Once everyone has responded, the phase ends early.
+
+Nothing stops quietly. Each notification (with what it decodes to) is committed at once, so two recorders and an
+import can share one store (see `recordings.store`). When the store cannot be written (full disk, read-only, locked
+beyond the retry budget) the whole recording stops at once and every session ends `failed` with the reason; a strap
+whose task dies ends `incomplete` with the reason while the others go on. Either way the experimenter is told at once
+(`on_alert`, and `MonitorView.alerts`), and `problems()` lists what happened for the command's exit status.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from recordings.answers import AnswerStore, TimePointError, parse_time_point
 from recordings.decode import ECG_FS_HZ, BeatRow, SessionDecoder, rebuild_beats
 from recordings.ecg_time import DeviceClockMap
 from recordings.protocol_json import protocol_to_dict
-from recordings.store import Store
+from recordings.store import Store, StoreError, StoreWriteError
 
 from .live_metrics import LiveMetrics
 from .sham import sham_level
@@ -97,6 +103,7 @@ class _StrapState:
     ecg: deque = field(default_factory=lambda: deque(maxlen=int(ECG_WINDOW_S * ECG_FS_HZ / 50) + 4))
     baseline: RunningStats = field(default_factory=RunningStats)  # live coherence during the baseline phase
     failed: str = ""
+    """Why this strap's recording stopped before the end (its session ends `incomplete`); empty while it runs."""
     last_packet_t: float = -1.0
     ecg_clock: DeviceClockMap = field(default_factory=DeviceClockMap)
 
@@ -160,6 +167,7 @@ class LiveSession:
         settings: dict | None = None,
         on_marker: Callable[[Marker], None] | None = None,
         listeners: Sequence[SessionListener] = (),
+        on_alert: Callable[[str], None] | None = None,
     ) -> None:
         if not bindings:
             raise ValueError("a session needs at least one strap")
@@ -172,6 +180,12 @@ class LiveSession:
         self.runner = ProtocolRunner(protocol)
         self.flush_interval_s = flush_interval_s
         self.on_marker = on_marker
+        self.on_alert = on_alert
+        """Called (in the session's thread) with one line as soon as a strap or the store stops recording."""
+        self.alerts: list[str] = []
+        self.failure = ""
+        """Why the whole recording stopped early (the store could not be written); empty if it did not."""
+        self._ended_states: dict[int, tuple[str, str | None]] = {}
         self.listeners: list[SessionListener] = list(listeners)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -223,10 +237,26 @@ class LiveSession:
 
     # -- inputs from the straps -------------------------------------------------------------------------------
     def _on_packet(self, strap: _StrapState, packet: Packet) -> None:
+        if self.failure:
+            return
+        try:
+            self._record_packet(strap, packet)
+        except StoreWriteError as exc:  # never raised into the link (bleak would only log it)
+            self._store_failed(exc)
+
+    def _record_packet(self, strap: _StrapState, packet: Packet) -> None:
         pid = self.store.add_packet(strap.session_id, packet.t, packet.uuid, packet.data, packet.device)
         strap.last_packet_t = packet.t
         before = strap.decoder.last_measurement
-        rows = strap.decoder.packet(pid, packet.t, packet.uuid, packet.data)
+        try:
+            rows = strap.decoder.packet(pid, packet.t, packet.uuid, packet.data)
+        except StoreError:
+            raise
+        except Exception as exc:  # a decoder bug must not stop the strap: the raw packet is kept, the error noted
+            self.store.add_packet_error(strap.session_id, pid, f"decoder failed: {type(exc).__name__}: {exc}")
+            strap.decoder.link_gap()
+            rows = []
+        self.store.flush()  # one short transaction per notification: other writers wait microseconds, not seconds
         with self._lock:
             m = strap.decoder.last_measurement
             if m is not None:
@@ -252,7 +282,12 @@ class LiveSession:
                 self._notify("ecg", index, ecg_times, frame)
 
     def _on_event(self, strap: _StrapState, event: LinkEvent) -> None:
-        self.store.add_link_event(strap.session_id, event.t, event.device, event.state.value, event.reason)
+        if not self.failure:
+            try:
+                self.store.add_link_event(strap.session_id, event.t, event.device, event.state.value, event.reason)
+                self.store.flush()
+            except StoreWriteError as exc:
+                self._store_failed(exc)
         with self._lock:
             strap.link_state = event.state.value
             if event.state is LinkState.DISCONNECTED:
@@ -291,14 +326,21 @@ class LiveSession:
             if self.on_marker is not None:
                 self.on_marker(mk)
             self._notify("marker", mk)
+        self.store.flush()
 
     # -- controls (thread-safe; called from the displays or the terminal) --------------------------------------
     def _call(self, fn: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                fn()
+            except StoreWriteError as exc:
+                self._store_failed(exc)
+
         loop = self._loop
         if loop is not None and loop.is_running() and threading.current_thread() is not self._thread:
-            loop.call_soon_threadsafe(fn)
+            loop.call_soon_threadsafe(guarded)
         else:
-            fn()
+            guarded()
 
     def add_marker(self, label: str, note: str = "", t: float | None = None) -> None:
         """A manual marker at session time `t` (default: now); the note is stored as private free text."""
@@ -310,6 +352,7 @@ class LiveSession:
                 self.store.add_marker(strap.session_id, at, "manual", label or "marker")
                 if note:
                     self.store.add_note(strap.session_id, at, note)
+            self.store.flush()
             with self._lock:
                 self.markers.append((at, label or "marker"))
             self._notify("marker", Marker(at, "manual", None, None, label or "marker"))  # type: ignore[arg-type]
@@ -435,6 +478,7 @@ class LiveSession:
         name = self.protocol.phases[index].name
         self.store.add_marker(strap.session_id, t, "diary", label, phase_index=index, phase_name=name,
                               detail=dict(detail))  # fmt: skip
+        self.store.flush()
         pid = strap.binding.participant_id
         with self._lock:
             self.markers.append((t, f"{label} ({pid})" if len(self.straps) > 1 else label))
@@ -547,6 +591,7 @@ class LiveSession:
         _elapsed, left = self._position(t)
         with self._lock:
             markers = list(self.markers)
+            alerts = tuple(self.alerts)
             starts = dict(self._phase_starts)
             ends = dict(self._phase_ends)
         phases = []
@@ -566,28 +611,44 @@ class LiveSession:
             paused=st.paused,
             straps=self.strap_views(),
             markers=markers,
+            alerts=alerts,
         )
 
     # -- main loop -------------------------------------------------------------------------------------------
     async def run(self) -> list[int]:
-        """Run the protocol to its end (or until `end_session`), then close every stored session."""
+        """Run the protocol to its end (or until `end_session`), then close every stored session.
+
+        The store is claimed (`Store.in_use`) until every session is closed, so it cannot be closed under it.
+        """
+        with self.store.in_use(f"the session recording {', '.join(map(str, self.session_ids))}"):
+            return await self._run()
+
+    async def _run(self) -> list[int]:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.current_thread()
         self._done = asyncio.Event()
         self.clock.restart()  # 0 on the session clock is the moment the session starts
         self._notify("session_started", self)
-        self._record_markers(self.runner.start(self.clock.now()))
+        try:
+            self._record_markers(self.runner.start(self.clock.now()))
+        except StoreWriteError as exc:
+            self._store_failed(exc)
         tasks = [
             asyncio.create_task(self._run_strap(s), name=f"strap-{s.binding.participant_id}") for s in self.straps
         ]
         flusher = asyncio.create_task(self._flush_loop())
         try:
-            await self._protocol_loop()
-            await self._drain(self.clock.now() + DRAIN_S)
+            try:
+                await self._protocol_loop()
+                if not self.failure:
+                    await self._drain(self.clock.now() + DRAIN_S)
+            except StoreWriteError as exc:
+                self._store_failed(exc)
         except asyncio.CancelledError:
             self._end_state = "stopped"
-            if not self.runner.state.finished:
-                self._record_markers(self.runner.stop(self.clock.now(), "interrupted from the keyboard"))
+            if not self.runner.state.finished and not self.failure:
+                with contextlib.suppress(StoreWriteError):
+                    self._record_markers(self.runner.stop(self.clock.now(), "interrupted from the keyboard"))
             raise
         finally:
             for s in self.straps:
@@ -597,14 +658,84 @@ class LiveSession:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            self.store.flush()
-            for s in self.straps:
-                # the live beat times, refitted over the whole recording from the raw layer (the design map)
-                rebuild_beats(self.store, s.session_id)
-                self.store.end_session(s.session_id, self._end_state)
-            self.store.flush()
+            self._close_sessions()
             self._notify("session_ended")
         return self.session_ids
+
+    def _close_sessions(self) -> None:
+        """Give every stored session its final state and reason (as far as the store still takes writes).
+
+        First the live beat times are refitted over the whole recording from the raw layer (the design map).
+        """
+        for s in self.straps:
+            if not self.failure:
+                try:
+                    rebuild_beats(self.store, s.session_id)
+                except StoreWriteError as exc:
+                    self._store_failed(exc)
+        for s in self.straps:
+            if self.failure:
+                state, reason = "failed", self.failure
+            elif s.failed:
+                state, reason = "incomplete", s.failed
+            else:
+                state, reason = self._end_state, None
+            self._ended_states[s.session_id] = (state, reason)
+            try:
+                self.store.end_session(s.session_id, state, reason)
+            except StoreWriteError as exc:
+                if not self.failure:
+                    self._store_failed(exc)
+                    state, reason = "failed", self.failure
+                    self._ended_states[s.session_id] = (state, reason)
+                with contextlib.suppress(StoreWriteError):  # else it shows as interrupted when next opened
+                    self.store.set_state(s.session_id, state)
+        with contextlib.suppress(StoreWriteError):
+            self.store.flush()
+
+    def problems(self) -> list[str]:
+        """One line per stored session that did not end as planned (empty after a clean run)."""
+        out = []
+        for s in self.straps:
+            state, reason = self._ended_states.get(s.session_id, (None, None))
+            if state in ("failed", "incomplete"):
+                out.append(f"session {s.session_id} ({s.binding.participant_id}) {state}: {reason}")
+        return out
+
+    def _alert(self, line: str) -> None:
+        with self._lock:
+            self.alerts.append(line)
+        if self.on_alert is not None:
+            try:
+                self.on_alert(line)
+            except Exception:  # the alert hook must not hide the alert
+                log.exception("alert hook failed")
+        else:
+            log.error("%s", line)
+
+    def _kept(self) -> str:
+        """What the store holds of each strap (read only: works on a full disk)."""
+        parts = []
+        for s in self.straps:
+            try:
+                c = self.store.counts(s.session_id)
+            except StoreError:
+                return "what was committed before stays in the store"
+            parts.append(f"{s.binding.participant_id}: {c['packets']} packets, {c['beats']} beats")
+        return f"kept up to t={self.clock.now():.0f} s ({'; '.join(parts)})"
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """The store cannot be written: stop every strap at once and end the recording as `failed`."""
+        if self.failure:
+            return
+        self.failure = str(exc)
+        for s in self.straps:
+            s.binding.link.stop()
+            with self._lock:
+                s.link_state = "failed"
+        if self._done is not None:
+            self._done.set()
+        self._alert(f"recording stopped: {exc}; {self._kept()}")
 
     async def _protocol_loop(self) -> None:
         assert self._done is not None
@@ -629,17 +760,28 @@ class LiveSession:
             await asyncio.sleep(0.01)
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self.failure:
             await asyncio.sleep(self.flush_interval_s)
-            self.store.flush()
+            try:
+                self.store.flush()
+            except StoreWriteError as exc:
+                self._store_failed(exc)
 
     async def _run_strap(self, strap: _StrapState) -> None:
         try:
             await strap.binding.link.run(lambda p: self._on_packet(strap, p), lambda e: self._on_event(strap, e))
+        except StoreWriteError as exc:
+            self._store_failed(exc)
         except Exception as exc:  # one strap failing must not end the others' recording
             strap.failed = f"{type(exc).__name__}: {exc}"
-            self.store.add_link_event(
-                strap.session_id, self.clock.now(), strap.binding.link.device_id, "closed", strap.failed
-            )
             with self._lock:
                 strap.link_state = "failed"
+            self._alert(f"{strap.binding.participant_id}: strap {strap.binding.link.device_id} stopped recording at "
+                        f"t={self.clock.now():.0f} s ({strap.failed}); the others go on")  # fmt: skip
+            try:
+                self.store.add_link_event(
+                    strap.session_id, self.clock.now(), strap.binding.link.device_id, "closed", strap.failed
+                )
+                self.store.flush()
+            except StoreWriteError as store_exc:
+                self._store_failed(store_exc)

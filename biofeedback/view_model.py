@@ -115,7 +115,8 @@ class MonitorView:
     """The experimenter's view of the whole session at time `t`.
 
     `phases` are (name, kind, start_s, end_s) on the session clock; `current_phase_index` is -1 before the
-    first and len(phases) after the last phase. `markers` are (t, label).
+    first and len(phases) after the last phase. `markers` are (t, label). `alerts` are lines the experimenter
+    must see at once: a strap or the store stopped recording (empty while all is well).
     """
 
     t: float
@@ -126,6 +127,7 @@ class MonitorView:
     paused: bool
     straps: list[StrapView]
     markers: list[tuple[float, str]] = field(default_factory=list)
+    alerts: tuple[str, ...] = ()
 
 
 class SessionControls(Protocol):

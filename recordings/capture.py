@@ -4,6 +4,10 @@ A capture has one notification per line: `{"t": <seconds>, "uuid": "<characteris
 an optional `"device"`. Lines of the form `{"t": <seconds>, "event": "disconnected", "reason": "..."}` record link
 events, so a gap survives the round trip. Importing decodes the bytes exactly as live data would be; any problem in
 the file is refused with its line number and nothing is stored.
+
+A capture import commits in batches of at most `IMPORT_BATCH_S` (so a recorder beside it is never kept waiting for
+the store's lock longer than that); the session is `importing` until the last batch and then `imported`. If the
+import fails part-way its rows are removed again; if the process dies, the next opening marks it `incomplete`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 import json
 import math
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,7 @@ from typing import Any
 
 from .decode import DecodeCounts, decode_packets
 from .files import open_private_for_write
-from .store import Store
+from .store import IMPORT_BATCH_S, Store, StoreError
 
 WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -114,28 +119,64 @@ def import_capture(
         devices = [device]
     elif len(devices) > 1:
         raise ImportFormatError(f"{path}: holds several straps {devices}; import each with --device NAME")
-    with store.transaction():
-        sid = store.create_session(
-            participant_id,
-            "whole",
-            WHOLE_PHASE,
-            devices[0] or "capture",
-            source="capture",
-            settings={"imported_from": Path(path).name},
-        )
-        packets = []
+    sid = store.create_session(
+        participant_id,
+        "whole",
+        WHOLE_PHASE,
+        devices[0] or "capture",
+        source="capture",
+        settings={"imported_from": Path(path).name},
+        state="importing",
+    )
+    batch = _Batches(store)
+    try:
         gaps = []
         for line in lines:
             if line.event is not None:
                 store.add_link_event(sid, line.t, line.device, line.event, line.reason)
                 if line.event == "disconnected":
                     gaps.append(line.t)
-                continue
-            pid = store.add_packet(sid, line.t, line.uuid or "", line.data, line.device)
-            packets.append((pid, line.t, line.uuid or "", line.data))
-        counts = decode_packets(store, sid, packets, gaps)
+                batch.maybe_commit()
+
+        def stored_packets() -> Iterator[tuple[int, float, str, bytes]]:
+            for line in lines:
+                if line.event is None:
+                    batch.maybe_commit()  # between packets: the previous one's decoded rows are written
+                    pid = store.add_packet(sid, line.t, line.uuid or "", line.data, line.device)
+                    yield pid, line.t, line.uuid or "", line.data
+
+        counts = decode_packets(store, sid, stored_packets(), gaps)
         _add_whole_markers(store, sid, lines[0].t, lines[-1].t)
+        store.end_session(sid, "imported")
+    except BaseException:
+        _remove_partial_import(store, sid)
+        raise
     return sid, counts
+
+
+class _Batches:
+    """Commits a long import every `IMPORT_BATCH_S` of wall-clock time, so its hold on the write lock stays short."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.started = time.monotonic()
+
+    def maybe_commit(self) -> None:
+        if time.monotonic() - self.started >= IMPORT_BATCH_S:
+            self.store.flush()
+            self.started = time.monotonic()
+
+
+def _remove_partial_import(store: Store, sid: int) -> None:
+    """Take out what a failed import already committed (if the store still takes writes; else recovery marks it)."""
+    try:
+        with store.transaction():
+            for table in ("beats", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors", "markers",
+                          "link_events", "packets"):  # fmt: skip
+                store.connection.execute(f"DELETE FROM {table} WHERE session_id=?", (sid,))
+            store.connection.execute("DELETE FROM sessions WHERE id=?", (sid,))
+    except StoreError:
+        pass
 
 
 def _add_whole_markers(store: Store, sid: int, t0: float, t1: float) -> None:

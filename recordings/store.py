@@ -8,15 +8,35 @@ readable and analysable.
 
 The file and its directory are created private to the user (0600 / 0700); SQLite gives the WAL and shared-memory
 files the same permissions as the database file.
+
+Several processes may write one store (two recorders, an import beside a recording). A write takes SQLite's write
+lock with `BEGIN IMMEDIATE`; when another process holds it, the write is retried every few milliseconds for up to
+`WRITE_BUSY_BUDGET_S` seconds, then fails with `StoreLockedError`. Writers therefore keep their transactions short
+(the live session commits each notification; an import commits in batches of at most `IMPORT_BATCH_S`).
+Every SQLite failure becomes one `StoreError` saying what happened: locked (`StoreLockedError`), disk full
+(`StoreFullError`), read-only file or folder (`StoreReadOnlyError`), not a store or damaged.
+
+`Store(path, readonly=True)` opens an existing store for reading only (`file:...?mode=ro`): nothing is written, not even
+the recovery of interrupted sessions (a `running` session of a process that is gone is *shown* as `interrupted`), so
+`sessions list`, `analyze` and `export` work on a read-only store, a full disk, or beside a writer.
+
+One `Store` may be used from several threads: every call holds the store's lock, so `close()` waits for a call in
+flight, and a store claimed by a running session (`in_use`) waits for it to end (up to `CLOSE_WAIT_S`) or refuses.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
+import shutil
 import socket
 import sqlite3
+import threading
+import time
+import urllib.parse
 import uuid as uuidlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +48,19 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+"""2: sessions.end_reason (why a session ended `failed` or `incomplete`)."""
+BUSY_TIMEOUT_MS = 20
+"""SQLite's own wait for a lock on each attempt; `_retry_busy` retries attempts until `WRITE_BUSY_BUDGET_S`."""
+WRITE_BUSY_BUDGET_S = 30.0
+"""How long a write (or a read) waits in total for another process's lock before it fails with StoreLockedError."""
+BUSY_RETRY_SLEEP_S = 0.002
+IMPORT_BATCH_S = 0.1
+"""An import commits at least this often (wall-clock seconds), so it never holds the write lock for longer."""
+CLOSE_WAIT_S = 30.0
+"""`close()` waits this long for a session still recording into the store, then refuses."""
 WAL_AUTOCHECKPOINT_PAGES = 1000
 """A commit that leaves the WAL above this many pages (about 4 MB) checkpoints it into the database; with one
 connection committing small transactions every flush, the WAL stays near this size for a session of any length."""
@@ -153,7 +185,9 @@ CREATE TABLE IF NOT EXISTS link_events (
 );
 """
 
-SESSION_STATES = ("running", "completed", "stopped", "interrupted", "imported")
+SESSION_STATES = ("running", "completed", "stopped", "interrupted", "imported", "importing", "failed", "incomplete")
+"""`failed`: the recording stopped because the store could not be written; `incomplete`: a strap (or an import)
+stopped before the end; both keep their reason in `SessionInfo.end_reason`. `importing`: an import in progress."""
 
 
 class StoreError(RuntimeError):
@@ -162,6 +196,128 @@ class StoreError(RuntimeError):
 
 class BeatOrderError(StoreError):
     """Beat times that do not strictly increase within a session (they cannot be analysed as given)."""
+
+
+class StoreWriteError(StoreError):
+    """The store could not be written; everything committed before stays readable."""
+
+
+class StoreLockedError(StoreWriteError):
+    """Another process held the store's lock for longer than the retry budget."""
+
+
+class StoreFullError(StoreWriteError):
+    """The disk (or file system) holding the store is full."""
+
+
+class StoreReadOnlyError(StoreWriteError):
+    """The store file or its folder cannot be written."""
+
+
+class StoreClosedError(StoreError):
+    """The store was used after `close()`."""
+
+
+class StoreInUseError(StoreError):
+    """`close()` refused: a session is still recording into the store."""
+
+
+def _sqlite_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """One clear StoreError for an SQLite failure (locked, full, read-only, damaged, or as SQLite says)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    folder = path.parent
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreLockedError(
+            f"{path} is locked by another program using it (waited {WRITE_BUSY_BUDGET_S:g} s while {doing})"
+        )
+    if primary == sqlite3.SQLITE_FULL or (primary == sqlite3.SQLITE_IOERR and _disk_full(folder)):
+        return StoreFullError(f"the disk holding {path} is full ({doing})")
+    if primary == sqlite3.SQLITE_READONLY or (
+        primary == sqlite3.SQLITE_CANTOPEN and path.exists() and not os.access(folder, os.W_OK)
+    ):
+        what = f"the folder {folder} is not writable" if not os.access(folder, os.W_OK) else "the file is read-only"
+        return StoreReadOnlyError(f"{path} cannot be written: {what} ({doing})")
+    if primary in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return StoreError(f"{path}: not a recorder store or damaged ({exc})")
+    if primary == sqlite3.SQLITE_CANTOPEN:
+        return StoreError(f"{path}: cannot be opened ({exc})")
+    if primary == sqlite3.SQLITE_IOERR:
+        return StoreWriteError(f"{path}: disk I/O error while {doing} ({exc})")
+    return StoreError(f"{path}: {exc} ({doing})")
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 64 * 1024
+    except OSError:
+        return False
+
+
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _BUSY_CODES
+
+
+class _Rows:
+    """A finished statement: its rows (read while the store's lock was held) and `lastrowid`."""
+
+    __slots__ = ("_i", "_rows", "lastrowid", "rowcount")
+
+    def __init__(self, rows: list[Any], lastrowid: int | None, rowcount: int) -> None:
+        self._rows, self._i, self.lastrowid, self.rowcount = rows, 0, lastrowid, rowcount
+
+    def fetchone(self) -> Any:
+        if self._i >= len(self._rows):
+            return None
+        self._i += 1
+        return self._rows[self._i - 1]
+
+    def fetchall(self) -> list[Any]:
+        rows, self._i = self._rows[self._i :], len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+
+class _GuardedConnection:
+    """The store's SQLite connection behind its lock: no statement can run while another thread closes it."""
+
+    def __init__(self, store: Store, raw: sqlite3.Connection) -> None:
+        self._store = store
+        self._raw = raw
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._store._call(lambda: self._raw.in_transaction, "reading")
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> _Rows:
+        def run() -> _Rows:
+            cur = self._raw.execute(sql, params)
+            rows = cur.fetchall() if cur.description is not None else []
+            return _Rows(rows, cur.lastrowid, cur.rowcount)
+
+        return self._store._call(run, _doing(sql))
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> _Rows:
+        def run() -> _Rows:
+            cur = self._raw.executemany(sql, seq)
+            return _Rows([], cur.lastrowid, cur.rowcount)
+
+        return self._store._call(run, _doing(sql))
+
+    def executescript(self, script: str) -> None:
+        self._store._call(lambda: self._raw.executescript(script), "creating tables")
+
+
+def _doing(sql: str) -> str:
+    word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+    return "reading" if word in ("SELECT", "PRAGMA", "WITH") else "writing"
 
 
 def default_store_path() -> Path:
@@ -188,6 +344,7 @@ class SessionInfo:
     ended_utc: str | None
     state: str
     settings: dict[str, Any]
+    end_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -200,6 +357,7 @@ class SessionInfo:
             "started_utc": self.started_utc,
             "ended_utc": self.ended_utc,
             "state": self.state,
+            "end_reason": self.end_reason,
         }
 
 
@@ -250,73 +408,206 @@ def _create_private_file(path: Path) -> None:
 
 
 class Store:
-    """One SQLite store. Not thread-safe: use it from the thread (the asyncio loop) that opened it."""
+    """One SQLite store; safe to share between threads (every call holds the store's lock)."""
 
-    def __init__(self, path: Path | str | None = None, *, recover: bool = True) -> None:
+    def __init__(self, path: Path | str | None = None, *, recover: bool = True, readonly: bool = False) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        _create_private_file(self.path)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a recorder store or damaged ({exc})") from exc
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._users: dict[object, tuple[str, int]] = {}
+        self._users_changed = threading.Condition(self._lock)
+        self._closed = False
         self._in_tx = False
         self._atomic = False
         self._last_beat_t: dict[int, float] = {}
-        if recover:
-            self.recover_interrupted()
+        self._has_end_reason = True
+        self.write_failure: StoreWriteError | None = None
+        """The first write that failed (already raised to its caller); `close()` then does not raise it again."""
+        raw = self._open_readonly() if readonly else self._open_writable()
+        self._raw = raw
+        self._db = _GuardedConnection(self, raw)
+        if readonly:
+            self._has_end_reason = self._column_exists("sessions", "end_reason")
+        else:
+            self._migrate()
+            if recover:
+                try:
+                    self.recover_interrupted()
+                except StoreWriteError as exc:  # reading still works; the next writer recovers them
+                    log.warning("interrupted sessions not marked: %s", exc)
+
+    def _open_writable(self) -> sqlite3.Connection:
+        try:
+            _create_private_file(self.path)
+        except OSError as exc:
+            what = "is not writable" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "cannot be used"
+            raise StoreReadOnlyError(
+                f"cannot create the store {self.path}: the folder {self.path.parent} {what} ({exc.strerror})"
+            ) from None
+        try:
+            raw = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            mode = _retry_busy(lambda: raw.execute("PRAGMA journal_mode").fetchone()[0])
+            if mode != "wal":
+                _retry_busy(lambda: raw.execute("PRAGMA journal_mode=WAL"))
+            raw.execute("PRAGMA synchronous=NORMAL")
+            raw.execute("PRAGMA foreign_keys=ON")
+            raw.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            raw.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+        except sqlite3.Error as exc:
+            raise _sqlite_error(exc, self.path, "opening the store") from None
+        return raw
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no store there")
+        quoted = urllib.parse.quote(str(self.path.resolve()))
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            try:
+                raw = sqlite3.connect(f"file:{quoted}?mode=ro", uri=True, isolation_level=None,
+                                      check_same_thread=False)  # fmt: skip
+                raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                _retry_busy(lambda: raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone())
+            except sqlite3.OperationalError as exc:
+                primary = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+                if primary not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) or wal.exists():
+                    raise
+                # a WAL store in a folder nobody can write: no writer can exist, so the file cannot change
+                raw = sqlite3.connect(f"file:{quoted}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                      check_same_thread=False)  # fmt: skip
+                raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            raise _sqlite_error(exc, self.path, "opening the store to read") from None
+        return raw
+
+    def _column_exists(self, table: str, column: str) -> bool:
+        return any(r[1] == column for r in self._db.execute(f"PRAGMA table_info({table})").fetchall())
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema; a store already current is not written to."""
+        row = None
+        if self._db.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone():
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and row[0] == str(SCHEMA_VERSION) and self._column_exists("sessions", "end_reason"):
+            return
+        self._begin()
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        if not self._column_exists("sessions", "end_reason"):
+            self._db.execute("ALTER TABLE sessions ADD COLUMN end_reason TEXT")
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.flush()
+
+    # -- locking and errors -----------------------------------------------------------------------------------
+    def _call(self, fn: Any, doing: str) -> Any:
+        """Run `fn` on the connection under the store's lock; SQLite errors become one clear StoreError."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"{self.path}: the store is closed")
+            try:
+                if self._raw.in_transaction:
+                    return fn()
+                return _retry_busy(fn)  # outside a transaction a busy statement did nothing: safe to retry
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise
+                if self._in_tx and not self._raw.in_transaction:
+                    self._in_tx = False  # SQLite rolled the transaction back (full disk, I/O error)
+                error = _sqlite_error(exc, self.path, doing)
+                if isinstance(error, StoreWriteError) and self.write_failure is None:
+                    self.write_failure = error
+                raise error from exc
+
+    @contextmanager
+    def in_use(self, owner: str) -> Iterator[None]:
+        """Claim the store for a writer in another thread (a running session): `close()` waits for it to end."""
+        key = object()
+        with self._lock:
+            self._users[key] = (owner, threading.get_ident())
+        try:
+            yield
+        finally:
+            with self._users_changed:
+                del self._users[key]
+                self._users_changed.notify_all()
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise StoreReadOnlyError(f"{self.path} was opened read-only")
 
     # -- transactions -----------------------------------------------------------------------------------------
     def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN")
-            self._in_tx = True
+        with self._lock:
+            if not self._in_tx:
+                self._check_writable()
+                self._db.execute("BEGIN IMMEDIATE")  # takes the write lock now (retried while another has it)
+                self._in_tx = True
 
     def flush(self) -> None:
         """Commit everything written since the last flush (the durability point).
 
         Inside `transaction()` this waits for the transaction's end, so an import stays all-or-nothing.
         """
-        if self._in_tx and not self._atomic:
-            self._db.execute("COMMIT")
-            self._in_tx = False
+        with self._lock:
+            if self._in_tx and not self._atomic:
+                try:
+                    self._db.execute("COMMIT")
+                finally:
+                    if not self._closed and not self._raw.in_transaction:
+                        self._in_tx = False
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All-or-nothing: everything written inside is committed at the end, or nothing is (on an exception)."""
-        if self._atomic:
-            raise StoreError("transactions do not nest")
-        self.flush()
-        self._begin()
-        self._atomic = True
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            self._in_tx = False
-            self._last_beat_t.clear()
-            raise
-        finally:
-            self._atomic = False
-        self.flush()
+        with self._lock:
+            if self._atomic:
+                raise StoreError("transactions do not nest")
+            self.flush()
+            self._begin()
+            self._atomic = True
+            try:
+                yield
+            except BaseException:
+                if not self._closed and self._raw.in_transaction:
+                    self._raw.execute("ROLLBACK")
+                self._in_tx = False
+                self._last_beat_t.clear()
+                raise
+            finally:
+                self._atomic = False
+            self.flush()
+
+    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Commit and close. Waits for a call in flight and (up to `timeout_s`) for a session still recording."""
+        with self._users_changed:
+            me = threading.get_ident()
+            if any(tid == me for _o, tid in self._users.values()):
+                raise StoreInUseError(f"{self.path}: cannot close the store from the session still recording into it")
+            if not self._users_changed.wait_for(lambda: not self._users, timeout=timeout_s):
+                owners = ", ".join(o for o, _t in self._users.values())
+                raise StoreInUseError(f"{self.path}: not closed, still in use by {owners}")
+            if self._closed:
+                return
+            try:
+                self.flush()
+            except StoreWriteError as exc:
+                if self.write_failure is None or exc is self.write_failure:
+                    raise
+                log.warning("closing after an earlier write failure: %s", exc)  # reported once, when it happened
+            finally:
+                self._closed = True
+                self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def atomic(self) -> bool:
         """True inside `transaction()`."""
         return self._atomic
-
-    def close(self) -> None:
-        self.flush()
-        self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -355,9 +646,12 @@ class Store:
         group_id: str | None = None,
         started_utc: str | None = None,
         settings: dict[str, Any] | None = None,
+        state: str | None = None,
     ) -> int:
         pid = self.ensure_participant(participant_id)
-        state = "running" if source == "live" else "imported"
+        state = state or ("running" if source == "live" else "imported")
+        if state not in SESSION_STATES:
+            raise ValueError(f"unknown session state {state!r}")
         cur = self._db.execute(
             "INSERT INTO sessions(participant_id, group_id, protocol_name, protocol_json, device, source,"
             " started_utc, state, pid, host, settings_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -382,39 +676,65 @@ class Store:
     def new_group_id() -> str:
         return uuidlib.uuid4().hex[:12]
 
-    def end_session(self, session_id: int, state: str = "completed") -> None:
+    def end_session(self, session_id: int, state: str = "completed", reason: str | None = None) -> None:
+        """Set a session's final state (with the reason for `failed`/`incomplete`) and commit."""
         if state not in SESSION_STATES:
             raise ValueError(f"unknown session state {state!r}")
         self._begin()
-        self._db.execute("UPDATE sessions SET state=?, ended_utc=? WHERE id=?", (state, utc_now(), session_id))
+        self._db.execute(
+            "UPDATE sessions SET state=?, ended_utc=?, end_reason=? WHERE id=?", (state, utc_now(), reason, session_id)
+        )
+        self.flush()
+
+    def set_state(self, session_id: int, state: str) -> None:
+        """Only the state (the smallest write there is: it fits where `end_session` no longer does, on a full disk)."""
+        if state not in SESSION_STATES:
+            raise ValueError(f"unknown session state {state!r}")
+        self._begin()
+        self._db.execute("UPDATE sessions SET state=? WHERE id=?", (state, session_id))
         self.flush()
 
     def recover_interrupted(self) -> list[int]:
-        """Mark sessions left `running` by a process that no longer exists as `interrupted`."""
-        host = socket.gethostname()
-        found = []
-        for sid, pid, shost in self._db.execute("SELECT id, pid, host FROM sessions WHERE state='running'").fetchall():
-            if shost == host and pid is not None and (pid == os.getpid() or _pid_alive(pid)):
-                continue  # still being recorded, by this process or another one on this machine
-            found.append(sid)
-        for sid in found:
-            self._db.execute("UPDATE sessions SET state='interrupted' WHERE id=?", (sid,))
+        """Mark sessions left `running` by a process that no longer exists as `interrupted` (an unfinished
+        import as `incomplete`)."""
+        found = [
+            (sid, state)
+            for sid, state, pid, shost in self._db.execute(
+                "SELECT id, state, pid, host FROM sessions WHERE state IN ('running', 'importing')"
+            ).fetchall()
+            if not _owner_alive(pid, shost)
+        ]
         if found:
+            self._begin()
+            for sid, state in found:
+                if state == "running":
+                    self._db.execute("UPDATE sessions SET state='interrupted' WHERE id=?", (sid,))
+                else:
+                    self._db.execute(
+                        "UPDATE sessions SET state='incomplete', end_reason=? WHERE id=?", (IMPORT_UNFINISHED, sid)
+                    )
+            self.flush()
             from .decode import rebuild_beats  # same floor; decode builds on the store
 
-            for sid in found:
-                rebuild_beats(self, sid)  # the live beat times, refitted over the whole recording
-        return found
+            for sid, state in found:
+                if state == "running":
+                    rebuild_beats(self, sid)  # the live beat times, refitted over the whole recording
+        return [sid for sid, _state in found]
 
     def session(self, session_id: int) -> SessionInfo:
+        reason = "end_reason" if self._has_end_reason else "NULL"
         row = self._db.execute(
             "SELECT id, participant_id, group_id, protocol_name, device, source, started_utc, ended_utc, state,"
-            " settings_json FROM sessions WHERE id=?",
+            f" settings_json, {reason}, pid, host FROM sessions WHERE id=?",
             (session_id,),
         ).fetchone()
         if row is None:
             raise StoreError(f"no session {session_id} in {self.path}")
-        return SessionInfo(*row[:9], settings=json.loads(row[9]))
+        state, end_reason = row[8], row[10]
+        if self.readonly and state in ("running", "importing") and not _owner_alive(row[11], row[12]):
+            # what recovery would record, shown without writing
+            state, end_reason = ("interrupted", end_reason) if state == "running" else ("incomplete", IMPORT_UNFINISHED)
+        return SessionInfo(*row[:8], state=state, settings=json.loads(row[9]), end_reason=end_reason)
 
     def sessions(self, participant_id: str | None = None) -> list[SessionInfo]:
         query = "SELECT id FROM sessions"
@@ -452,8 +772,14 @@ class Store:
         if uuid is not None:
             query += " AND uuid=?"
             args += (uuid,)
-        for row in self._db.execute(query + " ORDER BY id", args):
-            yield StoredPacket(row[0], row[1], row[2], bytes(row[3]), row[4])
+        last = -1
+        while True:  # in pages, so a long session is never held in memory at once
+            rows = self._db.execute(query + " AND id>? ORDER BY id LIMIT 5000", (*args, last)).fetchall()
+            for row in rows:
+                yield StoredPacket(row[0], row[1], row[2], bytes(row[3]), row[4])
+            if len(rows) < 5000:
+                return
+            last = rows[-1][0]
 
     def packet_errors(self, session_id: int) -> list[tuple[int, str]]:
         return list(
@@ -698,6 +1024,14 @@ class Store:
         return self._db
 
 
+IMPORT_UNFINISHED = "the import stopped before it finished"
+
+
+def _owner_alive(pid: int | None, host: str | None) -> bool:
+    """Whether the process that wrote a `running` session (this one or another on this machine) still exists."""
+    return host == socket.gethostname() and pid is not None and (pid == os.getpid() or _pid_alive(pid))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -706,3 +1040,15 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _retry_busy(fn: Any, budget_s: float | None = None) -> Any:
+    """Call `fn` until it does not fail with SQLITE_BUSY/LOCKED, for at most `budget_s` (WRITE_BUSY_BUDGET_S)."""
+    deadline = time.monotonic() + (WRITE_BUSY_BUDGET_S if budget_s is None else budget_s)
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(BUSY_RETRY_SLEEP_S)
