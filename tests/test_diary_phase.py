@@ -24,7 +24,7 @@ from protocols.library import get_protocol
 from protocols.loader import ProtocolError, load_protocol, parse_protocol
 from protocols.model import Phase, Protocol
 from protocols.runner import ProtocolRunner
-from recordings.answers import AnswerStore, parse_time_point
+from recordings.answers import AnswerStore
 from recordings.export_bids import export_bids
 from recordings.export_csv import export_csv
 from recordings.export_edf import edf_annotations
