@@ -238,7 +238,7 @@ def _source_hint(source: str) -> str:
     return f"source {wanted} (add --source {wanted}{extra} to include it)"
 
 
-def _session_reason(info: Any, sel: StudySelection) -> str | None:
+def session_reason(info: Any, sel: StudySelection) -> str | None:
     """Why a session is left out of the selection, or None when it is in."""
     if info.state == "running":
         return "still recording"
@@ -281,7 +281,7 @@ def session_weeks(
             linked.setdefault(aset.session_id, aset.week)
     weeks: dict[int, int] = {}
     for info in store.sessions():
-        reason = _session_reason(info, selection)
+        reason = session_reason(info, selection)
         week = info.week if info.week is not None else linked.get(info.id)
         if reason is None and week is None:
             reason = "no study week recorded (not placed by its order)"
@@ -357,7 +357,7 @@ def check_time_points(data: pd.DataFrame, first: str | int | None, last: str | i
             continue
         label = parse_time_point(value)[0]
         if label not in present:
-            have = f"weeks {weeks[0]}-{weeks[-1]}" if weeks else "no weeks"
+            have = (f"week {weeks[0]}" if len(weeks) == 1 else f"weeks {weeks[0]}-{weeks[-1]}") if weeks else "no weeks"
             others = sorted(t for t in present if not t.startswith("week "))
             have += f" and {', '.join(others)}" if others else ""
             raise StudySelectionError(f"{flag} {value}: no selected observation is at {label} (the data has {have})")
