@@ -903,7 +903,7 @@ def _add_formats(p: argparse.ArgumentParser) -> None:
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
-    from biofeedback.study import SOURCE_CHOICES
+    from recordings.store import SOURCE_CHOICES
 
     p.add_argument("--source", action="append", choices=SOURCE_CHOICES,
                    help="take sessions of this source (repeatable; default: live only; imported = every import)")

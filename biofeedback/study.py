@@ -37,7 +37,7 @@ from scipy import stats as sps
 from protocols.instruments import DIARY_NAME, InstrumentKind
 from recordings.answers import AnswerStore, parse_time_point
 from recordings.files import OutputExistsError, write_private_text
-from recordings.store import SESSION_STATES, Store, source_matches
+from recordings.store import SESSION_STATES, SOURCE_CHOICES, Store, source_matches
 
 from .analysis import analyze_session
 from .stats import WilcoxonResult, wilcoxon_spss
@@ -164,8 +164,6 @@ class StudySelectionError(ValueError):
 
 
 FINISHED_STATES = tuple(st for st in SESSION_STATES if st != "running")
-SOURCE_CHOICES = ("live", "simulated", "replay-copy", "imported")
-"""What `--source` accepts; `imported` is every `imported-*` source."""
 
 
 @dataclass(frozen=True)

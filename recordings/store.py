@@ -164,6 +164,8 @@ SESSION_STATES = ("running", "completed", "stopped", "interrupted", "imported")
 RECORDED_SOURCES = ("live", "simulated", "replay-copy")
 """Sources of sessions recorded by this program; every other session is `imported-<format>`."""
 IMPORTED_PREFIX = "imported-"
+SOURCE_CHOICES = ("live", "simulated", "replay-copy", "imported")
+"""What a source filter accepts; `imported` is every `imported-*` source."""
 _LEGACY_SOURCES = {"capture": "imported-capture", "rr": "imported-rr", "polar-sensor-logger": "imported-polar"}
 """Sources written before schema 2, and what they are called now."""
 SESSION_TABLES = ("packet_errors", "beats", "heart_rate", "ecg_chunks", "acc_chunks", "markers", "notes",
