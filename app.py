@@ -639,6 +639,7 @@ def _enter_answers(args: argparse.Namespace, instrument_name: str, time_point: s
         if not args.participant or time_point is None:
             raise UserError("give --participant and the time point (or --from FILE)")
         label = parse_time_point(time_point)[0]
+        store.check_participant(args.participant)  # refused before any question is asked
         if answers.find_one(args.participant, instrument.name, label) is not None:
             raise UserError(f"{args.participant} already has {instrument.name} answers for {label}; "
                             "use `answers edit` to change them")  # fmt: skip

@@ -151,7 +151,7 @@ def test_closed_pipe_is_quiet(recorded):
                           shell=True, capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert proc.stdout == '{\n  "sessi'
     assert proc.stderr == "", proc.stderr
-    closed = subprocess.Popen([sys.executable, str(APP), "analyze", str(sid), "--json", "--store", str(path)],
+    closed = subprocess.Popen([sys.executable, str(APP), "sessions", "list", "--json", "--store", str(path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
     closed.stdout.close()
     err = closed.stderr.read().decode()
