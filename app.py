@@ -30,8 +30,10 @@ def _piped_width() -> int:
 
 
 # Piped output (logs, CI) gets a table wide enough to read; a terminal keeps its own width.
-console = Console() if sys.stdout.isatty() else Console(width=_piped_width())
-err_console = Console(stderr=True)
+# Markup is off: names, prompts, notes and file names are printed as written (`ecg [uV]` stays); styles are given
+# with rich Text instead.
+console = Console(markup=False) if sys.stdout.isatty() else Console(width=_piped_width(), markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 class UserError(Exception):
@@ -139,7 +141,7 @@ def _phase_tabular(analysis) -> Tabular:
 def _print_notes(analysis) -> None:
     for p in analysis.phases:
         for note in p.notes:
-            console.print(f"  [dim]{p.name}:[/dim] {note}")
+            console.print(Text.assemble("  ", (f"{p.name}:", "dim"), f" {note}"))
 
 
 # -- commands --------------------------------------------------------------------------------------------------
@@ -224,8 +226,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         session = build_replay(store, args.session, speed=args.speed)
     info = session.protocol
-    console.print(f"Replaying session {args.session} ([bold]{info.name}[/bold], {len(session.link.packets)} packets) "
-                  f"at speed ×{args.speed:g}; nothing is recorded")  # fmt: skip
+    console.print(Text.assemble(f"Replaying session {args.session} (", (info.name, "bold"),
+                                f", {len(session.link.packets)} packets) at speed ×{args.speed:g}; nothing is "
+                                "recorded"))  # fmt: skip
     if args.headless:
         run_session_blocking(session, view=sys.stdout.isatty())
     else:
@@ -329,13 +332,12 @@ def _print_resonance(assessment) -> None:
     _print_tabular(_resonance_tabular(assessment))
     for r in assessment.rates:
         for note in r.notes:
-            console.print(f"  [dim]{r.phase}:[/dim] {note}")
+            console.print(Text.assemble("  ", (f"{r.phase}:", "dim"), f" {note}"))
     if assessment.resonance_rate_bpm is None:
         console.print(f"Resonance rate: not named ({assessment.reason})")
     else:
-        console.print(
-            f"Resonance rate: [bold]{assessment.resonance_rate_bpm:g} breaths/min[/bold] ({assessment.reason})"
-        )
+        console.print(Text.assemble("Resonance rate: ", (f"{assessment.resonance_rate_bpm:g} breaths/min", "bold"),
+                                    f" ({assessment.reason})"))  # fmt: skip
         if len(assessment.close_rates_bpm) > 1:
             console.print(f"  close: {', '.join(f'{r:g}' for r in assessment.close_rates_bpm)} /min")
 
@@ -558,15 +560,16 @@ def cmd_protocols_show(args: argparse.Namespace) -> int:
     from protocols.library import get_protocol
 
     proto = get_protocol(args.name)
-    console.print(f"[bold]{proto.name}[/bold] (version {proto.version}): {proto.description}")
+    plain = {"markup": False, "highlight": False}  # names and prompts are printed as written, brackets included
+    console.print(Text.assemble((proto.name, "bold"), f" (version {proto.version}): {proto.description}"))
     for i, ph in enumerate(proto.phases):
         pacer = f", pacer {ph.pacer.rate_bpm:g}/min" if ph.pacer else ""
         console.print(f"{i + 1}. {ph.name} [{ph.kind.value}] {ph.duration_s / 60:g} min, feedback {ph.feedback.value}"
-                      f"{pacer}")  # fmt: skip
+                      f"{pacer}", **plain)  # fmt: skip
         if ph.prompt:
-            console.print(f"   [italic]{ph.prompt}[/italic]")
+            console.print(Text.assemble("   ", (ph.prompt, "italic")))
         for p in ph.prompts:
-            console.print(f"   at {p.at_s:g} s: [italic]{p.text}[/italic]")
+            console.print(Text.assemble(f"   at {p.at_s:g} s: ", (p.text, "italic")))
     return 0
 
 
@@ -577,7 +580,7 @@ def cmd_protocols_preview(args: argparse.Namespace) -> int:
     protocol = get_protocol(args.name)
     written = render_preview(protocol, Path(args.out), size=(args.width, args.height), overwrite=args.force)
     for path, phase in zip(written, protocol.phases, strict=True):
-        console.print(f"{path}  [dim]{phase.name} at {phase.duration_s / 2:g} s[/dim]")
+        console.print(Text.assemble(f"{path}  ", (f"{phase.name} at {phase.duration_s / 2:g} s", "dim")))
     console.print(f"{len(written)} frames of {protocol.name!r} (soothing visual shown neutral) in {args.out}")
     return 0
 
@@ -643,9 +646,10 @@ def _enter_answers(args: argparse.Namespace, instrument_name: str, time_point: s
         if answers.find_one(args.participant, instrument.name, label) is not None:
             raise UserError(f"{args.participant} already has {instrument.name} answers for {label}; "
                             "use `answers edit` to change them")  # fmt: skip
-        values, texts = ask_answers(instrument, console)
-        console.print(summary_table(instrument, values, texts))
-        if not confirm(console):
+        entry = Console()  # the entry prompts of answer_entry style themselves with rich markup
+        values, texts = ask_answers(instrument, entry)
+        entry.print(summary_table(instrument, values, texts))
+        if not confirm(entry):
             console.print("Nothing was saved.")
             return 1
         pending = [PendingAnswers(args.participant, time_point, values, texts, args.session)]
@@ -676,19 +680,20 @@ def cmd_instrument_show(args: argparse.Namespace) -> int:
     from protocols.instruments import get_instrument
 
     inst = get_instrument(args.name)
-    console.print(f"[bold]{inst.name}[/bold] ({inst.kind.value}, version {inst.version}): {inst.title}")
+    console.print(Text.assemble((inst.name, "bold"), f" ({inst.kind.value}, version {inst.version}): {inst.title}"))
     if inst.description:
-        console.print(inst.description, highlight=False)
-    console.print(f"scale {inst.scale.describe()}", highlight=False)
+        console.print(inst.description, highlight=False, markup=False)
+    console.print(f"scale {inst.scale.describe()}", highlight=False, markup=False)
     for n, item in enumerate(inst.items, start=1):
         extra = (" [reverse]" if item.reverse else "") + (f" scale {item.scale.describe()}" if item.scale != inst.scale
                                                           else "")  # fmt: skip
-        console.print(f"{n}. [{item.id}] {item.text} → {', '.join(item.subscales) or '–'}{extra}", highlight=False)
+        console.print(f"{n}. [{item.id}] {item.text} → {', '.join(item.subscales) or '–'}{extra}", highlight=False,
+                      markup=False)  # fmt: skip
     for sub in inst.subscales:
         console.print(f"subscale {sub.name}: {sub.method.value} of {', '.join(sub.items)}; {sub.missing.describe()}",
-                      highlight=False)  # fmt: skip
+                      highlight=False, markup=False)  # fmt: skip
     for field in inst.texts:
-        console.print(f"free text [{field.id}]: {field.prompt}", highlight=False)
+        console.print(f"free text [{field.id}]: {field.prompt}", highlight=False, markup=False)
     return 0
 
 

@@ -121,6 +121,11 @@ def test_errors_keep_bracketed_text(tmp_path, capsys):
     code, _, err = _run(["protocols", "show", "[bold]calm[/bold]"], capsys)
     _one_line_error(code, err)
     assert "'[bold]calm[/bold]'" in err
+    # and so does ordinary output: phase kinds and item ids are printed in brackets
+    code, out, _ = _run(["protocols", "show", "cmt-soothing"], capsys)
+    assert code == 0 and "1. baseline [rest] 5 min" in out
+    code, out, _ = _run(["instrument", "show", "cmt-weekly-diary"], capsys)
+    assert code == 0 and re.search(r"^1\. \[[a-z_]+\] ", out, re.M)
 
 
 @pytest.fixture(scope="module")
