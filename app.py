@@ -290,6 +290,14 @@ def cmd_sessions_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions_set_week(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        old = store.set_week(args.session, args.week, by=_who(args), reason=args.reason)
+    was = "no week" if old is None else f"week {old}"
+    console.print(f"session {args.session} is now in week {args.week} (was {was})")
+    return 0
+
+
 def cmd_sessions_delete(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         info = store.session(args.session)
@@ -310,8 +318,8 @@ def cmd_sessions_audit(args: argparse.Namespace) -> int:
     cols = ["id", "when (UTC)", "by", "action", "what", "participant", "reason"]
     shown = [[str(r.id), r.utc, r.by, r.action, f"{r.kind.replace('_', ' ')} {r.object_id}", r.participant_id or "",
               r.reason] for r in rows]  # fmt: skip
-    _print_tabular(Tabular("Exclusions, restores and deletions", cols, {"id", "when (UTC)"}, shown,
-                           records=[r.to_dict() for r in rows]), args)  # fmt: skip
+    title = "Audit trail: exclusions, restores, week changes, deletions"
+    _print_tabular(Tabular(title, cols, {"id", "when (UTC)"}, shown, records=[r.to_dict() for r in rows]), args)
     return 0
 
 
@@ -969,13 +977,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sessions, "restore", cmd_sessions_restore, "include an excluded session again")
     p.add_argument("session", type=int)
     p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(sessions, "set-week", cmd_sessions_set_week,
+                "record a session's study week (imports have none; or correct one); audited")  # fmt: skip
+    p.add_argument("session", type=int)
+    p.add_argument("week", type=_positive_int)
+    p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
     p = command(sessions, "delete", cmd_sessions_delete,
                 "delete a session and its data for good; an audit row keeps what it was, when and by whom")  # fmt: skip
     p.add_argument("session", type=int)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p.add_argument("--by", help="who (default: the operating-system user)")
-    p = command(sessions, "audit", cmd_sessions_audit, "exclusions, restores and deletions of sessions and answers")
+    p = command(sessions, "audit", cmd_sessions_audit,
+                "the audit trail: exclusions, restores, week changes and deletions")  # fmt: skip
     _add_formats(p)
 
     p = command(sub, "replay", cmd_replay, "play a stored session's raw packets through the live displays")

@@ -282,7 +282,7 @@ def session_weeks(
         reason = session_reason(info, selection)
         week = info.week if info.week is not None else linked.get(info.id)
         if reason is None and week is None:
-            reason = "no study week recorded (not placed by its order)"
+            reason = "no study week recorded (not placed by its order; `sessions set-week ID N` records one)"
         if reason is not None:
             report.sessions_left_out.append((info.id, info.participant_id, reason))
             continue

@@ -569,6 +569,18 @@ class Store:
         self.flush()
         return bool(cur.rowcount)
 
+    def set_week(self, session_id: int, week: int, *, by: str, reason: str = "") -> int | None:
+        """Record the study week of a session (an import, or a correction); audited. Returns the previous week."""
+        info = self.session(session_id)
+        if not isinstance(week, int) or isinstance(week, bool) or week < 1:
+            raise StoreError(f"study week must be a whole number ≥ 1, got {week!r}")
+        self._begin()
+        self._db.execute("UPDATE sessions SET week=? WHERE id=?", (week, session_id))
+        self.audit("set-week", "session", session_id, by=by, participant_id=info.participant_id, reason=reason,
+                   detail={"old": info.week, "new": week})  # fmt: skip
+        self.flush()
+        return info.week
+
     def exclusions(self, kind: str) -> dict[int, str]:
         """Excluded object ids of `kind` ("session", "answer_set") and why."""
         return dict(self._db.execute("SELECT object_id, reason FROM exclusions WHERE kind=?", (kind,)).fetchall())

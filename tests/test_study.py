@@ -124,7 +124,11 @@ def test_session_weeks_from_recorded_week_then_linked_diary_never_order(store_pa
         answers.add(DIARY, "P01", 7, _diary(1, 1), session_id=b)
         weeks, report = session_weeks(store, answers, StudySelection(sources=("imported",)))
         assert weeks == {a: 4, b: 7}
-        assert report.sessions_left_out == [(c, "P02", "no study week recorded (not placed by its order)")]
+        ((left_out, pid, reason),) = report.sessions_left_out
+        assert (left_out, pid) == (c, "P02") and reason.startswith("no study week recorded (not placed by its order")
+        store.set_week(c, 2, by="ra", reason="from the paper log")
+        assert session_weeks(store, answers, StudySelection(sources=("imported",)))[0] == {a: 4, b: 7, c: 2}
+        assert store.audit_rows()[-1].detail == {"old": None, "new": 2}
 
 
 @pytest.mark.slow
