@@ -6,19 +6,34 @@ Run `python app.py --help` (or any command with `--help`).
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import getpass
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+
+def _piped_width() -> int:
+    """Width of piped output: $COLUMNS when set, else wide enough to read a table in a log."""
+    try:
+        return max(20, int(os.environ.get("COLUMNS", "")))
+    except ValueError:
+        return 160
+
 
 # Piped output (logs, CI) gets a table wide enough to read; a terminal keeps its own width.
-console = Console() if sys.stdout.isatty() else Console(width=160)
-err_console = Console(stderr=True)
+# Markup is off: names, prompts, notes and file names are printed as written (`ecg [uV]` stays); styles are given
+# with rich Text instead.
+console = Console(markup=False) if sys.stdout.isatty() else Console(width=_piped_width(), markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 class UserError(Exception):
@@ -32,7 +47,8 @@ def _open_store(args: argparse.Namespace, *, readonly: bool = False):
     """The store of `--store` (or the default). Reading commands open it read-only: they never write or wait."""
     from recordings.store import Store, default_store_path
 
-    path = Path(args.store) if args.store else default_store_path()
+    store = getattr(args, "store", None)
+    path = Path(store) if store else default_store_path()
     return Store(path, readonly=readonly and path.exists())
 
 
@@ -40,29 +56,94 @@ def _fmt(value, spec=".1f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _phase_table(analysis) -> Table:
-    table = Table(
-        title=f"Session {analysis.session.id} · {analysis.session.participant_id} · "
-        f"{analysis.session.protocol_name} · correction {analysis.correction}"
-    )
+TEXT_MIN_WIDTH = 12
+
+
+@dataclasses.dataclass
+class Tabular:
+    """A table as data: printed as a rich table that never cuts a number, or as CSV / JSON (`--csv`, `--json`)."""
+
+    title: str
+    columns: list[str]
+    numeric: set[str]
+    rows: list[list[str]]
+    records: list[dict[str, Any]] | None = None
+    """What `--json` prints (default: one object per row, column name to shown value)."""
+
+    def text_widths(self) -> list[int]:
+        """Width a text column keeps at least (its longest cell, up to `TEXT_MIN_WIDTH`; more folds)."""
+        return [min(TEXT_MIN_WIDTH, max([len(c), *(len(r[i]) for r in self.rows)])) for i, c in enumerate(self.columns)]
+
+    def rich_table(self) -> Table:
+        table = Table(title=self.title, title_justify="left")
+        for col, need in zip(self.columns, self.text_widths(), strict=True):
+            if col in self.numeric:
+                table.add_column(col, justify="right", no_wrap=True, overflow="fold")
+            else:
+                table.add_column(col, overflow="fold", min_width=need)
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def vertical(self) -> Text:
+        """One block per row (`column: value`), for terminals too narrow for the table."""
+        out = Text(self.title + "\n", style="bold")
+        width = max((len(c) for c in self.columns), default=0)
+        for row in self.rows:
+            out.append("\n")
+            for col, value in zip(self.columns, row, strict=True):
+                out.append(f"{col:>{width}}  ", style="dim")
+                out.append(value + "\n")
+        return out
+
+
+def _numbers_intact(tab: Tabular, width: int) -> bool:
+    """Whether the rich table at `width` columns shows every numeric cell whole on one line."""
+    probe = Console(width=width, file=open(os.devnull, "w"), color_system=None, record=True)  # noqa: SIM115
+    probe.print(tab.rich_table())
+    lines = probe.export_text().splitlines()
+    probe.file.close()
+    shown = [(i, None if c in tab.numeric else need) for i, (c, need) in enumerate(zip(tab.columns, tab.text_widths(),
+                                                                                      strict=True))]  # fmt: skip
+    # a number whole on one line; a text cell's first characters on one line (the rest may fold below)
+    return all(any(row[i][:need] in line for line in lines) for row in tab.rows for i, need in shown)
+
+
+def _print_tabular(tab: Tabular, args: argparse.Namespace | None = None) -> None:
+    """`--json`, `--csv`, else a table (vertical when the terminal is too narrow to show every number whole)."""
+    if args is not None and getattr(args, "json", False):
+        records = tab.records if tab.records is not None else [dict(zip(tab.columns, r, strict=True)) for r in tab.rows]
+        print(json.dumps(records, indent=2))
+    elif args is not None and getattr(args, "csv", False):
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(tab.columns)
+        writer.writerows(tab.rows)
+    elif _numbers_intact(tab, console.width):
+        console.print(tab.rich_table())
+    else:
+        console.print(tab.vertical())
+
+
+def _phase_tabular(analysis) -> Tabular:
     cols = [
         ("phase", None), ("kind", None), ("start s", ".1f"), ("end s", ".1f"), ("beats", "d"),
         ("corr %", ".1f"), ("HR", ".1f"), ("RMSSD", ".1f"), ("SDNN", ".1f"), ("pNN50", ".1f"),
         ("LF ms²", ".0f"), ("HF ms²", ".0f"), ("breaths/min", ".1f"),
     ]  # fmt: skip
-    for name, _ in cols:
-        table.add_column(name, justify="left" if _ is None else "right")
+    rows = []
     for p in analysis.phases:
         values = [p.name, p.kind, p.start_s, p.end_s, p.n_beats, p.corrected_pct, p.mean_hr_bpm, p.rmssd_ms,
                   p.sdnn_ms, p.pnn50_pct, p.lf_ms2, p.hf_ms2, p.breathing_rate_bpm]  # fmt: skip
-        table.add_row(*[str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
-    return table
+        rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    title = (f"Session {analysis.session.id} · {analysis.session.participant_id} · {analysis.session.protocol_name}"
+             f" · correction {analysis.correction}")  # fmt: skip
+    return Tabular(title, [c for c, _ in cols], {c for c, spec in cols if spec is not None}, rows)
 
 
 def _print_notes(analysis) -> None:
     for p in analysis.phases:
         for note in p.notes:
-            console.print(f"  [dim]{p.name}:[/dim] {note}")
+            console.print(Text.assemble("  ", (f"{p.name}:", "dim"), f" {note}"))
 
 
 # -- commands --------------------------------------------------------------------------------------------------
@@ -107,10 +188,10 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         faults = parse_sim_faults(args.sim_faults or [], sims, args.seed)
         session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
                                 acc=args.acc, settings=settings, faults=faults, on_alert=_alert)  # fmt: skip
-        console.print(
-            f"Recording [bold]{protocol.name}[/bold] ({protocol.total_duration_s / 60:.0f} min) for "
-            f"{', '.join(s.participant_id for s in specs)} at speed ×{args.speed:g} into {store.path}"
-        )
+        who = ", ".join(f"{st.binding.participant_id} (week {store.session(st.session_id).week})"
+                        for st in session.straps)  # fmt: skip
+        console.print(Text.assemble("Recording ", (protocol.name, "bold"), f" ({protocol.total_duration_s / 60:.0f} "
+                                    f"min) for {who} at speed ×{args.speed:g} into {store.path}"))  # fmt: skip
         outlets = None
         if args.lsl:
             from biofeedback.lsl_outlets import LslOutlets
@@ -134,7 +215,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             return 1
         for sid in ids:
             analysis = analyze_session(store, sid)
-            console.print(_phase_table(analysis))
+            _print_tabular(_phase_tabular(analysis))
             _print_notes(analysis)
         if problems := session.problems():
             for line in problems:
@@ -159,8 +240,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with _open_store(args, readonly=True) as store:
         session = build_replay(store, args.session, speed=args.speed)
     info = session.protocol
-    console.print(f"Replaying session {args.session} ([bold]{info.name}[/bold], {len(session.link.packets)} packets) "
-                  f"at speed ×{args.speed:g}; nothing is recorded")  # fmt: skip
+    console.print(Text.assemble(f"Replaying session {args.session} (", (info.name, "bold"),
+                                f", {len(session.link.packets)} packets) at speed ×{args.speed:g}; nothing is "
+                                "recorded"))  # fmt: skip
     if args.headless:
         run_session_blocking(session, view=sys.stdout.isatty())
     else:
@@ -172,60 +254,128 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
+    from recordings.store import source_matches
+
     with _open_store(args, readonly=True) as store:
-        sessions = store.sessions(args.participant)
-        if args.json:
-            print(json.dumps([s.to_dict() for s in sessions], indent=2))
-            return 0
-        table = Table(title=f"Sessions in {store.path}")
-        for col in ("id", "participant", "protocol", "device", "started (UTC)", "state", "beats"):
-            table.add_column(col)
-        for s in sessions:
-            state = s.state if not s.end_reason else f"{s.state}: {s.end_reason}"
-            table.add_row(str(s.id), s.participant_id, s.protocol_name, s.device, s.started_utc, state,
-                          str(store.counts(s.id)["beats"]))  # fmt: skip
-        console.print(table)
+        sessions = [s for s in store.sessions(args.participant)
+                    if (args.source is None or source_matches(s.source, args.source))
+                    and (args.state is None or s.state == args.state)
+                    and (args.week is None or s.week == args.week)]  # fmt: skip
+        cols = ["id", "participant", "protocol", "week", "source", "device", "started (UTC)", "state", "beats",
+                "excluded"]  # fmt: skip
+        rows = [[str(s.id), s.participant_id, s.protocol_name, _fmt(s.week, "d"), s.source, s.device, s.started_utc,
+                 s.state if not s.end_reason else f"{s.state}: {s.end_reason}", str(store.counts(s.id)["beats"]),
+                 s.excluded or ""] for s in sessions]  # fmt: skip
+        tab = Tabular(f"Sessions in {store.path}", cols, {"id", "week", "beats", "started (UTC)"}, rows,
+                      records=[s.to_dict() for s in sessions])  # fmt: skip
+        _print_tabular(tab, args)
     return 0
 
 
-def _resonance_table(assessment) -> Table:
-    table = Table(title=f"Resonance assessment · session {assessment.session_id} · {assessment.participant_id}")
+def _confirm(question: str, args: argparse.Namespace) -> None:
+    """Ask before something that cannot be undone; `--yes` answers for scripts, and without a terminal it is needed."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"{question} Not confirmed: no terminal to ask on; add --yes to confirm")
+    reply = console.input(Text(f"{question} Type yes to confirm: "))
+    if reply.strip().lower() not in ("y", "yes"):
+        raise UserError("not confirmed; nothing was deleted")
+
+
+def _who(args: argparse.Namespace) -> str:
+    return getattr(args, "by", None) or getpass.getuser()
+
+
+def cmd_sessions_exclude(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        info = store.session(args.session)
+        store.exclude("session", info.id, args.reason, by=_who(args), participant_id=info.participant_id)
+    console.print(f"session {info.id} ({info.participant_id}) is excluded from study analyses and exports "
+                  f"(`sessions restore {info.id}` undoes it)", markup=False, highlight=False)  # fmt: skip
+    return 0
+
+
+def cmd_sessions_restore(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        info = store.session(args.session)
+        if not store.restore("session", info.id, by=_who(args), participant_id=info.participant_id):
+            raise UserError(f"session {info.id} is not excluded")
+    console.print(f"session {info.id} ({info.participant_id}) is included again", highlight=False)
+    return 0
+
+
+def cmd_sessions_set_week(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        old = store.set_week(args.session, args.week, by=_who(args), reason=args.reason)
+    was = "no week" if old is None else f"week {old}"
+    console.print(f"session {args.session} is now in week {args.week} (was {was})")
+    return 0
+
+
+def cmd_sessions_delete(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        info = store.session(args.session)
+        beats = store.counts(info.id)["beats"]
+        _confirm(f"Delete session {info.id} ({info.participant_id}, {info.protocol_name}, {info.started_utc[:16]}, "
+                 f"{beats} beats) and everything recorded in it?", args)  # fmt: skip
+        detail = store.delete_session(info.id, by=_who(args), reason=args.reason)
+    unlinked = detail.get("unlinked_answer_sets") or []
+    extra = f"; answer sets {', '.join(map(str, unlinked))} kept, no longer linked to it" if unlinked else ""
+    console.print(f"deleted session {info.id}; an audit row keeps what it was (not its data){extra}",
+                  highlight=False)  # fmt: skip
+    return 0
+
+
+def cmd_sessions_audit(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        rows = store.audit_rows()
+    cols = ["id", "when (UTC)", "by", "action", "what", "participant", "reason"]
+    shown = [[str(r.id), r.utc, r.by, r.action, f"{r.kind.replace('_', ' ')} {r.object_id}", r.participant_id or "",
+              r.reason] for r in rows]  # fmt: skip
+    title = "Audit trail: exclusions, restores, week changes, deletions"
+    _print_tabular(Tabular(title, cols, {"id", "when (UTC)"}, shown, records=[r.to_dict() for r in rows]), args)
+    return 0
+
+
+def _resonance_tabular(assessment) -> Tabular:
     cols = [("phase", None), ("paced /min", "g"), ("beats", "d"), ("corr %", ".1f"), ("RSA bpm", ".1f"),
             ("LF peak ms²", ".0f"), ("LF ms²", ".0f"), ("peak /min", ".2f"), ("score", ".2f"),
             ("usable", None)]  # fmt: skip
-    for name, spec in cols:
-        table.add_column(name, justify="left" if spec is None else "right")
+    rows = []
     for r in assessment.rates:
         values = [r.phase, r.rate_bpm, r.n_beats, r.corrected_pct, r.rsa_amplitude_bpm, r.lf_peak_ms2, r.lf_ms2,
                   r.peak_bpm, r.score, "yes" if r.eligible else "no"]  # fmt: skip
-        table.add_row(*[str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
-    return table
+        rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    title = f"Resonance assessment · session {assessment.session_id} · {assessment.participant_id}"
+    return Tabular(title, [c for c, _ in cols], {c for c, spec in cols if spec is not None}, rows)
 
 
 def _print_resonance(assessment) -> None:
-    console.print(_resonance_table(assessment))
+    _print_tabular(_resonance_tabular(assessment))
     for r in assessment.rates:
         for note in r.notes:
-            console.print(f"  [dim]{r.phase}:[/dim] {note}")
+            console.print(Text.assemble("  ", (f"{r.phase}:", "dim"), f" {note}"))
     if assessment.resonance_rate_bpm is None:
         console.print(f"Resonance rate: not named ({assessment.reason})")
     else:
-        console.print(
-            f"Resonance rate: [bold]{assessment.resonance_rate_bpm:g} breaths/min[/bold] ({assessment.reason})"
-        )
+        console.print(Text.assemble("Resonance rate: ", (f"{assessment.resonance_rate_bpm:g} breaths/min", "bold"),
+                                    f" ({assessment.reason})"))  # fmt: skip
         if len(assessment.close_rates_bpm) > 1:
             console.print(f"  close: {', '.join(f'{r:g}' for r in assessment.close_rates_bpm)} /min")
 
 
-def _save_resonance(store, assessment) -> None:
+def _save_resonance(store, assessment, machine: bool = False) -> None:
+    """Store the named rate; the message goes to stderr when stdout carries JSON or CSV (`machine`)."""
     from biofeedback.resonance import NotAnAssessmentError, save_resonance_rate
 
     try:
         rate = save_resonance_rate(store, assessment)
     except NotAnAssessmentError as exc:
         raise UserError(str(exc)) from None
-    console.print(f"Saved {rate:g} breaths/min as the resonance rate of {assessment.participant_id}; "
-                  "later sessions pace at it unless --pacer-rate is given")  # fmt: skip
+    (err_console if machine else console).print(
+        f"Saved {rate:g} breaths/min as the resonance rate of {assessment.participant_id}; later sessions pace at it "
+        "unless --pacer-rate is given", markup=False, highlight=False)  # fmt: skip
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -244,13 +394,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if assessment is not None:
                 out["resonance"] = assessment.to_dict()
             print(json.dumps(out, indent=2))
+        elif args.csv:
+            _print_tabular(_phase_tabular(analysis), args)
         else:
-            console.print(_phase_table(analysis))
+            _print_tabular(_phase_tabular(analysis))
             _print_notes(analysis)
             if assessment is not None:
                 _print_resonance(assessment)
         if args.save_resonance and assessment is not None:
-            _save_resonance(store, assessment)
+            _save_resonance(store, assessment, machine=args.json or args.csv)
     return 0
 
 
@@ -262,8 +414,13 @@ def cmd_resonance_save(args: argparse.Namespace) -> int:
             assessment = assess_session(store, args.session, correction=args.correction)
         except NotAnAssessmentError as exc:
             raise UserError(str(exc)) from None
-        _print_resonance(assessment)
-        _save_resonance(store, assessment)
+        if args.json:
+            print(json.dumps(assessment.to_dict(), indent=2))
+        elif args.csv:
+            _print_tabular(_resonance_tabular(assessment), args)
+        else:
+            _print_resonance(assessment)
+        _save_resonance(store, assessment, machine=args.json or args.csv)
     return 0
 
 
@@ -275,10 +432,23 @@ def _export_sessions(args: argparse.Namespace, store) -> list[int]:
     if args.session is not None:
         store.session(args.session)  # raises a clear error when it does not exist
         return [args.session]
-    ids = [s.id for s in store.sessions(args.participant)]
+    from biofeedback.study import SelectionReport, session_reason
+
+    selection = _study_selection(args)
+    report = SelectionReport(selection)
+    ids = []
+    for info in store.sessions(args.participant):
+        reason = session_reason(info, selection)
+        if reason is None:
+            ids.append(info.id)
+        else:
+            report.sessions_left_out.append((info.id, info.participant_id, reason))
+    report.sessions = ids
+    for line in report.lines()[1:]:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     if not ids:
         who = f" for participant {args.participant}" if args.participant else ""
-        raise UserError(f"no sessions{who} in {store.path}")
+        raise UserError(f"no sessions{who} to export in {store.path} ({selection.describe()})")
     return ids
 
 
@@ -402,12 +572,10 @@ def cmd_import_polar(args: argparse.Namespace) -> int:
 def cmd_protocols_list(args: argparse.Namespace) -> int:
     from protocols.library import builtin_protocols
 
-    table = Table(title="Built-in protocols")
-    for col in ("name", "minutes", "phases", "description"):
-        table.add_column(col)
-    for name, proto in builtin_protocols().items():
-        table.add_row(name, f"{proto.total_duration_s / 60:.1f}", str(len(proto.phases)), proto.description)
-    console.print(table)
+    rows = [[name, f"{proto.total_duration_s / 60:.1f}", str(len(proto.phases)), proto.description]
+            for name, proto in builtin_protocols().items()]  # fmt: skip
+    _print_tabular(Tabular("Built-in protocols", ["name", "minutes", "phases", "description"], {"minutes", "phases"},
+                           rows), args)  # fmt: skip
     return 0
 
 
@@ -415,15 +583,16 @@ def cmd_protocols_show(args: argparse.Namespace) -> int:
     from protocols.library import get_protocol
 
     proto = get_protocol(args.name)
-    console.print(f"[bold]{proto.name}[/bold] (version {proto.version}): {proto.description}")
+    plain = {"markup": False, "highlight": False}  # names and prompts are printed as written, brackets included
+    console.print(Text.assemble((proto.name, "bold"), f" (version {proto.version}): {proto.description}"))
     for i, ph in enumerate(proto.phases):
         pacer = f", pacer {ph.pacer.rate_bpm:g}/min" if ph.pacer else ""
         console.print(f"{i + 1}. {ph.name} [{ph.kind.value}] {ph.duration_s / 60:g} min, feedback {ph.feedback.value}"
-                      f"{pacer}")  # fmt: skip
+                      f"{pacer}", **plain)  # fmt: skip
         if ph.prompt:
-            console.print(f"   [italic]{ph.prompt}[/italic]")
+            console.print(Text.assemble("   ", (ph.prompt, "italic")))
         for p in ph.prompts:
-            console.print(f"   at {p.at_s:g} s: [italic]{p.text}[/italic]")
+            console.print(Text.assemble(f"   at {p.at_s:g} s: ", (p.text, "italic")))
     return 0
 
 
@@ -434,7 +603,7 @@ def cmd_protocols_preview(args: argparse.Namespace) -> int:
     protocol = get_protocol(args.name)
     written = render_preview(protocol, Path(args.out), size=(args.width, args.height), overwrite=args.force)
     for path, phase in zip(written, protocol.phases, strict=True):
-        console.print(f"{path}  [dim]{phase.name} at {phase.duration_s / 2:g} s[/dim]")
+        console.print(Text.assemble(f"{path}  ", (f"{phase.name} at {phase.duration_s / 2:g} s", "dim")))
     console.print(f"{len(written)} frames of {protocol.name!r} (soothing visual shown neutral) in {args.out}")
     return 0
 
@@ -460,12 +629,9 @@ def cmd_devices_scan(args: argparse.Namespace) -> int:
     if not straps:
         console.print(f"No heart-rate straps found in {args.timeout:g} s. Is the strap worn (it sleeps when dry)?")
         return 0
-    table = Table(title="Heart-rate straps nearby")
-    for col in ("name", "address", "signal dBm", "Polar ECG (PMD)"):
-        table.add_column(col)
-    for s in straps:
-        table.add_row(s.name, s.address, str(s.rssi), "yes" if s.has_pmd else "no")
-    console.print(table)
+    rows = [[s.name, s.address, str(s.rssi), "yes" if s.has_pmd else "no"] for s in straps]
+    _print_tabular(Tabular("Heart-rate straps nearby", ["name", "address", "signal dBm", "Polar ECG (PMD)"],
+                           {"address", "signal dBm"}, rows), args)  # fmt: skip
     return 0
 
 
@@ -499,12 +665,14 @@ def _enter_answers(args: argparse.Namespace, instrument_name: str, time_point: s
         if not args.participant or time_point is None:
             raise UserError("give --participant and the time point (or --from FILE)")
         label = parse_time_point(time_point)[0]
+        store.check_participant(args.participant)  # refused before any question is asked
         if answers.find_one(args.participant, instrument.name, label) is not None:
             raise UserError(f"{args.participant} already has {instrument.name} answers for {label}; "
                             "use `answers edit` to change them")  # fmt: skip
-        values, texts = ask_answers(instrument, console)
-        console.print(summary_table(instrument, values, texts))
-        if not confirm(console):
+        entry = Console()  # the entry prompts of answer_entry style themselves with rich markup
+        values, texts = ask_answers(instrument, entry)
+        entry.print(summary_table(instrument, values, texts))
+        if not confirm(entry):
             console.print("Nothing was saved.")
             return 1
         pending = [PendingAnswers(args.participant, time_point, values, texts, args.session)]
@@ -524,13 +692,10 @@ def cmd_instrument_answer(args: argparse.Namespace) -> int:
 def cmd_instrument_list(args: argparse.Namespace) -> int:
     from protocols.instruments import builtin_instruments
 
-    table = Table(title="Built-in instruments")
-    for col in ("name", "kind", "items", "subscales", "title"):
-        table.add_column(col)
-    for name, inst in builtin_instruments().items():
-        table.add_row(name, inst.kind.value, str(len(inst.items)), ", ".join(s.name for s in inst.subscales),
-                      inst.title)  # fmt: skip
-    console.print(table)
+    rows = [[name, inst.kind.value, str(len(inst.items)), ", ".join(s.name for s in inst.subscales), inst.title]
+            for name, inst in builtin_instruments().items()]  # fmt: skip
+    _print_tabular(Tabular("Built-in instruments", ["name", "kind", "items", "subscales", "title"], {"items"}, rows),
+                   args)  # fmt: skip
     return 0
 
 
@@ -538,19 +703,20 @@ def cmd_instrument_show(args: argparse.Namespace) -> int:
     from protocols.instruments import get_instrument
 
     inst = get_instrument(args.name)
-    console.print(f"[bold]{inst.name}[/bold] ({inst.kind.value}, version {inst.version}): {inst.title}")
+    console.print(Text.assemble((inst.name, "bold"), f" ({inst.kind.value}, version {inst.version}): {inst.title}"))
     if inst.description:
-        console.print(inst.description, highlight=False)
-    console.print(f"scale {inst.scale.describe()}", highlight=False)
+        console.print(inst.description, highlight=False, markup=False)
+    console.print(f"scale {inst.scale.describe()}", highlight=False, markup=False)
     for n, item in enumerate(inst.items, start=1):
         extra = (" [reverse]" if item.reverse else "") + (f" scale {item.scale.describe()}" if item.scale != inst.scale
                                                           else "")  # fmt: skip
-        console.print(f"{n}. [{item.id}] {item.text} → {', '.join(item.subscales) or '–'}{extra}", highlight=False)
+        console.print(f"{n}. [{item.id}] {item.text} → {', '.join(item.subscales) or '–'}{extra}", highlight=False,
+                      markup=False)  # fmt: skip
     for sub in inst.subscales:
         console.print(f"subscale {sub.name}: {sub.method.value} of {', '.join(sub.items)}; {sub.missing.describe()}",
-                      highlight=False)  # fmt: skip
+                      highlight=False, markup=False)  # fmt: skip
     for field in inst.texts:
-        console.print(f"free text [{field.id}]: {field.prompt}", highlight=False)
+        console.print(f"free text [{field.id}]: {field.prompt}", highlight=False, markup=False)
     return 0
 
 
@@ -569,19 +735,54 @@ def cmd_answers_list(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         answers = AnswerStore(store)
         sets = answers.find(args.participant, args.instrument, include_text=args.include_text)
-        if args.json:
-            print(json.dumps([a.to_dict(include_text=args.include_text) for a in sets], indent=2))
-            return 0
-        table = Table(title=f"Answer sets in {store.path}")
-        for col in ("id", "participant", "instrument", "time point", "session", "scores", "entered by"):
-            table.add_column(col)
+        excluded = store.exclusions("answer_set")
+        cols = ["id", "participant", "instrument", "time point", "session", "scores", "entered by", "source",
+                "excluded"]  # fmt: skip
+        rows = []
         for a in sets:
             scores = ", ".join(f"{k} {'–' if v.value is None else format(v.value, 'g')}{'*' if v.prorated else ''}"
                                for k, v in answers.scores(a).items())  # fmt: skip
-            table.add_row(str(a.id), a.participant_id, a.instrument, a.time_point, str(a.session_id or "–"), scores,
-                          a.entered_by)  # fmt: skip
-        console.print(table)
-        console.print("[dim]* prorated (an item was skipped)[/dim]")
+            rows.append([str(a.id), a.participant_id, a.instrument, a.time_point, str(a.session_id or "–"), scores,
+                         a.entered_by, a.source, excluded.get(a.id, "")])  # fmt: skip
+        records = [{**a.to_dict(include_text=args.include_text), "excluded": excluded.get(a.id)} for a in sets]
+        _print_tabular(Tabular(f"Answer sets in {store.path}", cols, {"id", "session"}, rows, records=records), args)
+        if not (args.json or args.csv):
+            console.print("* prorated (an item was skipped)", style="dim", markup=False)
+    return 0
+
+
+def cmd_answers_exclude(args: argparse.Namespace) -> int:
+    from recordings.answers import AnswerStore
+
+    with _open_store(args) as store:
+        aset = AnswerStore(store).get(args.id)
+        store.exclude("answer_set", aset.id, args.reason, by=_who(args), participant_id=aset.participant_id)
+    console.print(f"answer set {aset.id} ({aset.participant_id}, {aset.instrument}, {aset.time_point}) is excluded "
+                  f"from study analyses (`answers restore {aset.id}` undoes it)", markup=False)  # fmt: skip
+    return 0
+
+
+def cmd_answers_restore(args: argparse.Namespace) -> int:
+    from recordings.answers import AnswerStore
+
+    with _open_store(args) as store:
+        aset = AnswerStore(store).get(args.id)
+        if not store.restore("answer_set", aset.id, by=_who(args), participant_id=aset.participant_id):
+            raise UserError(f"answer set {aset.id} is not excluded")
+    console.print(f"answer set {aset.id} ({aset.participant_id}) is included again", markup=False)
+    return 0
+
+
+def cmd_answers_delete(args: argparse.Namespace) -> int:
+    from recordings.answers import AnswerStore
+
+    with _open_store(args) as store:
+        answers = AnswerStore(store)
+        aset = answers.get(args.id)
+        _confirm(f"Delete answer set {aset.id} ({aset.participant_id}, {aset.instrument}, {aset.time_point}) and its "
+                 "edit history?", args)  # fmt: skip
+        answers.delete(aset.id, by=_who(args), reason=args.reason)
+    console.print(f"deleted answer set {aset.id}; an audit row keeps what it was (not the answers)", markup=False)
     return 0
 
 
@@ -625,50 +826,123 @@ def cmd_answers_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_selection(args: argparse.Namespace):
+    """The `StudySelection` of `--source`, `--include-simulated`, `--protocol`, `--state`, `--include-excluded`."""
+    from biofeedback.study import FINISHED_STATES, StudySelection
+
+    sources = list(dict.fromkeys(getattr(args, "source", None) or ["live"]))
+    if args.include_simulated and "simulated" not in sources:
+        sources.append("simulated")
+    states = tuple(getattr(args, "state", None) or FINISHED_STATES)
+    protocols = tuple(getattr(args, "protocol", None) or ())
+    return StudySelection(sources=tuple(sources), protocols=protocols, states=states,
+                          include_excluded=getattr(args, "include_excluded", False))  # fmt: skip
+
+
 def cmd_study_analyze(args: argparse.Namespace) -> int:
-    from biofeedback.study import analyze_study, markdown, write_outputs
+    from biofeedback.study import analyze_study, markdown, table_csv, write_outputs
 
     with _open_store(args) as store:
-        result = analyze_study(store, first=args.first, last=args.last, include_text=args.include_text)
+        result = analyze_study(store, first=args.first, last=args.last, include_text=args.include_text,
+                               selection=_study_selection(args))  # fmt: skip
     if args.out:
         for path in write_outputs(result, Path(args.out), overwrite=args.force):
-            err_console.print(f"wrote {path}")
+            err_console.print(f"wrote {path}", markup=False, highlight=False)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
+    elif args.csv:
+        sys.stdout.write(table_csv(result))
     elif not args.out:
-        console.print(markdown(result), highlight=False)
+        console.print(markdown(result), highlight=False, markup=False)
+    if args.json or args.csv or args.out:  # the selection still goes to the terminal, beside the data
+        for line in result.selection.lines() if result.selection else []:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
 def cmd_study_simulate(args: argparse.Namespace) -> int:
-    from biofeedback.study_sim import SHORT_PROTOCOL, simulate_study
+    from datetime import UTC, datetime
+
+    from biofeedback.study_sim import SHORT_PROTOCOL, simulate_study_into
     from protocols.library import get_protocol
+    from recordings.store import default_store_path
 
     protocol = SHORT_PROTOCOL if args.protocol is None else get_protocol(args.protocol)
     if not (1 <= args.participants <= 99 and 2 <= args.weeks <= 104 and 0 <= args.miss_rate < 1):
         raise UserError("--participants must be 1-99, --weeks 2-104 and --miss-rate in [0, 1)")
-    with _open_store(args) as store:
-        result = simulate_study(store, participants=args.participants, weeks=args.weeks, speed=args.speed,
-                                seed=args.seed, miss_rate=args.miss_rate, protocol=protocol,
-                                progress=lambda msg: console.print(msg, highlight=False))  # fmt: skip
-        n = sum(len(v) for v in result.sessions.values())
-        console.print(f"simulated {len(result.participants)} participants over {result.weeks} weeks into "
-                      f"{store.path}: {n} sessions, {result.diaries} diaries, {len(result.missed_sessions)} missed "
-                      f"sessions, {len(result.missed_diaries)} missed diaries")  # fmt: skip
+    if args.store:
+        path = Path(args.store)
+    else:  # a store of its own, never the lab's default store
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        path = default_store_path().parent / "simulations" / f"study-{stamp}.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    result = simulate_study_into(path, into_existing=args.into_store, participants=args.participants,
+                                 weeks=args.weeks, speed=args.speed, seed=args.seed, miss_rate=args.miss_rate,
+                                 protocol=protocol, progress=lambda msg: console.print(msg, highlight=False),
+                                 )  # fmt: skip
+    n = sum(len(v) for v in result.sessions.values())
+    console.print(f"simulated {len(result.participants)} participants over {result.weeks} weeks into {path}: {n} "
+                  f"sessions, {result.diaries} diaries, {len(result.missed_sessions)} missed sessions, "
+                  f"{len(result.missed_diaries)} missed diaries (source `simulated`: `study analyze --store {path} "
+                  "--include-simulated` analyses them)", markup=False, highlight=False)  # fmt: skip
     return 0
 
 
 # -- parser ----------------------------------------------------------------------------------------------------
 
 
-def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", metavar="PATH", help="SQLite store (default: the user's data directory)")
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        _print_error(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _add_store(p: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    p.add_argument("--store", metavar="PATH", default=default,
+                   help="SQLite store (default: $CMT_STORE or the user's data directory); accepted before or "
+                        "after the command")  # fmt: skip
+
+
+def _add_formats(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    group.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    from recordings.store import SOURCE_CHOICES
+
+    p.add_argument("--source", action="append", choices=SOURCE_CHOICES,
+                   help="take sessions of this source (repeatable; default: live only; imported = every import)")
+    p.add_argument("--include-simulated", action="store_true", help="also take simulated sessions and answers")
+    p.add_argument("--include-excluded", action="store_true", help="also take excluded sessions and answer sets")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="app.py", description="Biofeedback session recorder for compassion-focused research."
-    )
+    parser = _Parser(prog="app.py", description="Biofeedback session recorder for compassion-focused research.")
+    _add_store(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(parent, name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
@@ -684,34 +958,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", metavar="DEV[=ID]",
                    help="'sim', a Bluetooth address or name prefix, optionally bound to a participant "
                         "(repeat for a group: --device sim=P01 --device sim=P02)")  # fmt: skip
-    p.add_argument("--speed", type=float, default=1.0, help="simulated time per real second (simulator only)")
+    p.add_argument("--speed", type=_positive_float, default=1.0,
+                   help="simulated time per real second (simulator only)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated participant(s)")
     p.add_argument("--ecg", action="store_true", help="also record raw ECG (Polar H10 PMD, or simulated)")
     p.add_argument("--acc", action="store_true",
                    help="also record the chest strap's accelerometer (Polar H10 PMD, or simulated): phase "
                         "breathing rates then come from chest movement")  # fmt: skip
-    p.add_argument("--pacer-rate", type=float, help="breathing pacer rate for paced phases (breaths/min)")
+    p.add_argument("--pacer-rate", type=_positive_float, help="breathing pacer rate for paced phases (breaths/min)")
     p.add_argument("--sim-faults", action="append", metavar="[ID:]KIND=N,...",
                    help="faults of simulated straps, events per hour: disconnect=N, contact=N (contact loss), "
                         "malformed=N (bursts of malformed packets); prefix ID: for one participant only")  # fmt: skip
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
-    p.add_argument("--week", type=int, help="study week of this session (links it to that week's diary)")
+    p.add_argument("--week", type=_positive_int,
+                   help="study week of this session (default: the participant's next week); links it to that "
+                        "week's diary")  # fmt: skip
     p.add_argument("--lsl", action="store_true",
                    help="stream ECG, RR, heart rate and markers on Lab Streaming Layer (LabRecorder)")  # fmt: skip
 
-    sessions = sub.add_parser("sessions", help="list recorded sessions").add_subparsers(dest="sub", required=True)
+    sessions = sub.add_parser("sessions", help="list, exclude, restore and delete recorded sessions").add_subparsers(
+        dest="sub", required=True)  # fmt: skip
     p = command(sessions, "list", cmd_sessions_list, "list sessions in the store")
-    p.add_argument("--json", action="store_true")
+    _add_formats(p)
     p.add_argument("--participant")
+    p.add_argument("--source", help="only this source (live, simulated, replay-copy, imported, imported-FORMAT)")
+    p.add_argument("--state", help="only this state (completed, stopped, interrupted, imported, running)")
+    p.add_argument("--week", type=_positive_int, help="only this study week")
+    p = command(sessions, "exclude", cmd_sessions_exclude,
+                "leave a session out of study analyses and exports (kept; `sessions restore` undoes it)")  # fmt: skip
+    p.add_argument("session", type=int)
+    p.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(sessions, "restore", cmd_sessions_restore, "include an excluded session again")
+    p.add_argument("session", type=int)
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(sessions, "set-week", cmd_sessions_set_week,
+                "record a session's study week (imports have none; or correct one); audited")  # fmt: skip
+    p.add_argument("session", type=int)
+    p.add_argument("week", type=_positive_int)
+    p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(sessions, "delete", cmd_sessions_delete,
+                "delete a session and its data for good; an audit row keeps what it was, when and by whom")  # fmt: skip
+    p.add_argument("session", type=int)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(sessions, "audit", cmd_sessions_audit,
+                "the audit trail: exclusions, restores, week changes and deletions")  # fmt: skip
+    _add_formats(p)
 
     p = command(sub, "replay", cmd_replay, "play a stored session's raw packets through the live displays")
     p.add_argument("session", type=int)
-    p.add_argument("--speed", type=float, default=1.0, help="playback speed (2 = twice as fast)")
+    p.add_argument("--speed", type=_positive_float, default=1.0, help="playback speed (2 = twice as fast)")
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
 
     p = command(sub, "analyze", cmd_analyze, "per-phase HRV of a session")
     p.add_argument("session", type=int)
-    p.add_argument("--json", action="store_true")
+    _add_formats(p)
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--save-resonance", action="store_true",
                    help="resonance assessments: store the named rate for the participant's later sessions")  # fmt: skip
@@ -722,11 +1026,14 @@ def build_parser() -> argparse.ArgumentParser:
                 )  # fmt: skip
     p.add_argument("session", type=int)
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    _add_formats(p)
 
     p = command(sub, "export", cmd_export, "export sessions to files (BIDS, EDF+, Kubios RR text, CSV, raw capture)")
     p.add_argument("session", type=int, nargs="?", help="session id (or use --participant / --all)")
     p.add_argument("--participant", metavar="ID", help="every session of this participant")
-    p.add_argument("--all", action="store_true", help="every session in the store")
+    p.add_argument("--all", action="store_true",
+                   help="every session in the store (live, not excluded, unless --source / --include-...)")
+    _add_selection(p)
     p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture"])
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (for bids: the dataset root)")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
@@ -741,11 +1048,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing report")
 
     devices = sub.add_parser("devices", help="Bluetooth straps").add_subparsers(dest="sub", required=True)
-    p = devices.add_parser("scan", help="list straps advertising the Heart Rate Service",
-                           description="list straps advertising the Heart Rate Service")  # fmt: skip
-    p.set_defaults(func=cmd_devices_scan)
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to listen (default 5)")
-    p.add_argument("--json", action="store_true")
+    p = command(devices, "scan", cmd_devices_scan, "list straps advertising the Heart Rate Service")
+    p.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S", help="seconds to listen (default 5)")
+    _add_formats(p)
 
     imp = sub.add_parser("import", help="import recordings").add_subparsers(dest="sub", required=True)
     p = command(imp, "capture", cmd_import_capture, "import a raw JSON Lines capture as a new session")
@@ -764,15 +1069,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant", required=True)
 
     protos = sub.add_parser("protocols", help="protocol library").add_subparsers(dest="sub", required=True)
-    command(protos, "list", cmd_protocols_list, "list built-in protocols")
+    _add_formats(command(protos, "list", cmd_protocols_list, "list built-in protocols"))
     p = command(protos, "show", cmd_protocols_show, "show a protocol's phases and prompts")
     p.add_argument("name")
     p = command(protos, "preview", cmd_protocols_preview,
                 "render the participant display at the middle of every phase to PNG files")  # fmt: skip
     p.add_argument("name", help="built-in protocol name or a TOML file")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--width", type=_positive_int, default=1280)
+    p.add_argument("--height", type=_positive_int, default=720)
     p.add_argument("--force", action="store_true", help="replace existing PNG files")
     p = command(protos, "validate", cmd_protocols_validate, "check a protocol TOML file")
     p.add_argument("file")
@@ -780,14 +1085,14 @@ def build_parser() -> argparse.ArgumentParser:
     diary = sub.add_parser("diary", help="weekly diary").add_subparsers(dest="sub", required=True)
     p = command(diary, "add", cmd_diary_add, "enter a weekly diary (interactively, or a CSV/JSON file)")
     p.add_argument("--participant", help="pseudonymous participant ID")
-    p.add_argument("--week", type=int, help="week number (1, 2, ...)")
+    p.add_argument("--week", type=_positive_int, help="week number (1, 2, ...)")
     p.add_argument("--from", dest="from_file", metavar="FILE", help="CSV or JSON file of answers (batch entry)")
     p.add_argument("--session", type=int, help="the session these answers belong to")
     p.add_argument("--by", help="who enters the answers (default: the operating-system user)")
     p.add_argument("--instrument", default="cmt-weekly-diary", help="diary instrument name or TOML file")
 
     inst = sub.add_parser("instrument", help="questionnaires and diaries").add_subparsers(dest="sub", required=True)
-    command(inst, "list", cmd_instrument_list, "list built-in instruments")
+    _add_formats(command(inst, "list", cmd_instrument_list, "list built-in instruments"))
     p = command(inst, "show", cmd_instrument_show, "show an instrument's items, scales and subscales")
     p.add_argument("name")
     p = command(inst, "validate", cmd_instrument_validate, "check an instrument TOML file")
@@ -804,7 +1109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(ans, "list", cmd_answers_list, "list answer sets with their scores")
     p.add_argument("--participant")
     p.add_argument("--instrument")
-    p.add_argument("--json", action="store_true")
+    _add_formats(p)
     p.add_argument("--include-text", action="store_true", help="include free-text answers (sensitive)")
     p = command(ans, "show", cmd_answers_show, "show one answer set and its edit history")
     p.add_argument("id", type=int)
@@ -818,28 +1123,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", type=int, help="link the answers to a session")
     p.add_argument("--by", help="who makes the change (default: the operating-system user)")
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    p = command(ans, "exclude", cmd_answers_exclude, "leave an answer set out of study analyses (kept)")
+    p.add_argument("id", type=int)
+    p.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(ans, "restore", cmd_answers_restore, "include an excluded answer set again")
+    p.add_argument("id", type=int)
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(ans, "delete", cmd_answers_delete, "delete an answer set for good; an audit row keeps what it was")
+    p.add_argument("id", type=int)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
 
     study = sub.add_parser("study", help="the study across weeks").add_subparsers(dest="sub", required=True)
     p = command(study, "analyze", cmd_study_analyze, "first vs last time point of every measure (Wilcoxon, SPSS)")
     p.add_argument("--first", help="first time point (default: the earliest week; pre for questionnaires)")
     p.add_argument("--last", help="last time point (default: the latest week; post for questionnaires)")
-    p.add_argument("--json", action="store_true")
+    _add_formats(p)
+    _add_selection(p)
+    p.add_argument("--protocol", action="append", help="only sessions of this protocol (repeatable)")
+    p.add_argument("--state", action="append", choices=["completed", "stopped", "interrupted", "imported"],
+                   help="only sessions in this state (repeatable; default: every finished session)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="write table (Markdown, CSV), JSON, long data and plots here")
     p.add_argument("--include-text", action="store_true", help="also output free-text answers (sensitive)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p = command(study, "simulate", cmd_study_simulate, "record a simulated weekly group study")
     p.add_argument("--participants", type=int, default=6)
     p.add_argument("--weeks", type=int, default=12)
-    p.add_argument("--speed", type=float, help="run at this multiple of real time (default: as fast as possible)")
+    p.add_argument("--speed", type=_positive_float,
+                   help="run at this multiple of real time (default: as fast as possible)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--miss-rate", type=float, default=0.1, help="chance a participant misses a week's session")
     p.add_argument("--protocol", help="weekly protocol (default: a short simulation-sized cmt-soothing)")
+    p.add_argument("--into-store", action="store_true",
+                   help="allow writing into an existing store (default: --store must name a new file; without "
+                        "--store a new store under the data directory)")  # fmt: skip
     return parser
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from biofeedback.answer_entry import EntryAborted
     from biofeedback.recorder import DeviceSpecError
+    from biofeedback.study import StudySelectionError
     from devices.errors import DecodeError
     from protocols.instruments import AnswerError, InstrumentError, UnknownInstrumentError
     from protocols.library import UnknownProtocolError
@@ -856,17 +1182,54 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (UserError, DeviceSpecError, DecodeError, UnknownProtocolError, ProtocolError, ImportFormatError,
             OutputExistsError, StoreError, FileNotFoundError, EcgTimeError, BidsExportError, EdfExportError,
             KubiosExportError, InstrumentError, UnknownInstrumentError, AnswerError, AnswerFileError, EntryAborted,
-            TimePointError)  # fmt: skip
+            TimePointError, StudySelectionError)  # fmt: skip
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr, printed as plain text (brackets in file names and column names stay)."""
+    err_console.print(Text.assemble(("error: ", "bold"), _one_line(message)), soft_wrap=True, highlight=False)
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (`... | head`): send the rest of stdout nowhere, so exiting does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr and a non-zero exit status, never a traceback.
+
+    Exit status: 2 for errors in what was asked (bad arguments, missing sessions, invalid files, refused values),
+    1 for an unexpected failure (a bug; `CMT_DEBUG=1` shows its traceback), 130 on Ctrl-C, 141 on a closed pipe.
+    """
     os.umask(0o077)  # everything this process creates is private to the user
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
     except _known_errors() as exc:
-        err_console.print(f"[bold]error:[/bold] {exc}", highlight=False)
+        _print_error(str(exc))
         return 2
+    except (ValueError, OSError) as exc:  # refused values and unreadable / unwritable files
+        _print_error(str(exc) or type(exc).__name__)
+        return 2
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return 130
+    except Exception as exc:
+        if os.environ.get("CMT_DEBUG"):
+            raise
+        _print_error(f"unexpected {type(exc).__name__}: {exc} (run with CMT_DEBUG=1 for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from devices.clock import Clock, sleep_unless
 from devices.link import LinkEvent, LinkState, Packet, StrapLink
 from devices.physiology import PacerSetting
 from devices.polar_pmd import EcgFrame
+from devices.replay import ReplayLink
+from devices.simulator import SimulatedStrap
 from protocols.instruments import Instrument, check_answers, get_instrument
 from protocols.model import Phase, PhaseKind, Protocol
 from protocols.pacer import pacer_phase, pacer_size
@@ -107,6 +109,13 @@ class _StrapState:
     last_packet_t: float = -1.0
     ecg_clock: DeviceClockMap = field(default_factory=DeviceClockMap)
 
+
+
+def link_source(link: StrapLink) -> str:
+    """The stored source of a session recorded from `link`: `simulated`, `replay-copy` or `live`."""
+    if isinstance(link, SimulatedStrap):
+        return "simulated"
+    return "replay-copy" if isinstance(link, ReplayLink) else "live"
 
 class SessionListener:
     """Receives what the session records, as it is recorded (for example LSL outlets); every method is optional.
@@ -212,7 +221,8 @@ class LiveSession:
         self.straps: list[_StrapState] = []
         for b in bindings:
             sid = store.create_session(
-                b.participant_id, protocol.name, protocol_dict, b.link.device_id, group_id=group, settings=settings
+                b.participant_id, protocol.name, protocol_dict, b.link.device_id, group_id=group, settings=settings,
+                source=link_source(b.link),
             )
             self.straps.append(_StrapState(b, sid, SessionDecoder(store, sid), LiveMetrics()))
 
@@ -390,6 +400,8 @@ class LiveSession:
         """Where answers given in this session belong: "week N" from the `week` setting, else the start date."""
         strap = self._strap_for(participant_id)
         week = self.settings.get("week")
+        if week is None:
+            week = self.store.session(strap.session_id).week  # the participant's next week, given by the store
         if week is not None:
             try:
                 return parse_time_point(week)[0]

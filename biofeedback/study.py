@@ -7,8 +7,11 @@ Every measure becomes one long-format observation (participant, time point, week
 * physiology per session: RMSSD and HF of every phase ("RMSSD baseline (ms)") and the soothing response,
   RMSSD of the first breathing phase minus RMSSD of the baseline (the phase named "baseline", else the first rest).
 
-A session's week is its `week` setting (given when it was recorded), else the week of a diary answer set linked to
-it, else its rank among the participant's sessions (said in the notes). Several sessions in one week are averaged.
+Which sessions and answer sets enter is a `StudySelection`: by default finished sessions recorded live (simulated
+and imported sessions, and everything excluded with `sessions exclude`, are left out unless asked for), filtered by
+protocol and state. A session's week is the week recorded when it was started, else the week of a diary answer set
+linked to it; a session with neither is left out, never placed by its order. `SelectionReport` says what was
+included and what was left out and why. Several sessions in one week are averaged.
 
 `analyze_study` compares the first and last time point of every measure with the Wilcoxon signed-rank test as SPSS
 reports it (`biofeedback.stats.wilcoxon_spss`), with mean (SD) and median over the complete pairs, and correlates
@@ -34,7 +37,7 @@ from scipy import stats as sps
 from protocols.instruments import DIARY_NAME, InstrumentKind
 from recordings.answers import AnswerStore, parse_time_point
 from recordings.files import OutputExistsError, write_private_text
-from recordings.store import Store
+from recordings.store import SESSION_STATES, SOURCE_CHOICES, Store, source_matches
 
 from .analysis import analyze_session
 from .stats import WilcoxonResult, wilcoxon_spss
@@ -107,6 +110,8 @@ class StudyResult:
     notes: list[str]
     free_text: list[dict[str, Any]] | None = None
     """Free-text answers, only when asked for with include_text."""
+    selection: SelectionReport | None = None
+    """What was included and left out, and why."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -116,6 +121,8 @@ class StudyResult:
             "notes": self.notes,
             "observations": _records(self.data),
         }
+        if self.selection is not None:
+            out["selection"] = self.selection.to_dict()
         if self.free_text is not None:
             out["free_text"] = self.free_text
         return out
@@ -135,10 +142,12 @@ def _plain(v: Any) -> Any:
 # -- collecting observations --------------------------------------------------------------------------------------
 
 
-def collect_answers(answers: AnswerStore) -> list[dict[str, Any]]:
-    """One observation per scored subscale of every answer set (free text is not read)."""
+def collect_answers(answers: AnswerStore, chosen: set[int] | None = None) -> list[dict[str, Any]]:
+    """One observation per scored subscale of every answer set (or of those `chosen`; free text is not read)."""
     rows = []
     for aset in answers.find():
+        if chosen is not None and aset.id not in chosen:
+            continue
         inst = answers.instrument(aset.instrument, aset.instrument_version)
         prefix = "diary" if inst.kind is InstrumentKind.DIARY and inst.name == DIARY_NAME else inst.name
         for name, sc in answers.scores(aset).items():
@@ -150,31 +159,136 @@ def collect_answers(answers: AnswerStore) -> list[dict[str, Any]]:
     return rows
 
 
-def session_weeks(store: Store, answers: AnswerStore) -> tuple[dict[int, int], list[str]]:
-    """Week of every finished session, and notes on sessions whose week had to be inferred."""
+class StudySelectionError(ValueError):
+    """A study selection that names nothing analysable (no sessions or answers, or a time point not in the data)."""
+
+
+FINISHED_STATES = tuple(st for st in SESSION_STATES if st != "running")
+
+
+@dataclass(frozen=True)
+class StudySelection:
+    """Which sessions and answer sets a study analysis takes (see the module docstring)."""
+
+    sources: tuple[str, ...] = ("live",)
+    protocols: tuple[str, ...] = ()
+    """Protocol names; empty: every protocol."""
+    states: tuple[str, ...] = FINISHED_STATES
+    include_excluded: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sources if s not in SOURCE_CHOICES]
+        if bad or not self.sources:
+            raise StudySelectionError(f"unknown source {', '.join(bad) or '(none)'}: use {', '.join(SOURCE_CHOICES)}")
+        bad = [s for s in self.states if s not in FINISHED_STATES]
+        if bad or not self.states:
+            raise StudySelectionError(f"unknown state {', '.join(bad) or '(none)'}: use {', '.join(FINISHED_STATES)}")
+
+    @property
+    def simulated(self) -> bool:
+        return "simulated" in self.sources
+
+    def describe(self) -> str:
+        parts = [f"sources {', '.join(self.sources)}", f"states {', '.join(self.states)}"]
+        parts.append(f"protocols {', '.join(self.protocols)}" if self.protocols else "every protocol")
+        if self.include_excluded:
+            parts.append("excluded sessions and answer sets included")
+        return "; ".join(parts)
+
+
+@dataclass
+class SelectionReport:
+    """What a study analysis included and what it left out, with the reason for every item left out."""
+
+    selection: StudySelection
+    sessions: list[int] = field(default_factory=list)
+    sessions_left_out: list[tuple[int, str, str]] = field(default_factory=list)
+    """(session id, participant, reason)."""
+    answer_sets: list[int] = field(default_factory=list)
+    answer_sets_left_out: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """One line for the selection, one for what was included, one per reason something was left out."""
+        out = [f"selection: {self.selection.describe()}",
+               f"included: {len(self.sessions)} session(s), {len(self.answer_sets)} answer set(s)"]  # fmt: skip
+        for what, items in (("session", self.sessions_left_out), ("answer set", self.answer_sets_left_out)):
+            by_reason: dict[str, list[int]] = {}
+            for oid, _pid, reason in items:
+                by_reason.setdefault(reason, []).append(oid)
+            for reason, ids in by_reason.items():
+                shown = ", ".join(map(str, ids[:12])) + (f" and {len(ids) - 12} more" if len(ids) > 12 else "")
+                out.append(f"left out {len(ids)} {what}(s) ({shown}): {reason}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        sel = self.selection
+        return {
+            "sources": list(sel.sources), "protocols": list(sel.protocols), "states": list(sel.states),
+            "include_excluded": sel.include_excluded, "sessions": self.sessions, "answer_sets": self.answer_sets,
+            "sessions_left_out": [{"id": i, "participant": p, "reason": r} for i, p, r in self.sessions_left_out],
+            "answer_sets_left_out": [{"id": i, "participant": p, "reason": r} for i, p, r in self.answer_sets_left_out],
+        }  # fmt: skip
+
+
+def _source_hint(source: str) -> str:
+    wanted = "imported" if source.startswith("imported-") else source
+    extra = " or --include-simulated" if wanted == "simulated" else ""
+    return f"source {wanted} (add --source {wanted}{extra} to include it)"
+
+
+def session_reason(info: Any, sel: StudySelection) -> str | None:
+    """Why a session is left out of the selection, or None when it is in."""
+    if info.state == "running":
+        return "still recording"
+    if info.excluded is not None and not sel.include_excluded:
+        return f"excluded: {info.excluded}"
+    if not any(source_matches(info.source, s) for s in sel.sources):
+        return _source_hint(info.source)
+    if sel.protocols and info.protocol_name not in sel.protocols:
+        return f"protocol {info.protocol_name} (not in --protocol {', '.join(sel.protocols)})"
+    if info.state not in sel.states:
+        return f"state {info.state} (not in --state {', '.join(sel.states)})"
+    return None
+
+
+def select_answer_sets(answers: AnswerStore, selection: StudySelection, report: SelectionReport) -> set[int]:
+    """Ids of the answer sets in the selection (excluded and simulated ones are left out unless asked for)."""
+    excluded = answers.store.exclusions("answer_set")
+    chosen = set()
+    for aset in answers.find():
+        if aset.id in excluded and not selection.include_excluded:
+            report.answer_sets_left_out.append((aset.id, aset.participant_id, f"excluded: {excluded[aset.id]}"))
+        elif aset.source == "simulated" and not selection.simulated:
+            report.answer_sets_left_out.append((aset.id, aset.participant_id, _source_hint("simulated")))
+        else:
+            chosen.add(aset.id)
+            report.answer_sets.append(aset.id)
+    return chosen
+
+
+def session_weeks(
+    store: Store, answers: AnswerStore, selection: StudySelection | None = None,
+    report: SelectionReport | None = None,
+) -> tuple[dict[int, int], SelectionReport]:  # fmt: skip
+    """Week of every selected session (recorded week, else a linked diary's week) and the selection report."""
+    selection = selection or StudySelection()
+    report = report or SelectionReport(selection)
     linked: dict[int, int] = {}
     for aset in answers.find():
         if aset.session_id is not None and aset.week is not None:
             linked.setdefault(aset.session_id, aset.week)
     weeks: dict[int, int] = {}
-    inferred: list[str] = []
-    by_participant: dict[str, list[int]] = {}
     for info in store.sessions():
-        if info.state == "running":
+        reason = session_reason(info, selection)
+        week = info.week if info.week is not None else linked.get(info.id)
+        if reason is None and week is None:
+            reason = "no study week recorded (not placed by its order; `sessions set-week ID N` records one)"
+        if reason is not None:
+            report.sessions_left_out.append((info.id, info.participant_id, reason))
             continue
-        by_participant.setdefault(info.participant_id, []).append(info.id)
-        week = info.settings.get("week")
-        if isinstance(week, int) and week >= 1:
-            weeks[info.id] = week
-        elif info.id in linked:
-            weeks[info.id] = linked[info.id]
-    for pid, ids in by_participant.items():
-        ranked = sorted(ids, key=lambda i: store.session(i).started_utc)
-        for rank, sid in enumerate(ranked, start=1):
-            if sid not in weeks:
-                weeks[sid] = rank
-                inferred.append(f"session {sid} ({pid}): no week recorded; taken as week {rank} (its order)")
-    return weeks, inferred
+        weeks[info.id] = week
+        report.sessions.append(info.id)
+    return weeks, report
 
 
 def collect_physiology(store: Store, weeks: dict[int, int]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -208,12 +322,13 @@ def collect_physiology(store: Store, weeks: dict[int, int]) -> tuple[list[dict[s
     return rows, notes
 
 
-def collect(store: Store) -> tuple[pd.DataFrame, list[str]]:
-    """All observations in long format (no free text), and notes on how sessions were placed in weeks."""
+def collect(store: Store, selection: StudySelection | None = None) -> tuple[pd.DataFrame, list[str], SelectionReport]:
+    """The selection's observations in long format (no free text), notes, and what was included and left out."""
     answers = AnswerStore(store)
-    weeks, notes = session_weeks(store, answers)
+    weeks, report = session_weeks(store, answers, selection)
+    chosen = select_answer_sets(answers, report.selection, report)
     phys, phys_notes = collect_physiology(store, weeks)
-    rows = collect_answers(answers) + phys
+    rows = collect_answers(answers, chosen) + phys
     df = pd.DataFrame(rows, columns=[*COLUMNS, "breathing_bpm"])
     if len(df):
         # several sessions of one participant in one week: their mean
@@ -228,7 +343,22 @@ def collect(store: Store) -> tuple[pd.DataFrame, list[str]]:
             .sort_values(["measure", "participant", "week"])
             .reset_index(drop=True)
         )
-    return df[[*COLUMNS, "breathing_bpm"]], notes + phys_notes
+    return df[[*COLUMNS, "breathing_bpm"]], phys_notes, report
+
+
+def check_time_points(data: pd.DataFrame, first: str | int | None, last: str | int | None) -> None:
+    """Refuse a `first`/`last` time point that no selected observation has (instead of a table of "–")."""
+    present = set(data["time_point"]) if len(data) else set()
+    weeks = sorted({int(w) for w in data["week"].dropna()}) if len(data) else []
+    for flag, value in (("--first", first), ("--last", last)):
+        if value is None:
+            continue
+        label = parse_time_point(value)[0]
+        if label not in present:
+            have = (f"week {weeks[0]}" if len(weeks) == 1 else f"weeks {weeks[0]}-{weeks[-1]}") if weeks else "no weeks"
+            others = sorted(t for t in present if not t.startswith("week "))
+            have += f" and {', '.join(others)}" if others else ""
+            raise StudySelectionError(f"{flag} {value}: no selected observation is at {label} (the data has {have})")
 
 
 # -- comparing time points ----------------------------------------------------------------------------------------
@@ -306,9 +436,11 @@ def soothing_correlation(data: pd.DataFrame) -> Correlation:
     return Correlation(DIARY_SOOTHING, SOOTHING_RESPONSE, n, float(res.statistic), float(res.pvalue), note)
 
 
-def free_texts(answers: AnswerStore) -> list[dict[str, Any]]:
+def free_texts(answers: AnswerStore, chosen: set[int] | None = None) -> list[dict[str, Any]]:
     out = []
     for aset in answers.find(include_text=True):
+        if chosen is not None and aset.id not in chosen:
+            continue
         for fid, text in (aset.texts or {}).items():
             out.append({"participant": aset.participant_id, "instrument": aset.instrument,
                         "time_point": aset.time_point, "field": fid, "text": text})  # fmt: skip
@@ -316,12 +448,17 @@ def free_texts(answers: AnswerStore) -> list[dict[str, Any]]:
 
 
 def analyze_study(
-    store: Store, *, first: str | int | None = None, last: str | int | None = None, include_text: bool = False
-) -> StudyResult:
-    data, notes = collect(store)
-    result = StudyResult(data, compare(data, first, last), soothing_correlation(data), notes)
+    store: Store, *, first: str | int | None = None, last: str | int | None = None, include_text: bool = False,
+    selection: StudySelection | None = None,
+) -> StudyResult:  # fmt: skip
+    """The study table of the selection; `StudySelectionError` when it holds nothing or lacks `first`/`last`."""
+    data, notes, report = collect(store, selection)
+    if not len(data):
+        raise StudySelectionError("nothing to analyse: " + "; ".join(report.lines()))
+    check_time_points(data, first, last)
+    result = StudyResult(data, compare(data, first, last), soothing_correlation(data), notes, selection=report)
     if include_text:
-        result.free_text = free_texts(AnswerStore(store))
+        result.free_text = free_texts(AnswerStore(store), set(report.answer_sets))
     return result
 
 
@@ -373,6 +510,8 @@ def markdown(result: StudyResult) -> str:
     c = result.correlation
     lines += ["", "## Diary self-soothing and the physiological soothing response", ""]
     lines.append(f"Spearman rho = {_f(c.rho)}, p {_peq(c.p)}, n = {c.n} participant-weeks ({c.note}).")
+    if result.selection is not None:
+        lines += ["", "## Included and left out", ""] + [f"- {n}" for n in result.selection.lines()]
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     return "\n".join(lines) + "\n"

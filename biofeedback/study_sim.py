@@ -12,13 +12,20 @@ soothing. By default time is virtual (`devices.virtual_time`, discrete-event: as
 even on a loaded machine), so a 12-week study of 6 takes about half a minute, bounded by the pure-Python strap
 simulator. `speed=X` instead runs on a `ScaledClock` at X times real time; above about ×60 six simulated straps
 cannot keep up on a 2-core machine and beats are lost (straps connect late, phases come out short).
+
+Sessions are stored with source `simulated` and answer sets with source `simulated`, so study analyses leave them
+out unless asked for. `simulate_study_into` writes a new store of its own (built under a temporary name and renamed
+when complete); into an existing store only when told to, after checking that none of the simulated participant
+codes has data there, and a simulation that fails part-way deletes everything it wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -28,7 +35,7 @@ from devices.virtual_time import LoopClock, run_virtual
 from protocols.instruments import DIARY_NAME, Instrument, get_instrument
 from protocols.model import FeedbackMode, Pacer, Phase, PhaseKind, Protocol
 from recordings.answers import AnswerStore
-from recordings.store import Store
+from recordings.store import Store, StoreError
 
 from .recorder import build_session, parse_device_specs
 
@@ -123,6 +130,37 @@ def simulate_study(
         raise ValueError(f"miss rate must be in [0, 1), got {miss_rate}")
     rng = np.random.default_rng(seed)
     pids = [f"P{i:02d}" for i in range(1, participants + 1)]
+    taken = [pid for pid in pids if store.sessions(pid) or AnswerStore(store).find(pid)]
+    if taken:
+        raise StoreError(f"{store.path} already holds data of {', '.join(taken)}: a simulation never mixes with "
+                         "them; simulate into a new store")  # fmt: skip
+    before_sessions = {s.id for s in store.sessions()}
+    before_sets = {a.id for a in AnswerStore(store).find()}
+    try:
+        return _simulate(store, pids, rng, weeks, speed, seed, miss_rate, protocol, progress)
+    except BaseException:
+        _remove_new(store, before_sessions, before_sets)
+        raise
+
+
+def _remove_new(store: Store, sessions: set[int], answer_sets: set[int]) -> None:
+    """Delete the sessions and answer sets a failed simulation wrote (those not in the sets taken before it)."""
+    store.flush()
+    answers = AnswerStore(store)
+    for aset in answers.find():
+        if aset.id not in answer_sets:
+            answers.delete(aset.id, by="simulation", reason="simulation failed part-way")
+    for info in store.sessions():
+        if info.id not in sessions:
+            if info.state == "running":
+                store.end_session(info.id, "interrupted")
+            store.delete_session(info.id, by="simulation", reason="simulation failed part-way")
+
+
+def _simulate(
+    store: Store, pids: list[str], rng: np.random.Generator, weeks: int, speed: float | None, seed: int,
+    miss_rate: float, protocol: Protocol, progress: Callable[[str], None] | None,
+) -> SimulatedStudy:  # fmt: skip
     answers = AnswerStore(store)
     diary = get_instrument(DIARY_NAME)
     questionnaire = get_instrument(QUESTIONNAIRE)
@@ -180,4 +218,39 @@ def simulate_study(
         a_level, b_level = rng.uniform(0.8, 2.2), rng.uniform(1.8, 3.2)
         values = _questionnaire_answers(questionnaire, rng, a_level, b_level)
         answers.add(questionnaire, pid, "post", values, by=by, source="simulated")
+    return result
+
+
+SIMULATION_META = ("purpose", "simulation")
+"""The meta row that marks a store made by `simulate_study_into`."""
+
+
+def is_simulation_store(store: Store) -> bool:
+    row = store.connection.execute("SELECT value FROM meta WHERE key=?", (SIMULATION_META[0],)).fetchone()
+    return row is not None and row[0] == SIMULATION_META[1]
+
+
+def simulate_study_into(path: Path, *, into_existing: bool = False, **kwargs) -> SimulatedStudy:
+    """`simulate_study` into the store at `path`: a new store of its own, or (`into_existing`) an existing one.
+
+    A new store is written under a temporary name beside `path` and renamed when the simulation is complete, so a
+    failure leaves nothing behind. An existing store is refused unless `into_existing` (or it is itself a
+    simulation's store).
+    """
+    path = Path(path)
+    if path.exists() and path.stat().st_size > 0:
+        with Store(path) as store:
+            if not (into_existing or is_simulation_store(store)):
+                raise StoreError(f"{path} is an existing store: a simulation writes only into a store of its own "
+                                 "(name a new file with --store, or add --into-store to add simulated sessions)")
+            return simulate_study(store, **kwargs)
+    tmp = path.with_name(f".{path.name}.simulating-{os.getpid()}")
+    try:
+        with Store(tmp) as store:
+            store.connection.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", SIMULATION_META)
+            result = simulate_study(store, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
     return result

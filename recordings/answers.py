@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from protocols.instruments import AnswerError, Instrument, SubscaleScore, check_answers, parse_instrument, score
-from recordings.store import Store, StoreError, _check_participant_id, utc_now
+from recordings.store import Store, StoreError, utc_now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instrument_defs (
@@ -239,7 +239,7 @@ class AnswerStore:
             where = p.origin or (f"entry {n}" if len(pending) > 1 else "")
             prefix = f"{where}: " if where else ""
             try:
-                pid = _check_participant_id(p.participant_id)
+                pid = self.store.check_participant(p.participant_id)
                 label, week = parse_time_point(p.time_point)
                 checked = check_answers(instrument, p.values, p.texts)
                 self._check_session(p.session_id, pid)
@@ -404,6 +404,22 @@ class AnswerStore:
             AnswerEdit(set_id, n, *((_redact(o), _redact(v)) if n.startswith("text:") else (o, v)), who, when, reason)
             for n, o, v in changes
         ]
+
+    def delete(self, set_id: int, *, by: str, reason: str = "") -> dict[str, Any]:
+        """Delete an answer set, its answers, texts and edit history; an audit row says what it was (no answers)."""
+        aset = self.get(set_id)
+        n_texts = self._db.execute("SELECT COUNT(*) FROM answer_texts WHERE set_id=?", (set_id,)).fetchone()[0]
+        detail = {"instrument": aset.instrument, "time_point": aset.time_point, "session_id": aset.session_id,
+                  "answered_utc": aset.answered_utc, "entered_by": aset.entered_by, "source": aset.source,
+                  "values": len(aset.values), "texts": n_texts}  # fmt: skip
+        with self.store.transaction():
+            for table in ("answer_values", "answer_texts", "answer_edits"):
+                self._db.execute(f"DELETE FROM {table} WHERE set_id=?", (set_id,))
+            self._db.execute("DELETE FROM exclusions WHERE kind='answer_set' AND object_id=?", (set_id,))
+            self._db.execute("DELETE FROM answer_sets WHERE id=?", (set_id,))
+            self.store.audit("delete", "answer_set", set_id, by=by, participant_id=aset.participant_id,
+                             reason=reason, detail=detail)  # fmt: skip
+        return detail
 
     def history(self, set_id: int, *, include_text: bool = False) -> list[AnswerEdit]:
         """The audit trail of an answer set, oldest first; free text redacted unless `include_text`."""

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -50,8 +51,9 @@ import platformdirs
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-"""2: sessions.end_reason (why a session ended `failed` or `incomplete`)."""
+SCHEMA_VERSION = 3
+"""2: sessions.week, sources `imported-*`, exclusions and audit log; 3: sessions.end_reason (why a session
+ended `failed` or `incomplete`) and beat stretches."""
 BUSY_TIMEOUT_MS = 20
 """SQLite's own wait for a lock on each attempt; `_retry_busy` retries attempts until `WRITE_BUSY_BUDGET_S`."""
 WRITE_BUSY_BUDGET_S = 30.0
@@ -94,7 +96,27 @@ CREATE TABLE IF NOT EXISTS sessions (
     state TEXT NOT NULL,
     pid INTEGER,
     host TEXT,
-    settings_json TEXT NOT NULL DEFAULT '{}'
+    settings_json TEXT NOT NULL DEFAULT '{}',
+    week INTEGER
+);
+CREATE TABLE IF NOT EXISTS exclusions (
+    kind TEXT NOT NULL,
+    object_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    excluded_by TEXT NOT NULL,
+    excluded_utc TEXT NOT NULL,
+    PRIMARY KEY (kind, object_id)
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY,
+    utc TEXT NOT NULL,
+    by TEXT NOT NULL,
+    action TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    object_id INTEGER NOT NULL,
+    participant_id TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    detail_json TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS packets (
     id INTEGER PRIMARY KEY,
@@ -188,6 +210,21 @@ CREATE TABLE IF NOT EXISTS link_events (
 SESSION_STATES = ("running", "completed", "stopped", "interrupted", "imported", "importing", "failed", "incomplete")
 """`failed`: the recording stopped because the store could not be written; `incomplete`: a strap (or an import)
 stopped before the end; both keep their reason in `SessionInfo.end_reason`. `importing`: an import in progress."""
+RECORDED_SOURCES = ("live", "simulated", "replay-copy")
+"""Sources of sessions recorded by this program; every other session is `imported-<format>`."""
+IMPORTED_PREFIX = "imported-"
+SOURCE_CHOICES = ("live", "simulated", "replay-copy", "imported")
+"""What a source filter accepts; `imported` is every `imported-*` source."""
+_LEGACY_SOURCES = {"capture": "imported-capture", "rr": "imported-rr", "polar-sensor-logger": "imported-polar"}
+"""Sources written before schema 2, and what they are called now."""
+SESSION_TABLES = ("packet_errors", "beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks", "markers",
+                  "notes", "link_events", "packets")  # fmt: skip
+"""Tables holding a session's data (deleted with it, children before `packets`)."""
+PARTICIPANT_PATTERN_ENV = "CMT_PARTICIPANT_PATTERN"
+PARTICIPANT_RULE = (
+    "a participant code is 1-32 ASCII letters, digits, '-' or '_' and contains a digit (P01, "
+    f"cmt-07), or matches the lab's pattern in ${PARTICIPANT_PATTERN_ENV}; never a name"
+)
 
 
 class StoreError(RuntimeError):
@@ -320,6 +357,21 @@ def _doing(sql: str) -> str:
     return "reading" if word in ("SELECT", "PRAGMA", "WITH") else "writing"
 
 
+def normalise_source(source: str) -> str:
+    """The stored name of a session source: `live`, `simulated`, `replay-copy`, else `imported-<format>`."""
+    source = _LEGACY_SOURCES.get(source, source.strip())
+    if not source or source == IMPORTED_PREFIX:
+        raise StoreError("a session needs a source (live, simulated, replay-copy or imported-FORMAT)")
+    if source in RECORDED_SOURCES or source.startswith(IMPORTED_PREFIX):
+        return source
+    return IMPORTED_PREFIX + source
+
+
+def source_matches(source: str, wanted: str) -> bool:
+    """Whether a session's `source` is `wanted`; `imported` matches every `imported-*`."""
+    return source == wanted or (wanted == "imported" and source.startswith(IMPORTED_PREFIX))
+
+
 def default_store_path() -> Path:
     """The embedded default store in the user's data directory (overridable with `--store PATH`)."""
     env = os.environ.get("CMT_STORE")
@@ -345,6 +397,10 @@ class SessionInfo:
     state: str
     settings: dict[str, Any]
     end_reason: str | None = None
+    week: int | None = None
+    """Study week, recorded when the session was started (None for most imports)."""
+    excluded: str | None = None
+    """Why the session is excluded from study analyses and exports (None: included)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -358,7 +414,29 @@ class SessionInfo:
             "ended_utc": self.ended_utc,
             "state": self.state,
             "end_reason": self.end_reason,
+            "week": self.week,
+            "excluded": self.excluded,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One exclusion, restore or deletion: who did what to which session or answer set, when and why (no data)."""
+
+    id: int
+    utc: str
+    by: str
+    action: str
+    kind: str
+    object_id: int
+    participant_id: str | None
+    reason: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "utc": self.utc, "by": self.by, "action": self.action, "kind": self.kind,
+                "object_id": self.object_id, "participant_id": self.participant_id, "reason": self.reason,
+                "detail": self.detail}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,14 +468,55 @@ class Beats:
     arrival_lag_s: np.ndarray
 
 
-def _check_participant_id(participant_id: str) -> str:
-    pid = participant_id.strip()
-    if not pid or len(pid) > 32 or not all(c.isalnum() or c in "-_" for c in pid):
-        raise StoreError(
-            f"participant ID {participant_id!r} is not a pseudonymous code: use 1-32 letters, digits, '-' or '_' "
-            "(for example P01), never a name"
-        )
-    return pid
+_CODE_CHARS = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def check_participant_code(code: str, pattern: str | None = None) -> str:
+    """The code, stripped, if it follows `PARTICIPANT_RULE` (`pattern`: the lab's regex, default from the env)."""
+    pid = code.strip()
+    pattern = pattern if pattern is not None else os.environ.get(PARTICIPANT_PATTERN_ENV) or None
+    if _CODE_CHARS.fullmatch(pid):
+        if any(c.isdigit() for c in pid):
+            return pid
+        try:
+            if pattern is not None and re.fullmatch(pattern, pid):
+                return pid
+        except re.error as exc:
+            raise StoreError(f"${PARTICIPANT_PATTERN_ENV} {pattern!r} is not a regular expression ({exc})") from None
+    raise StoreError(f"participant code {code!r} is not a pseudonymous code: {PARTICIPANT_RULE}")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store written by an older version up to this schema (columns added with defaults, data kept).
+
+    Schema 2 adds `sessions.week` (taken from the `week` setting where one was recorded), names imported sources
+    `imported-<format>`, and marks sessions recorded from simulated straps (device `sim-N`) as `simulated`.
+    """
+    columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+    if "week" not in columns:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "week" not in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}:  # another process did it
+                db.execute("ALTER TABLE sessions ADD COLUMN week INTEGER")
+                db.execute(
+                    "UPDATE sessions SET week=json_extract(settings_json, '$.week') WHERE json_type(settings_json,"
+                    " '$.week')='integer' AND json_extract(settings_json, '$.week') >= 1"
+                )
+                for old, new in _LEGACY_SOURCES.items():
+                    db.execute("UPDATE sessions SET source=? WHERE source=?", (new, old))
+                db.execute(
+                    "UPDATE sessions SET source='simulated' WHERE source='live' AND (device LIKE 'sim-%'"
+                    " OR json_extract(settings_json, '$.study')='simulated')"
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    db.execute(
+        "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value"
+        " WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+        (str(SCHEMA_VERSION),),
+    )
 
 
 def _create_private_file(path: Path) -> None:
@@ -489,7 +608,8 @@ class Store:
         row = None
         if self._db.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone():
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is not None and row[0] == str(SCHEMA_VERSION) and self._column_exists("sessions", "end_reason"):
+        if (row is not None and row[0] == str(SCHEMA_VERSION) and self._column_exists("sessions", "end_reason")
+                and self._column_exists("sessions", "week")):
             return
         self._begin()
         for statement in _SCHEMA.split(";"):
@@ -497,6 +617,10 @@ class Store:
                 self._db.execute(statement)
         if not self._column_exists("sessions", "end_reason"):
             self._db.execute("ALTER TABLE sessions ADD COLUMN end_reason TEXT")
+        self.flush()
+        with self._lock:
+            _migrate(self._raw)  # schema 2: weeks and sources
+        self._begin()
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.flush()
 
@@ -616,8 +740,16 @@ class Store:
         self.close()
 
     # -- participants -----------------------------------------------------------------------------------------
+    def check_participant(self, participant_id: str) -> str:
+        """The stripped code of a participant already in the store, or a new code that follows `PARTICIPANT_RULE`."""
+        pid = participant_id.strip()
+        if self._db.execute("SELECT 1 FROM participants WHERE id=?", (pid,)).fetchone() is None:
+            pid = check_participant_code(participant_id)
+        return pid
+
     def ensure_participant(self, participant_id: str) -> str:
-        pid = _check_participant_id(participant_id)
+        """The participant's code, added if new."""
+        pid = self.check_participant(participant_id)
         self._begin()
         self._db.execute("INSERT OR IGNORE INTO participants(id, created_utc) VALUES (?, ?)", (pid, utc_now()))
         return pid
@@ -647,14 +779,25 @@ class Store:
         started_utc: str | None = None,
         settings: dict[str, Any] | None = None,
         state: str | None = None,
+        week: int | None = None,
     ) -> int:
+        """A new session. Its study week is `week`, else the `week` setting, else (for a recording, not an import)
+        the participant's next week among sessions of the same source (`next_week`)."""
         pid = self.ensure_participant(participant_id)
-        state = state or ("running" if source == "live" else "imported")
+        source = normalise_source(source)
+        recorded = source in RECORDED_SOURCES
+        state = state or ("running" if recorded else "imported")
         if state not in SESSION_STATES:
             raise ValueError(f"unknown session state {state!r}")
+        if week is None and isinstance((settings or {}).get("week"), int):
+            week = settings["week"]  # type: ignore[index]
+        if week is not None and (not isinstance(week, int) or isinstance(week, bool) or week < 1):
+            raise StoreError(f"study week must be a whole number ≥ 1, got {week!r}")
+        if week is None and recorded:
+            week = self.next_week(pid, source)
         cur = self._db.execute(
             "INSERT INTO sessions(participant_id, group_id, protocol_name, protocol_json, device, source,"
-            " started_utc, state, pid, host, settings_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " started_utc, state, pid, host, settings_json, week) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 pid,
                 group_id,
@@ -667,10 +810,20 @@ class Store:
                 os.getpid(),
                 socket.gethostname(),
                 json.dumps(settings or {}),
+                week,
             ),
         )
         self.flush()
         return int(cur.lastrowid)
+
+    def next_week(self, participant_id: str, source: str = "live") -> int:
+        """The week after the participant's latest included session of `source` (1 for their first)."""
+        row = self._db.execute(
+            "SELECT MAX(week) FROM sessions WHERE participant_id=? AND source=? AND id NOT IN"
+            " (SELECT object_id FROM exclusions WHERE kind='session')",
+            (participant_id.strip(), source),
+        ).fetchone()
+        return 1 if row[0] is None else int(row[0]) + 1
 
     @staticmethod
     def new_group_id() -> str:
@@ -721,28 +874,125 @@ class Store:
                     rebuild_beats(self, sid)  # the live beat times, refitted over the whole recording
         return [sid for sid, _state in found]
 
-    def session(self, session_id: int) -> SessionInfo:
-        reason = "end_reason" if self._has_end_reason else "NULL"
-        row = self._db.execute(
-            "SELECT id, participant_id, group_id, protocol_name, device, source, started_utc, ended_utc, state,"
-            f" settings_json, {reason}, pid, host FROM sessions WHERE id=?",
-            (session_id,),
-        ).fetchone()
-        if row is None:
-            raise StoreError(f"no session {session_id} in {self.path}")
-        state, end_reason = row[8], row[10]
-        if self.readonly and state in ("running", "importing") and not _owner_alive(row[11], row[12]):
+    def _session_columns(self) -> str:
+        reason = "s.end_reason" if self._has_end_reason else "NULL"
+        return (
+            "SELECT s.id, s.participant_id, s.group_id, s.protocol_name, s.device, s.source, s.started_utc,"
+            f" s.ended_utc, s.state, s.settings_json, s.week, x.reason, {reason}, s.pid, s.host FROM sessions s"
+            " LEFT JOIN exclusions x ON x.kind='session' AND x.object_id=s.id"
+        )
+
+    def _session_info(self, row: Sequence[Any]) -> SessionInfo:
+        state, end_reason = row[8], row[12]
+        if self.readonly and state in ("running", "importing") and not _owner_alive(row[13], row[14]):
             # what recovery would record, shown without writing
             state, end_reason = ("interrupted", end_reason) if state == "running" else ("incomplete", IMPORT_UNFINISHED)
-        return SessionInfo(*row[:8], state=state, settings=json.loads(row[9]), end_reason=end_reason)
+        return SessionInfo(*row[:8], state=state, settings=json.loads(row[9]), week=row[10], excluded=row[11],
+                           end_reason=end_reason)
+
+    def session(self, session_id: int) -> SessionInfo:
+        row = self._db.execute(self._session_columns() + " WHERE s.id=?", (session_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no session {session_id} in {self.path}")
+        return self._session_info(row)
 
     def sessions(self, participant_id: str | None = None) -> list[SessionInfo]:
-        query = "SELECT id FROM sessions"
+        query = self._session_columns()
         args: tuple[Any, ...] = ()
         if participant_id is not None:
-            query += " WHERE participant_id=?"
+            query += " WHERE s.participant_id=?"
             args = (participant_id,)
-        return [self.session(r[0]) for r in self._db.execute(query + " ORDER BY id", args).fetchall()]
+        return [self._session_info(r) for r in self._db.execute(query + " ORDER BY s.id", args).fetchall()]
+
+    # -- exclusion, deletion and their audit trail ------------------------------------------------------------
+    def exclude(self, kind: str, object_id: int, reason: str, *, by: str, participant_id: str | None = None) -> None:
+        """Leave a session or answer set out of study analyses and `export --all` (kept; `restore` undoes it)."""
+        if not reason.strip():
+            raise StoreError(f"say why {kind.replace('_', ' ')} {object_id} is excluded (--reason)")
+        self._begin()
+        self._db.execute(
+            "INSERT INTO exclusions(kind, object_id, reason, excluded_by, excluded_utc) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(kind, object_id) DO UPDATE SET reason=excluded.reason, excluded_by=excluded.excluded_by,"
+            " excluded_utc=excluded.excluded_utc",
+            (kind, object_id, reason.strip(), by, utc_now()),
+        )
+        self.audit("exclude", kind, object_id, by=by, participant_id=participant_id, reason=reason.strip())
+        self.flush()
+
+    def restore(self, kind: str, object_id: int, *, by: str, participant_id: str | None = None) -> bool:
+        """Undo `exclude`; False when it was not excluded."""
+        self._begin()
+        cur = self._db.execute("DELETE FROM exclusions WHERE kind=? AND object_id=?", (kind, object_id))
+        if cur.rowcount:
+            self.audit("restore", kind, object_id, by=by, participant_id=participant_id)
+        self.flush()
+        return bool(cur.rowcount)
+
+    def set_week(self, session_id: int, week: int, *, by: str, reason: str = "") -> int | None:
+        """Record the study week of a session (an import, or a correction); audited. Returns the previous week."""
+        info = self.session(session_id)
+        if not isinstance(week, int) or isinstance(week, bool) or week < 1:
+            raise StoreError(f"study week must be a whole number ≥ 1, got {week!r}")
+        self._begin()
+        self._db.execute("UPDATE sessions SET week=? WHERE id=?", (week, session_id))
+        self.audit("set-week", "session", session_id, by=by, participant_id=info.participant_id, reason=reason,
+                   detail={"old": info.week, "new": week})  # fmt: skip
+        self.flush()
+        return info.week
+
+    def exclusions(self, kind: str) -> dict[int, str]:
+        """Excluded object ids of `kind` ("session", "answer_set") and why."""
+        return dict(self._db.execute("SELECT object_id, reason FROM exclusions WHERE kind=?", (kind,)).fetchall())
+
+    def audit(
+        self, action: str, kind: str, object_id: int, *, by: str, participant_id: str | None = None,
+        reason: str = "", detail: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Append an audit row (inside the caller's transaction)."""
+        self._begin()
+        self._db.execute(
+            "INSERT INTO audit_log(utc, by, action, kind, object_id, participant_id, reason, detail_json)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (utc_now(), by, action, kind, object_id, participant_id, reason, json.dumps(detail or {})),
+        )
+
+    def audit_rows(self, kind: str | None = None) -> list[AuditRow]:
+        query = "SELECT id, utc, by, action, kind, object_id, participant_id, reason, detail_json FROM audit_log"
+        args: tuple[Any, ...] = () if kind is None else (kind,)
+        rows = self._db.execute(query + (" WHERE kind=?" if kind else "") + " ORDER BY id", args).fetchall()
+        return [AuditRow(*r[:8], detail=json.loads(r[8])) for r in rows]
+
+    def delete_session(self, session_id: int, *, by: str, reason: str = "") -> dict[str, Any]:
+        """Delete a session and everything recorded in it, keeping an audit row of what it was (never its data).
+
+        Answer sets linked to it are kept and unlinked. A session still recording is refused.
+        """
+        info = self.session(session_id)
+        if info.state == "running" and session_id not in self.recover_interrupted():
+            raise StoreError(f"session {session_id} is still recording; stop it before deleting it")
+        detail: dict[str, Any] = {
+            "protocol": info.protocol_name, "source": info.source, "started_utc": info.started_utc,
+            "state": info.state, "week": info.week, "counts": self.counts(session_id),
+        }  # fmt: skip
+        with self.transaction():
+            has_answers = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='answer_sets'"
+            ).fetchone()
+            if has_answers:
+                rows = self._db.execute("SELECT id FROM answer_sets WHERE session_id=?", (session_id,)).fetchall()
+                linked = [r[0] for r in rows]
+                self._db.execute("UPDATE answer_sets SET session_id=NULL WHERE session_id=?", (session_id,))
+                detail["unlinked_answer_sets"] = linked
+            for table in SESSION_TABLES:
+                self._db.execute(f"DELETE FROM {table} WHERE session_id=?", (session_id,))
+            self._db.execute("DELETE FROM exclusions WHERE kind='session' AND object_id=?", (session_id,))
+            try:
+                self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+            except sqlite3.IntegrityError as exc:  # a table this version does not know still refers to it
+                raise StoreError(f"session {session_id} cannot be deleted: {exc}") from None
+            self.audit("delete", "session", session_id, by=by, participant_id=info.participant_id, reason=reason,
+                       detail=detail)  # fmt: skip
+        return detail
 
     def protocol_dict(self, session_id: int) -> dict[str, Any]:
         row = self._db.execute("SELECT protocol_json FROM sessions WHERE id=?", (session_id,)).fetchone()
@@ -843,13 +1093,12 @@ class Store:
 
     def beat_stretches(self, session_id: int) -> list[dict[str, Any]]:
         """The fitted stretches of a session's beats (empty until the beats were rebuilt); drift None = unknown."""
-        cur = self._db.execute(
-            "SELECT idx, reason, t_first, t_last, n_beats, n_notifications, drift_ppm, anchor_delay_s, "
-            "median_delay_s FROM beat_stretches WHERE session_id=? ORDER BY idx",
-            (session_id,),
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        names = ("idx", "reason", "t_first", "t_last", "n_beats", "n_notifications", "drift_ppm", "anchor_delay_s",
+                 "median_delay_s")  # fmt: skip
+        rows = self._db.execute(
+            f"SELECT {', '.join(names)} FROM beat_stretches WHERE session_id=? ORDER BY idx", (session_id,)
+        ).fetchall()
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def clear_decoded(self, session_id: int) -> None:
         """Drop the decoded layer of a session (before re-decoding it from its raw packets)."""

@@ -24,7 +24,7 @@ from protocols.library import get_protocol
 from protocols.loader import ProtocolError, load_protocol, parse_protocol
 from protocols.model import Phase, Protocol
 from protocols.runner import ProtocolRunner
-from recordings.answers import AnswerStore, parse_time_point
+from recordings.answers import AnswerStore
 from recordings.export_bids import export_bids
 from recordings.export_csv import export_csv
 from recordings.export_edf import edf_annotations
@@ -250,7 +250,7 @@ def test_answers_never_reach_markers_listeners_or_exports(tmp_path):
     store.close()
 
 
-def test_without_a_week_the_session_date_is_the_time_point_and_no_answer_is_lost(tmp_path):
+def test_without_a_week_the_participants_next_week_is_the_time_point(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     first = _group(store)
     run = Background(first)
@@ -258,11 +258,10 @@ def test_without_a_week_the_session_date_is_the_time_point_and_no_answer_is_lost
     for pid in ("P01", "P02"):
         first.submit_answers(pid, ANSWERS_P01).result(timeout=10)
     sids = run.join()
-    date = store.session(sids[0]).started_utc[:10]
-    labels = {a.participant_id: a.time_point for a in AnswerStore(store).find()}
-    assert labels == {"P01": f"session {date}", "P02": f"session {date}"}
-    assert parse_time_point(labels["P01"]) == (f"session {date}", None)
-    # a second session the same day: the date is taken, so the answers are kept under that session instead
+    assert [store.session(s).week for s in sids] == [1, 1]
+    labels = {a.participant_id: (a.time_point, a.session_id) for a in AnswerStore(store).find()}
+    assert labels == {"P01": ("week 1", sids[0]), "P02": ("week 1", sids[1])}
+    # the next session of the same participants is their week 2
     second = _group(store)
     run = Background(second)
     run.wait_for_phase("weekly-diary")
@@ -270,7 +269,7 @@ def test_without_a_week_the_session_date_is_the_time_point_and_no_answer_is_lost
     second.skip_diary("P02")
     (sid_b, _) = run.join()
     again = AnswerStore(store).get(set_id)
-    assert (again.time_point, again.session_id) == (f"session {sid_b}", sid_b)
+    assert (again.time_point, again.week, again.session_id) == ("week 2", 2, sid_b)
     store.close()
 
 

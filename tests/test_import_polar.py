@@ -53,7 +53,7 @@ def test_polar_sensor_logger_round_trip(store_path, psl_files):
     with Store(store_path) as store:
         sid = import_polar(store, [ecg, rr], "P-01")
         info = store.session(sid)
-        assert info.source == "polar-sensor-logger" and info.state == "imported"
+        assert info.source == "imported-polar" and info.state == "imported"
         chunks = store.ecg_chunks(sid)
         np.testing.assert_array_equal(np.concatenate([c[3] for c in chunks]), uv)
         tl = map_ecg_chunks(chunks)

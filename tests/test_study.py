@@ -15,6 +15,7 @@ from biofeedback.study import (
     DIARY_CRITICISM,
     DIARY_SOOTHING,
     SOOTHING_RESPONSE,
+    StudySelection,
     analyze_study,
     compare,
     markdown,
@@ -28,6 +29,7 @@ from recordings.store import Store
 DIARY = get_instrument(DIARY_NAME)
 SC_ITEMS = [i.id for i in DIARY.items if "self-criticism" in i.subscales]
 SS_ITEMS = [i.id for i in DIARY.items if "self-soothing" in i.subscales]
+SIMULATED = StudySelection(sources=("live", "simulated"))
 
 
 def _diary(total_sc: int, total_ss: int) -> dict[str, int]:
@@ -113,16 +115,20 @@ def test_spearman_across_sessions_with_n():
     assert tiny.n == 2 and tiny.rho is None and "too few" in tiny.note
 
 
-def test_session_weeks_from_setting_then_linked_diary_then_order(store_path):
+def test_session_weeks_from_recorded_week_then_linked_diary_never_order(store_path):
     with Store(store_path) as store:
         a = store.create_session("P01", "x", {}, "sim", source="import", settings={"week": 4})
         b = store.create_session("P01", "x", {}, "sim", source="import")
         c = store.create_session("P02", "x", {}, "sim", source="import")
         answers = AnswerStore(store)
         answers.add(DIARY, "P01", 7, _diary(1, 1), session_id=b)
-        weeks, notes = session_weeks(store, answers)
-        assert weeks == {a: 4, b: 7, c: 1}
-        assert notes == [f"session {c} (P02): no week recorded; taken as week 1 (its order)"]
+        weeks, report = session_weeks(store, answers, StudySelection(sources=("imported",)))
+        assert weeks == {a: 4, b: 7}
+        ((left_out, pid, reason),) = report.sessions_left_out
+        assert (left_out, pid) == (c, "P02") and reason.startswith("no study week recorded (not placed by its order")
+        store.set_week(c, 2, by="ra", reason="from the paper log")
+        assert session_weeks(store, answers, StudySelection(sources=("imported",)))[0] == {a: 4, b: 7, c: 2}
+        assert store.audit_rows()[-1].detail == {"old": None, "new": 2}
 
 
 @pytest.mark.slow
@@ -131,7 +137,7 @@ def test_simulated_12_week_study_from_the_cli(tmp_path, capsys):
     assert app.main(["study", "simulate", "--participants", "6", "--weeks", "12", "--seed", "3", *store]) == 0
     capsys.readouterr()
     out = tmp_path / "out"
-    assert app.main(["study", "analyze", "--out", str(out), "--json", *store]) == 0
+    assert app.main(["study", "analyze", "--out", str(out), "--json", "--include-simulated", *store]) == 0
     printed = json.loads(capsys.readouterr().out)
     expected = {"study_table.md", "study_table.csv", "study.json", "study_long.csv", "trajectories.png",
                 "correlation.png"}  # fmt: skip
@@ -155,12 +161,13 @@ def test_simulated_12_week_study_from_the_cli(tmp_path, capsys):
     assert saved["correlation"]["n"] >= 40 and saved["correlation"]["spearman_rho"] > 0.3
     # the simulated diaries hold free text, but none of it leaves the store without --include-text
     with Store(tmp_path / "study.sqlite") as s:
-        texts = [t["text"] for t in analyze_study(s, include_text=True).free_text]
+        texts = [t["text"] for t in analyze_study(s, include_text=True, selection=SIMULATED).free_text]
     assert texts
     for path in out.iterdir():
         if path.suffix in (".md", ".csv", ".json"):
             content = path.read_text()
             assert not any(t in content for t in texts), path
-    assert app.main(["study", "analyze", "--out", str(out), *store]) == 2  # never silently overwritten
-    assert app.main(["study", "analyze", "--out", str(out), "--include-text", "--force", *store]) == 0
+    sim = "--include-simulated"
+    assert app.main(["study", "analyze", "--out", str(out), sim, *store]) == 2  # never silently overwritten
+    assert app.main(["study", "analyze", "--out", str(out), "--include-text", "--force", sim, *store]) == 0
     assert any(t in (out / "free_text.csv").read_text() for t in texts)
