@@ -182,5 +182,5 @@ def test_cli_exports_bids_kubios_and_edf(tmp_path, shared_data, capsys):
     assert app.main(["export", "--participant", "P02", "--format", "kubios", "--out", str(tmp_path / "k"), *base]) == 0
     assert app.main(["export", "1", "--format", "edf", "--out", str(tmp_path / "e"), *base]) == 0
     out = capsys.readouterr().out.replace("\n", "")
-    assert out.count("wrote") == 3  # every written file is reported
+    assert out.count("wrote") == 6  # every written file is reported (Kubios: RR, phases and one RR file per phase)
     assert (tmp_path / "k" / "sub-P02_ses-2_rr.txt").exists() and (tmp_path / "e" / "sub-P01_ses-1.edf").exists()
