@@ -670,6 +670,16 @@ def _write_dataset_files(
         }), True, written)  # fmt: skip
 
 
+def _sweep_leftovers(root: Path) -> None:
+    """Remove what killed exports left in the dataset: staged session folders and partial index files."""
+    if not root.is_dir():
+        return
+    for sub in [root, *(p for p in root.glob("sub-*") if p.is_dir() and not p.is_symlink())]:
+        for p in [*sub.glob(".ses-*.partial"), *sub.glob(".ses-*.old"), *sub.glob(".*.partial")]:
+            if os.path.lexists(p):
+                remove_stale(p)
+
+
 def export_bids(
     store: Store,
     root: Path,
@@ -700,6 +710,7 @@ def export_bids(
             raise BidsExportError(msg) from None
         if not isinstance(desc, dict) or desc.get("DatasetType", "raw") != "raw" or "BIDSVersion" not in desc:
             raise BidsExportError(f"{root} holds a dataset that is not a raw BIDS dataset; choose another folder")
+    _sweep_leftovers(root)
     result = BidsExportResult(root)
     infos = [store.session(sid) for sid in session_ids]
     for info in infos:

@@ -101,9 +101,15 @@ def test_planted_symlink_for_the_bids_dataset_files(stored, tmp_path):
     root.mkdir()
     victim.write_text(VICTIM_TEXT)
     (root / ".participants.tsv.partial").symlink_to(victim)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text(VICTIM_TEXT)
+    (root / "sub-P01").mkdir()
+    (root / "sub-P01" / f".ses-{sid}.partial").symlink_to(elsewhere, target_is_directory=True)
     with Store(path) as store:
         export_bids(store, root, [sid])
-    assert victim.read_text() == VICTIM_TEXT
+    assert victim.read_text() == VICTIM_TEXT and (elsewhere / "keep.txt").read_text() == VICTIM_TEXT
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
     assert stat.S_IMODE((root / "participants.tsv").stat().st_mode) == 0o600 and _partials(root) == []
 
 
@@ -182,6 +188,9 @@ def test_bids_export_killed_mid_session_is_redone_on_rerun(stored, tmp_path, ecg
     """)
     assert any("physio" in p.name for p in root.rglob("*.gz"))  # the kill came mid-session
     with Store(path) as store:
+        other = ecg_sid if sid == rr_sid else rr_sid
+        export_bids(store, root, [other])  # a rerun for another session sweeps the leftovers too
+        assert _partials(root) == []
         result = export_bids(store, root, [sid])
     assert result.exported_sessions == [sid] and result.kept_sessions == []
     beh = next(root.glob(f"sub-*/ses-{sid}/beh"))
@@ -282,3 +291,15 @@ def test_imported_session_acq_time_is_not_the_import_time(tmp_path, shared_data)
         (row,) = list(csv.DictReader(fh, delimiter="\t"))
     assert row["acq_time"] == "n/a"  # the RR file gave no start time; the import time is not the recording's
     assert validate(root) == []
+
+
+def test_corrupt_dataset_description_is_one_clear_line(stored, tmp_path, capsys):
+    path, sid, _ = stored
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "half')
+    args = ["export", str(sid), "--format", "bids", "--out", str(root), "--store", str(path)]
+    assert app.main(args) == 2
+    err = capsys.readouterr().err
+    assert "dataset_description.json: not valid JSON" in err.replace("\n", "") and "Traceback" not in err
+    assert sorted(p.name for p in root.iterdir()) == ["dataset_description.json"]
