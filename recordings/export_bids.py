@@ -388,9 +388,10 @@ def _beats_sidecar(onset_source: str, task: str) -> dict[str, Any]:
 def _expected_files(store: Store, info: SessionInfo, stem: str) -> set[str]:
     """The files a complete export of the session holds (to tell a complete session folder from a broken one)."""
     names = {f"{stem}_events.tsv", f"{stem}_events.json"}
-    if store.ecg_chunks(info.id):
+    counts = store.counts(info.id)
+    if counts["ecg_chunks"]:
         rec = "ecg"
-    elif len(store.beats(info.id).t):
+    elif counts["beats"]:
         rec = "rr"
     else:
         return names
