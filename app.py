@@ -465,14 +465,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _open_store(args, readonly=True) as store:
         ids = _export_sessions(args, store)
         if args.format == "bids":
-            from recordings.export_bids import export_bids
+            from recordings.export_bids import default_dataset_info_path, export_bids, load_dataset_info
 
+            info_path = Path(args.dataset_info) if args.dataset_info else default_dataset_info_path(store.path)
+            dataset_info = load_dataset_info(info_path) if args.dataset_info or info_path.is_file() else None
+            if dataset_info is not None:
+                console.print(f"dataset information from {info_path}")
             with _progress() as progress:
                 task = progress.add_task(f"BIDS export to {out}", total=len(ids))
                 result = export_bids(store, out, ids, include_text=args.include_text, overwrite=args.force,
-                                     on_session=lambda _sid: progress.advance(task))  # fmt: skip
+                                     on_session=lambda _sid: progress.advance(task),
+                                     dataset_info=dataset_info)  # fmt: skip
             for sid in result.kept_sessions:
                 console.print(f"kept session {sid}: already in {out} (use --force to rewrite it)")
+            for sid in result.redone_sessions:
+                console.print(f"redid session {sid}: its folder in {out} was incomplete (an interrupted export)")
             console.print(f"wrote sessions {result.exported_sessions or 'none'} into BIDS dataset {out} "
                           f"({len(result.written)} files, index files updated)")  # fmt: skip
             return 0
@@ -1037,14 +1044,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture"])
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (for bids: the dataset root)")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
-    p.add_argument("--include-text", action="store_true", help="also export free-text notes (sensitive)")
+    p.add_argument("--include-text", action="store_true",
+                   help="also export free-text notes and typed marker labels (sensitive)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.add_argument("--dataset-info", metavar="FILE.toml",
+                   help="bids: the lab's dataset.toml (Name, Authors, License, Institution); "
+                   "default: dataset.toml beside the store file, when there")  # fmt: skip
 
     p = command(sub, "report", cmd_report, "write a session report: one self-contained HTML file")
     p.add_argument("session", type=int)
     p.add_argument("--out", required=True, metavar="FILE.html")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
-    p.add_argument("--include-text", action="store_true", help="also include free-text notes (sensitive)")
+    p.add_argument("--include-text", action="store_true",
+                   help="also include free-text notes and typed marker labels (sensitive)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing report")
 
     devices = sub.add_parser("devices", help="Bluetooth straps").add_subparsers(dest="sub", required=True)

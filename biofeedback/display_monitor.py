@@ -18,6 +18,7 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from biofeedback.display_common import start_frame_timer
 from biofeedback.view_model import MonitorView, SessionControls, StrapView, ViewSource
+from recordings.privacy import FIXED_MARKER_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ RR_SCROLL_S = 0.5
 ECG_GROUP_STEP_S = 0.1
 """In a group grid each small ECG trace scrolls at most 10 times a second (the single view: every frame)."""
 """Without a new beat the tachogram scrolls in steps of this many seconds (about 2 px): cheap and calm."""
-MARKER_LABELS = ("note", "distress", "technical", "participant moved", "protocol deviation")
+MARKER_LABELS = FIXED_MARKER_LABELS  # exported without --include-text; a typed label is free text
 
 BACKGROUND = "#1b1f24"
 PANEL = "#232930"

@@ -4,7 +4,8 @@ Contents: the pseudonymous participant ID, protocol, date and signal quality; he
 phases shaded and markers shown; the per-phase HRV table with its quality notes; breathing rate per phase; the
 soothing response (each phase's RMSSD and HF power relative to the baseline phase). Plots are PNG images made with
 matplotlib (Agg) and embedded as base64 data URIs; the styling is inline CSS. Nothing is fetched from anywhere, so
-the file opens offline and leaks no request. Free-text notes appear only with `include_text=True`.
+the file opens offline and leaks no request. Free-text notes and free-text manual-marker labels (see
+`recordings.privacy`) appear only with `include_text=True`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from recordings.files import open_private_for_write
+from recordings.privacy import exportable_label, fixed_labels
 from recordings.store import Store
 
 from .analysis import SessionAnalysis, analyze_session
@@ -83,7 +85,12 @@ def load_report_data(
             down = None
     if down is not None and len(beats.t):
         gaps.append((down, float(beats.t[-1])))
-    markers = [(m.t, m.kind, m.label) for m in store.markers(session_id) if m.kind in MARKER_KINDS]
+    fixed = fixed_labels(store.protocol_dict(session_id))
+    markers = [
+        (m.t, m.kind, exportable_label(m.kind, m.label, fixed, include_text))
+        for m in store.markers(session_id)
+        if m.kind in MARKER_KINDS
+    ]  # a free-text manual label only with include_text; the dashed line is drawn either way
     ecg_seconds = sum(len(s) / fs for _t, _ns, fs, s in store.ecg_chunks(session_id))
     return ReportData(
         analysis=analysis,
@@ -148,7 +155,7 @@ def timeline_figure(data: ReportData) -> str:
             ha="center", va="bottom", fontsize=8.5, color=INK,
         )  # fmt: skip
     for t, kind, label in data.markers:
-        if kind == "manual":
+        if kind == "manual" and label:
             ax_rr.annotate(label, (t / 60, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=8,
                            color="#56606b", ha="right", va="bottom",
                            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})  # fmt: skip

@@ -36,7 +36,7 @@ from scipy import stats as sps
 
 from protocols.instruments import DIARY_NAME, InstrumentKind
 from recordings.answers import AnswerStore, parse_time_point
-from recordings.files import OutputExistsError, write_private_text
+from recordings.files import OutputExistsError, open_private_for_write, write_private_text
 from recordings.store import SESSION_STATES, SOURCE_CHOICES, Store, source_matches
 
 from .analysis import analyze_session
@@ -553,7 +553,7 @@ def plot_trajectories(data: pd.DataFrame, path: Path, measures: Sequence[str] | 
     axes[0, 0].legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, 1.45), frameon=False)
     axes[-1, 0].set_xlabel("week")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -576,9 +576,15 @@ def plot_correlation(data: pd.DataFrame, corr: Correlation, path: Path) -> Path:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
     plt.close(fig)
     return path
+
+
+def _save_png(fig, path: Path) -> None:
+    """Save a figure atomically and privately (write_outputs has already refused to replace files without --force)."""
+    with open_private_for_write(path, overwrite=True, binary=True) as fh:
+        fig.savefig(fh, format="png", dpi=110)
 
 
 def write_outputs(result: StudyResult, out_dir: Path, *, overwrite: bool = False) -> list[Path]:

@@ -17,9 +17,20 @@ Choices (documented in the dataset's README as well):
 - `ses-<n>` is the store's session id. It never changes, so re-exporting into the same folder only adds sessions;
   a participant's sessions are therefore numbered with gaps, in the order they were recorded.
 - Sessions already in the folder are left untouched (reported as kept) unless `overwrite=True`; `participants.tsv`
-  and `sub-<label>_sessions.tsv` are merged with what is there, so earlier exports stay valid.
-- Only the pseudonymous ID leaves the store. Free-text notes and the labels of manual markers are exported only
-  with `include_text=True`; otherwise a manual marker is exported as `manual` without its label.
+  and `sub-<label>_sessions.tsv` are merged with what is there, so earlier exports stay valid. A session folder is
+  written as `.ses-<n>.partial` and renamed when complete; one found without all its files is redone, not kept.
+- `trial_type` of a phase is its kind (`rest_phase`, `breathing_phase`, …; see `phase_kind`); other events carry
+  the marker kind (`prompt`, `pause`, `manual`, …). Beats in `physioevents` have `duration` 0.
+- `acq_time` is the recording's start: for live sessions the session start, for imports the start read from the
+  file; imports whose file gives none (captures, plain RR files) have `n/a`, not the import time.
+- A lab-level `dataset.toml` (`Name`, `Authors`, `License`, `Institution`, optional `Acknowledgements`,
+  `HowToAcknowledge`, `Funding`, `EthicsApprovals`, `ReferencesAndLinks`, `DatasetDOI`, `Keywords`,
+  `InstitutionAddress`, `InstitutionalDepartmentName`) fills dataset_description.json and the physio sidecars'
+  institution fields; the command line reads `--dataset-info FILE`, else `dataset.toml` beside the store file.
+  The strap's serial number (from a Polar name such as `Polar H10 8C4D2A21`) is the sidecars' `DeviceSerialNumber`.
+- Only the pseudonymous ID leaves the store. Free-text notes and typed labels of manual markers are exported only
+  with `include_text=True`; otherwise such a marker is exported as `manual` without its label (the monitor's fixed
+  labels, see `privacy`, are kept).
 - Sessions without ECG get `..._recording-rr_physio.tsv.gz`, the RR interval in progress sampled at 4 Hz (n/a
   where data were lost), with the beats as its `physioevents`: a BIDS `physioevents` file must belong to a `physio`
   file.
@@ -27,11 +38,14 @@ Choices (documented in the dataset's README as well):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import os
 import re
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +55,8 @@ from typing import Any
 import numpy as np
 
 from .ecg_time import map_ecg_chunks
-from .files import OutputExistsError, open_private_for_write
+from .files import OutputExistsError, open_private_for_write, remove_stale
+from .privacy import exportable_label, fixed_labels
 from .rr_series import RR_SERIES_FS_HZ, rr_step_series
 from .store import Marker, SessionInfo, Store
 
@@ -49,8 +64,31 @@ BIDS_VERSION = "1.10.0"
 GENERATOR = {"Name": "cmt-biofeedback", "Version": "0.1.0", "Description": "biofeedback session recorder"}
 MANUFACTURER = "Polar Electro Oy"
 
+PHASE_KINDS = {
+    "rest": "Resting baseline",
+    "breathing": "Soothing-rhythm (paced) breathing",
+    "grounding": "Sensory grounding (attention to a held object or a safe place)",
+    "imagery": "Compassionate imagery",
+    "recall": "Recall of a self-critical or threat memory",
+    "refocus": "Compassionate refocusing",
+    "recovery": "Recovery after a task",
+    "diary": "Diary or questionnaire",
+    "meditation": "Compassionate meditation",
+    "other": "Other",
+}
+
+
+def phase_trial_type(kind: Any) -> str:
+    """A phase's trial_type names what the phase asks (`breathing_phase`); `phase` when its kind is unknown."""
+    return f"{kind}_phase" if kind in PHASE_KINDS else "phase"
+
+
 EVENT_LEVELS = {
-    "phase": "A protocol phase, from its start to its end (duration); see phase_name, phase_kind, feedback",
+    **{
+        phase_trial_type(k): f"A protocol phase of kind {k!r} ({v.lower()}), from its start to its end (duration)"
+        for k, v in PHASE_KINDS.items()
+    },
+    "phase": "A protocol phase of unknown kind, from its start to its end (duration)",
     "session_start": "The protocol started",
     "session_end": "The protocol ended (completed or stopped)",
     "prompt": "A scripted prompt was shown or spoken to the participant; `label` holds the protocol's text",
@@ -90,6 +128,7 @@ class BidsExportResult:
     written: list[Path] = field(default_factory=list)
     exported_sessions: list[int] = field(default_factory=list)
     kept_sessions: list[int] = field(default_factory=list)
+    redone_sessions: list[int] = field(default_factory=list)  # found incomplete (e.g. a killed export) and rewritten
     labels: dict[str, str] = field(default_factory=dict)  # store participant ID -> BIDS label
 
 
@@ -140,7 +179,12 @@ def _cell(value: Any) -> str:
 
 
 def _event_rows(
-    store: Store, session_id: int, markers: Sequence[Marker], ecg_gaps: Sequence[tuple[float, float]], text: bool
+    store: Store,
+    session_id: int,
+    markers: Sequence[Marker],
+    ecg_gaps: Sequence[tuple[float, float]],
+    text: bool,
+    fixed: frozenset[str] = frozenset(),
 ) -> list[list[str]]:
     rows: list[tuple[float, list[str]]] = []
     starts: dict[int, Marker] = {}
@@ -152,7 +196,7 @@ def _event_rows(
             st = starts.pop(mk.phase_index)
             rows.append((st.t, _phase_event(st, mk.t, mk.detail.get("ended", "completed"))))
         elif mk.kind in _POINT_KINDS:
-            label = mk.label if (mk.kind != "manual" or text) else ""
+            label = exportable_label(mk.kind, mk.label, fixed, text)
             rows.append((mk.t, [_num(mk.t), "0", mk.kind, "n/a", _cell(mk.phase_index), _cell(mk.phase_name),
                                 "n/a", "n/a", "n/a", "n/a", _cell(label)]))  # fmt: skip
     for st in starts.values():  # a phase that never ended (interrupted session): up to the last marker
@@ -174,7 +218,7 @@ def _phase_event(start: Marker, end_t: float, ended: str) -> list[str]:
     return [
         _num(start.t),
         _num(end_t - start.t),
-        "phase",
+        phase_trial_type(d.get("kind")),
         "n/a",
         _cell(start.phase_index),
         _cell(start.phase_name),
@@ -190,8 +234,9 @@ EVENT_COLUMNS = ["onset", "duration", "trial_type", "value", "phase_index", "pha
                  "pacer_bpm", "ended", "label"]  # fmt: skip
 
 
-def _events_sidecar(task: str, text: bool) -> dict[str, Any]:
-    levels = {k: v for k, v in EVENT_LEVELS.items() if text or k != "note"}
+def _events_sidecar(task: str, text: bool, present: Sequence[str] | None = None) -> dict[str, Any]:
+    """The events.json sidecar; `present` limits the trial_type levels to those in the file."""
+    levels = {k: v for k, v in EVENT_LEVELS.items() if (text or k != "note") and (present is None or k in present)}
     return {
         "TaskName": task,
         "TaskDescription": f"Scripted biofeedback protocol {task!r}: phases and markers on the session clock",
@@ -201,21 +246,7 @@ def _events_sidecar(task: str, text: bool) -> dict[str, Any]:
         "value": {"Description": "Unused (always n/a); kept for tools that expect the column"},
         "phase_index": {"Description": "0-based index of the protocol phase the event belongs to"},
         "phase_name": {"Description": "Name of the protocol phase"},
-        "phase_kind": {
-            "Description": "What the phase asks of the participant",
-            "Levels": {
-                "rest": "Resting baseline",
-                "breathing": "Soothing-rhythm (paced) breathing",
-                "grounding": "Sensory grounding (attention to a held object or a safe place)",
-                "imagery": "Compassionate imagery",
-                "recall": "Recall of a self-critical or threat memory",
-                "refocus": "Compassionate refocusing",
-                "recovery": "Recovery after a task",
-                "diary": "Diary or questionnaire",
-                "meditation": "Compassionate meditation",
-                "other": "Other",
-            },
-        },
+        "phase_kind": {"Description": "What the phase asks of the participant", "Levels": dict(PHASE_KINDS)},
         "feedback": {"Description": "What the participant display showed during the phase (protocol setting)"},
         "pacer_bpm": {"Description": "Breathing pacer rate during the phase", "Units": "1/min"},
         "ended": {"Description": "How the phase ended: completed, skipped or stopped"},
@@ -228,7 +259,29 @@ def _events_sidecar(task: str, text: bool) -> dict[str, Any]:
 # -- one session -------------------------------------------------------------------------------------------------
 
 
-def _ecg_files(store: Store, info: SessionInfo, stem: str, dest: Path, overwrite: bool, written: list[Path]):
+_POLAR_ID = re.compile(r"^Polar\s+\S+\s+([0-9A-Fa-f]{8})$")
+
+
+def device_serial(device: str) -> str | None:
+    """The strap's serial number when the device name carries it (Polar straps advertise `Polar H10 8C4D2A21`)."""
+    m = _POLAR_ID.match(device.strip())
+    return m.group(1).upper() if m else None
+
+
+def _device_fields(info: SessionInfo, extra: dict[str, Any]) -> dict[str, Any]:
+    serial = device_serial(info.device)
+    return {**({"DeviceSerialNumber": serial} if serial else {}), **extra}
+
+
+def _ecg_files(
+    store: Store,
+    info: SessionInfo,
+    stem: str,
+    dest: Path,
+    overwrite: bool,
+    written: list[Path],
+    extra: dict[str, Any] | None = None,
+):
     chunks = store.ecg_chunks(info.id)
     if not chunks:
         return None
@@ -245,6 +298,7 @@ def _ecg_files(store: Store, info: SessionInfo, stem: str, dest: Path, overwrite
         "PhysioType": "generic",
         "Manufacturer": MANUFACTURER if "polar" in info.device.lower() or "h10" in info.device.lower() else "n/a",
         "ManufacturersModelName": info.device,
+        **_device_fields(info, extra or {}),
         "SoftwareVersions": GENERATOR["Version"],
         "RecordingType": "continuous",
         "timestamp": {
@@ -271,12 +325,20 @@ def _ecg_files(store: Store, info: SessionInfo, stem: str, dest: Path, overwrite
 
 def _beat_lines(beats) -> list[str]:
     return [
-        f"{t:.6f}\t{rr:.3f}\t{int(g)}"
+        f"{t:.6f}\t0\t{rr:.3f}\t{int(g)}"
         for t, rr, g in zip(beats.t.tolist(), beats.rr_ms.tolist(), beats.gap_before.tolist(), strict=True)
     ]
 
 
-def _rr_files(info: SessionInfo, beats, stem: str, dest: Path, overwrite: bool, written: list[Path]) -> None:
+def _rr_files(
+    info: SessionInfo,
+    beats,
+    stem: str,
+    dest: Path,
+    overwrite: bool,
+    written: list[Path],
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Without ECG: the beats as an RR series (physio, 4 Hz) with the beats themselves as its physioevents."""
     t0, values = rr_step_series(beats.t, beats.rr_ms, RR_SERIES_FS_HZ)
     times = t0 + np.arange(len(values)) / RR_SERIES_FS_HZ
@@ -289,6 +351,7 @@ def _rr_files(info: SessionInfo, beats, stem: str, dest: Path, overwrite: bool, 
         "Columns": ["timestamp", "rr"],
         "PhysioType": "generic",
         "ManufacturersModelName": info.device,
+        **_device_fields(info, extra or {}),
         "SoftwareVersions": GENERATOR["Version"],
         "RecordingType": "continuous",
         "timestamp": {"Description": "Sample time on the session clock (0 = session start)", "Units": "s"},
@@ -310,15 +373,36 @@ def _beats_sidecar(onset_source: str, task: str) -> dict[str, Any]:
     return {
         "TaskName": task,
         "Description": "Heart beats as reported by the strap: beat time and the RR interval ending at it",
-        "Columns": ["onset", "rr", "gap_before"],
+        "Columns": ["onset", "duration", "rr", "gap_before"],
         "OnsetSource": onset_source,
         "onset": {"Description": "Beat time on the session clock (0 = session start)", "Units": "s"},
+        "duration": {"Description": "Duration of the event: 0, a beat is a point in time", "Units": "s"},
         "rr": {"LongName": "RR interval", "Description": "Interval from the previous beat to this one", "Units": "ms"},
         "gap_before": {
             "Description": "1 if data were lost before this beat (the previous beat is not in the file)",
             "Levels": {"0": "continuous", "1": "after a gap"},
         },
     }
+
+
+def _expected_files(store: Store, info: SessionInfo, stem: str) -> set[str]:
+    """The files a complete export of the session holds (to tell a complete session folder from a broken one)."""
+    names = {f"{stem}_events.tsv", f"{stem}_events.json"}
+    counts = store.counts(info.id)
+    if counts["ecg_chunks"]:
+        rec = "ecg"
+    elif counts["beats"]:
+        rec = "rr"
+    else:
+        return names
+    for suffix in ("physio", "physioevents"):
+        names |= {f"{stem}_recording-{rec}_{suffix}.tsv.gz", f"{stem}_recording-{rec}_{suffix}.json"}
+    return names
+
+
+def _is_complete(folder: Path, expected: set[str]) -> bool:
+    beh = folder / "beh"
+    return folder.is_dir() and not folder.is_symlink() and beh.is_dir() and expected <= {p.name for p in beh.iterdir()}
 
 
 def export_bids_session(
@@ -329,34 +413,80 @@ def export_bids_session(
     include_text: bool = False,
     overwrite: bool = False,
     result: BidsExportResult | None = None,
+    info_fields: dict[str, Any] | None = None,
 ) -> BidsExportResult:
-    """Write one session under `root` (a BIDS dataset, created if needed) and update the dataset index files."""
+    """Write one session under `root` (a BIDS dataset, created if needed); the dataset index files are the caller's.
+
+    The session folder is written as `sub-<label>/.ses-<n>.partial` and renamed to `ses-<n>` only when every file
+    is in it, so a killed export never leaves a folder that looks done. A `ses-<n>` found without all of its files
+    (from an older version, or edited by hand) is redone, not kept; a stale `.partial` folder is removed.
+    """
     result = result or BidsExportResult(Path(root))
     info = store.session(session_id)
     label = _label_for(store, info.participant_id, result)
     ses = f"ses-{info.id}"
-    dest = Path(root) / f"sub-{label}" / ses / "beh"
+    final = Path(root) / f"sub-{label}" / ses
     stem = f"sub-{label}_{ses}_task-{task_label(info.protocol_name)}"
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
+    complete = _is_complete(final, _expected_files(store, info, stem))
+    was_there = os.path.lexists(final)
+    if complete and not overwrite:
         result.kept_sessions.append(session_id)
         return result
+    staging = final.with_name(f".{ses}.partial")
+    if os.path.lexists(staging):
+        remove_stale(staging)
+    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging.mkdir(mode=0o700)
+    dest = staging / "beh"
     written: list[Path] = []
-    tl = _ecg_files(store, info, stem, dest, overwrite, written)
+    try:
+        _session_files(store, info, stem, dest, include_text, written, info_fields or {})
+        if os.path.lexists(final):  # an incomplete folder, or one to be replaced (--force): swap, then drop
+            old = final.with_name(f".{ses}.old")
+            if os.path.lexists(old):
+                remove_stale(old)
+            os.replace(final, old)
+            os.replace(staging, final)
+            remove_stale(old)
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            remove_stale(staging)
+        raise
+    result.written.extend(final / "beh" / p.name for p in written)
+    if was_there and not complete:
+        result.redone_sessions.append(session_id)
+    result.exported_sessions.append(session_id)
+    return result
+
+
+def _session_files(
+    store: Store,
+    info: SessionInfo,
+    stem: str,
+    dest: Path,
+    include_text: bool,
+    written: list[Path],
+    info_fields: dict[str, Any],
+) -> None:
+    """Every file of one session into the (fresh) folder `dest`."""
+    session_id = info.id
+    tl = _ecg_files(store, info, stem, dest, True, written, info_fields)
     beats = store.beats(session_id)
     if tl is not None:
         body = "\n".join(_beat_lines(beats)) + ("\n" if len(beats.t) else "")
-        _write_gz(dest / f"{stem}_recording-ecg_physioevents.tsv.gz", body, overwrite, written)
+        _write_gz(dest / f"{stem}_recording-ecg_physioevents.tsv.gz", body, True, written)
         beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name))
-        _write(dest / f"{stem}_recording-ecg_physioevents.json", beats_json, overwrite, written)
+        _write(dest / f"{stem}_recording-ecg_physioevents.json", beats_json, True, written)
     elif len(beats.t):
-        _rr_files(info, beats, stem, dest, overwrite, written)
-    rows = _event_rows(store, session_id, store.markers(session_id), tl.gaps if tl else [], include_text)
-    _write(dest / f"{stem}_events.tsv", _tsv_text(EVENT_COLUMNS, rows), overwrite, written)
-    events_json = _json_text(_events_sidecar(info.protocol_name, include_text))
-    _write(dest / f"{stem}_events.json", events_json, overwrite, written)
-    result.written.extend(written)
-    result.exported_sessions.append(session_id)
-    return result
+        _rr_files(info, beats, stem, dest, True, written, info_fields)
+    fixed = fixed_labels(store.protocol_dict(session_id))
+    rows = _event_rows(store, session_id, store.markers(session_id), tl.gaps if tl else [], include_text, fixed)
+    _write(dest / f"{stem}_events.tsv", _tsv_text(EVENT_COLUMNS, rows), True, written)
+    kinds = sorted({r[2] for r in rows})
+    events_json = _json_text(_events_sidecar(info.protocol_name, include_text, kinds))
+    _write(dest / f"{stem}_events.json", events_json, True, written)
 
 
 def _label_for(store: Store, participant_id: str, result: BidsExportResult) -> str:
@@ -379,7 +509,8 @@ README = """# Biofeedback sessions (cmt-biofeedback export)
 Heart-rate-variability biofeedback sessions recorded with a chest strap during scripted protocols
 (Compassionate Mind Training research). Exported by cmt-biofeedback {version}.
 
-- `sub-<label>/ses-<n>/beh/*_events.tsv`: protocol phases (trial_type `phase`, with duration) and markers.
+- `sub-<label>/ses-<n>/beh/*_events.tsv`: protocol phases (trial_type `<kind>_phase`, e.g. `breathing_phase`, with
+  duration) and markers (trial_type the marker kind).
 - `*_recording-ecg_physio.tsv.gz`: raw ECG (µV) with a `timestamp` column; `*_recording-ecg_physioevents.tsv.gz`:
   the strap's beats (onset = beat time, `rr` in ms). Sessions without ECG have
   `*_recording-rr_physio.tsv.gz` (RR in progress at 4 Hz) with the beats in `*_recording-rr_physioevents.tsv.gz`.
@@ -411,21 +542,103 @@ def _sort_key(value: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (value, -1)
 
 
+UNKNOWN_START_SOURCES = {"capture", "rr"}
+"""Imports whose files carry no wall-clock start: the store's `started_utc` is the import time, not the recording's."""
+
+
 def _acq_time(started_utc: str) -> str:
     dt = datetime.fromisoformat(started_utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + ("Z" if dt.utcoffset() is not None else "")
 
 
-def _write_dataset_files(store: Store, root: Path, result: BidsExportResult, sessions: Sequence[SessionInfo]) -> None:
+def session_acq_time(info: SessionInfo) -> str:
+    """The recording's start for `acq_time`: a live session's start, an import's start as read from its file
+    (`settings["recording_start_utc"]`, or `started_utc` for imports that read it), `n/a` when no file said it."""
+    start = info.settings.get("recording_start_utc")
+    if isinstance(start, str) and start:
+        return _acq_time(start)
+    if info.source in UNKNOWN_START_SOURCES:
+        return "n/a"
+    return _acq_time(info.started_utc)
+
+
+# -- dataset.toml ----------------------------------------------------------------------------------------------
+
+DATASET_TOML = "dataset.toml"
+_DESCRIPTION_KEYS = {"Name": str, "Authors": list, "License": str, "Acknowledgements": str, "HowToAcknowledge": str,
+                     "Funding": list, "EthicsApprovals": list, "ReferencesAndLinks": list, "DatasetDOI": str,
+                     "Keywords": list}  # fmt: skip
+_SIDECAR_KEYS = {"Institution": "InstitutionName", "InstitutionAddress": "InstitutionAddress",
+                 "InstitutionalDepartmentName": "InstitutionalDepartmentName"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A lab's dataset facts, set once in `dataset.toml`: dataset_description fields and institution sidecar fields."""
+
+    description: dict[str, Any] = field(default_factory=dict)
+    sidecar: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None
+
+
+def default_dataset_info_path(store_path: Path) -> Path:
+    """Where `dataset.toml` is looked up when `--dataset-info` is not given: beside the store file."""
+    return Path(store_path).resolve().parent / DATASET_TOML
+
+
+def load_dataset_info(path: Path) -> DatasetInfo:
+    """Read and check `dataset.toml` (Name, Authors, License, Institution, …); BidsExportError names file and key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BidsExportError(f"{path}: cannot read the dataset information ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BidsExportError(f"{path}: not valid TOML ({exc})") from None
+    description: dict[str, Any] = {}
+    sidecar: dict[str, str] = {}
+    for key, value in data.items():
+        if key in _DESCRIPTION_KEYS:
+            want = _DESCRIPTION_KEYS[key]
+            ok = (
+                isinstance(value, str)
+                if want is str
+                else (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            )
+            if not ok or (want is str and not value.strip()):
+                kind = "a non-empty string" if want is str else "a list of strings"
+                raise BidsExportError(f"{path}: {key} must be {kind}, got {value!r}")
+            description[key] = value
+        elif key in _SIDECAR_KEYS:
+            if not isinstance(value, str) or not value.strip():
+                raise BidsExportError(f"{path}: {key} must be a non-empty string, got {value!r}")
+            sidecar[_SIDECAR_KEYS[key]] = value
+        else:
+            known = ", ".join(sorted([*_DESCRIPTION_KEYS, *_SIDECAR_KEYS]))
+            raise BidsExportError(f"{path}: unknown key {key!r}; expected one of {known}")
+    return DatasetInfo(description, sidecar, path)
+
+
+def _write_dataset_files(
+    store: Store,
+    root: Path,
+    result: BidsExportResult,
+    sessions: Sequence[SessionInfo],
+    existing_desc: dict[str, Any] | None,
+    dataset_info: DatasetInfo | None,
+) -> None:
     written = result.written
     desc = root / "dataset_description.json"
-    if not desc.exists():
-        _write(desc, _json_text({
+    if existing_desc is None or (dataset_info and dataset_info.description):
+        base = existing_desc or {
             "Name": "Biofeedback sessions (cmt-biofeedback export)",
             "BIDSVersion": BIDS_VERSION,
             "DatasetType": "raw",
             "GeneratedBy": [GENERATOR],
-        }), False, written)  # fmt: skip
+        }
+        merged = {**base, **(dataset_info.description if dataset_info else {})}
+        if merged != existing_desc:
+            _write(desc, _json_text(merged), True, written)
     if not (root / "README").exists() and not (root / "README.md").exists():
         _write(root / "README", README.format(version=GENERATOR["Version"]), False, written)
     participants = [{"participant_id": f"sub-{result.labels[p]}", "recorder_id": p} for p in sorted(result.labels)]
@@ -443,18 +656,29 @@ def _write_dataset_files(store: Store, root: Path, result: BidsExportResult, ses
         label = result.labels[pid]
         path = root / f"sub-{label}" / f"sub-{label}_sessions.tsv"
         rows = [
-            {"session_id": f"ses-{s.id}", "acq_time": _acq_time(s.started_utc), "protocol": s.protocol_name,
+            {"session_id": f"ses-{s.id}", "acq_time": session_acq_time(s), "protocol": s.protocol_name,
              "device": s.device, "source": s.source, "state": s.state}
             for s in infos
         ]  # fmt: skip
         _write(path, _merge_tsv(path, "session_id", header, rows), True, written)
         _write(path.with_suffix(".json"), _json_text({
-            "acq_time": {"Description": "Session start (UTC): time zero of every file of the session"},
+            "acq_time": {"Description": "Session start (UTC): time zero of every file of the session; n/a for an "
+                         "import whose file gave no start time"},
             "protocol": {"Description": "Name of the protocol run in the session"},
             "device": {"Description": "Strap or source of the recording"},
             "source": {"Description": "live recording, or the kind of file it was imported from"},
             "state": {"Description": "completed, stopped, interrupted or imported"},
         }), True, written)  # fmt: skip
+
+
+def _sweep_leftovers(root: Path) -> None:
+    """Remove what killed exports left in the dataset: staged session folders and partial index files."""
+    if not root.is_dir():
+        return
+    for sub in [root, *(p for p in root.glob("sub-*") if p.is_dir() and not p.is_symlink())]:
+        for p in [*sub.glob(".ses-*.partial"), *sub.glob(".ses-*.old"), *sub.glob(".*.partial")]:
+            if os.path.lexists(p):
+                remove_stale(p)
 
 
 def export_bids(
@@ -465,25 +689,38 @@ def export_bids(
     include_text: bool = False,
     overwrite: bool = False,
     on_session: Callable[[int], None] | None = None,
+    dataset_info: DatasetInfo | None = None,
 ) -> BidsExportResult:
-    """Export sessions into the BIDS dataset at `root` (created or extended); `on_session` is called after each."""
+    """Export sessions into the BIDS dataset at `root` (created or extended); `on_session` is called after each.
+
+    `dataset_info` (from `load_dataset_info`) fills dataset_description.json (Name, Authors, License, …) and the
+    institution fields of every physio sidecar; the description of an existing dataset is updated with it.
+    """
     if not session_ids:
         raise BidsExportError("no sessions to export")
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise OutputExistsError(f"{root} exists and is not a folder")
-    existing_desc = root / "dataset_description.json"
-    if existing_desc.exists():
-        desc = json.loads(existing_desc.read_text(encoding="utf-8"))
-        if desc.get("DatasetType", "raw") != "raw" or "BIDSVersion" not in desc:
+    desc_path = root / "dataset_description.json"
+    desc: dict[str, Any] | None = None
+    if desc_path.exists():
+        try:
+            desc = json.loads(desc_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            msg = f"{desc_path}: not valid JSON ({exc}); fix or remove it, or choose another folder"
+            raise BidsExportError(msg) from None
+        if not isinstance(desc, dict) or desc.get("DatasetType", "raw") != "raw" or "BIDSVersion" not in desc:
             raise BidsExportError(f"{root} holds a dataset that is not a raw BIDS dataset; choose another folder")
+    _sweep_leftovers(root)
     result = BidsExportResult(root)
     infos = [store.session(sid) for sid in session_ids]
     for info in infos:
         _label_for(store, info.participant_id, result)  # refuse label clashes before writing anything
+    sidecar = dict(dataset_info.sidecar) if dataset_info else {}
     for info in infos:
-        export_bids_session(store, info.id, root, include_text=include_text, overwrite=overwrite, result=result)
+        export_bids_session(store, info.id, root, include_text=include_text, overwrite=overwrite, result=result,
+                            info_fields=sidecar)  # fmt: skip
         if on_session is not None:
             on_session(info.id)
-    _write_dataset_files(store, root, result, infos)
+    _write_dataset_files(store, root, result, infos, desc, dataset_info)
     return result

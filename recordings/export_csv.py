@@ -1,7 +1,8 @@
 """Tidy CSV export of a session: beats.csv, markers.csv and (given by the caller) phases.csv.
 
-The per-phase table comes from the analysis layer above this one, so it is passed in as rows. Free-text notes leave
-the store only with `include_text=True`. Files are private to the user and never silently overwritten.
+The per-phase table comes from the analysis layer above this one, so it is passed in as rows. Free-text notes and
+free-text manual-marker labels (see `privacy`) leave the store only with `include_text=True`; without it such a
+marker's `label` cell is empty. Files are private to the user and never silently overwritten.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .files import OutputExistsError, open_private_for_write
+from .files import OutputExistsError, clean_partials, open_private_for_write
+from .privacy import exportable_label, fixed_labels
 from .store import Store
 
 
@@ -37,12 +39,14 @@ def export_csv(
     out_dir = Path(out_dir)
     names = ["beats.csv", "markers.csv"] + (["phases.csv"] if phases is not None else [])
     names += ["notes.csv"] if include_text else []
+    clean_partials(out_dir, names)
     if not overwrite:
         existing = [n for n in names if (out_dir / n).exists()]
         if existing:
             raise OutputExistsError(f"{out_dir} already holds {existing}; not overwriting (use --force)")
     info = store.session(session_id)
     beats = store.beats(session_id)
+    fixed = fixed_labels(store.protocol_dict(session_id))
     written = [
         _write_csv(
             out_dir / "beats.csv",
@@ -64,7 +68,7 @@ def export_csv(
                     m.kind,
                     "" if m.phase_index is None else m.phase_index,
                     m.phase_name or "",
-                    m.label,
+                    exportable_label(m.kind, m.label, fixed, include_text),
                     json.dumps(m.detail, sort_keys=True),
                 )
                 for m in store.markers(session_id)

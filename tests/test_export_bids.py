@@ -84,6 +84,7 @@ def test_ecg_beats_and_events_carry_the_stored_data(study, tmp_path):
     stem = f"sub-P01_ses-{sid}_task-cmtsoothing"
     meta = json.loads((beh / f"{stem}_recording-ecg_physio.json").read_text())
     assert meta["Columns"] == ["timestamp", "ecg"] and meta["ecg"]["Units"] == "uV"
+    assert meta["DeviceSerialNumber"] == "8C4D2A21"  # the strap id from its name "Polar H10 8C4D2A21"
     assert meta["SamplingFrequency"] == pytest.approx(130.16, abs=0.05)
     rows = read_gz_rows(beh / f"{stem}_recording-ecg_physio.tsv.gz")
     t = np.array([float(r[0]) for r in rows])
@@ -100,16 +101,18 @@ def test_ecg_beats_and_events_carry_the_stored_data(study, tmp_path):
     beats = store.beats(sid)
     ev = read_gz_rows(beh / f"{stem}_recording-ecg_physioevents.tsv.gz")
     np.testing.assert_allclose([float(r[0]) for r in ev], beats.t, atol=1e-6)
-    np.testing.assert_allclose([float(r[1]) for r in ev], beats.rr_ms, atol=1e-3)
+    assert {r[1] for r in ev} == {"0"}  # duration: a beat is a point in time
+    np.testing.assert_allclose([float(r[2]) for r in ev], beats.rr_ms, atol=1e-3)
     ev_meta = json.loads((beh / f"{stem}_recording-ecg_physioevents.json").read_text())
-    assert ev_meta["Columns"][0] == "onset" and ev_meta["OnsetSource"] == "timestamp"
+    assert ev_meta["Columns"][:2] == ["onset", "duration"] and ev_meta["OnsetSource"] == "timestamp"
     assert ev_meta["rr"]["Units"] == "ms"
 
     with (beh / f"{stem}_events.tsv").open() as fh:
         events = list(csv.DictReader(fh, delimiter="\t"))
     levels = json.loads((beh / f"{stem}_events.json").read_text())["trial_type"]["Levels"]
     assert {e["trial_type"] for e in events} <= set(levels)
-    phases = [e for e in events if e["trial_type"] == "phase"]
+    phases = [e for e in events if e["trial_type"].endswith("_phase")]
+    assert [p["trial_type"] for p in phases] == ["rest_phase", "breathing_phase", "imagery_phase"]
     assert [p["phase_name"] for p in phases] == ["baseline", "soothing rhythm", "compassionate image"]
     assert [float(p["duration"]) for p in phases] == pytest.approx([50.0, 50.0, 50.0])
     assert phases[1]["pacer_bpm"] == "6" and phases[1]["phase_kind"] == "breathing"
@@ -179,5 +182,5 @@ def test_cli_exports_bids_kubios_and_edf(tmp_path, shared_data, capsys):
     assert app.main(["export", "--participant", "P02", "--format", "kubios", "--out", str(tmp_path / "k"), *base]) == 0
     assert app.main(["export", "1", "--format", "edf", "--out", str(tmp_path / "e"), *base]) == 0
     out = capsys.readouterr().out.replace("\n", "")
-    assert out.count("wrote") == 3  # every written file is reported
+    assert out.count("wrote") == 6  # every written file is reported (Kubios: RR, phases and one RR file per phase)
     assert (tmp_path / "k" / "sub-P02_ses-2_rr.txt").exists() and (tmp_path / "e" / "sub-P01_ses-1.edf").exists()

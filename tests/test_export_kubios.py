@@ -38,7 +38,7 @@ def read_phases(path):
 def test_rr_text_and_phase_boundaries(store_path, shared_data, tmp_path, lost):
     with Store(store_path) as store:
         sid, rr = ibi_session(store, shared_data, lost)
-        rr_path, phases_path = export_kubios(store, sid, tmp_path)
+        rr_path, phases_path, *_phase_files = export_kubios(store, sid, tmp_path)
     assert rr_path.name == f"sub-P-07_ses-{sid}_rr.txt"
     lines = rr_path.read_text().splitlines()
     assert all(line.replace(".", "", 1).isdigit() for line in lines)  # one plain number per line, nothing else
@@ -68,3 +68,23 @@ def test_refuses_to_overwrite_and_refuses_empty_sessions(store_path, shared_data
         empty = store.create_session("P-08", "x", {}, "none", source="rr")
         with pytest.raises(KubiosExportError, match="no beats"):
             export_kubios(store, empty, tmp_path)
+
+
+@pytest.mark.parametrize("lost", [range(0), range(300, 330)])
+def test_one_rr_file_per_phase_holds_exactly_its_beats(store_path, shared_data, tmp_path, lost):
+    with Store(store_path) as store:
+        sid, _ = ibi_session(store, shared_data, lost)
+        paths = export_kubios(store, sid, tmp_path)
+        beats = store.beats(sid)
+    rows = read_phases(paths[1])
+    assert [r["rr_file"] for r in rows] == [f"sub-P-07_ses-{sid}_phase-{i}-{name.replace(' ', '')}_rr.txt"
+                                            for i, (name, *_rest) in enumerate(PHASES)]  # fmt: skip
+    assert sorted(p.name for p in paths[2:]) == sorted(r["rr_file"] for r in rows)
+    for row, (_, _, a, b) in zip(rows, PHASES, strict=True):
+        path = tmp_path / row["rr_file"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        values = np.loadtxt(path, ndmin=1)  # what Kubios reads: one interval per line
+        inside = (beats.t >= a) & (beats.t < b)
+        np.testing.assert_allclose(values, beats.rr_ms[inside], atol=5e-4)
+        assert len(values) == int(row["n_beats"])
+    assert not list(tmp_path.glob(".*partial"))

@@ -123,6 +123,26 @@ def test_free_text_stays_out_unless_asked_for(recorded):
     assert NOTE in render_report(store, sid, include_text=True)
 
 
+def test_typed_marker_label_is_drawn_only_with_include_text(recorded, monkeypatch):
+    """The manual marker typed as "door knock" must not reach the PNG plots without include_text."""
+    from matplotlib.axes import Axes
+
+    store, sid, _ = recorded
+    drawn: list[str] = []
+    real_annotate = Axes.annotate
+
+    def spy(self, text, *args, **kwargs):
+        drawn.append(str(text))
+        return real_annotate(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "annotate", spy)
+    doc = render_report(store, sid)
+    assert drawn and "door knock" not in drawn and "door knock" not in doc
+    drawn.clear()
+    render_report(store, sid, include_text=True)
+    assert "door knock" in drawn
+
+
 def test_report_file_is_private_and_never_silently_replaced(recorded, tmp_path):
     store, sid, _ = recorded
     out = tmp_path / "reports" / "s.html"

@@ -144,6 +144,7 @@ def test_simulated_12_week_study_from_the_cli(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == expected
     for name in ("trajectories.png", "correlation.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 20_000
+        assert (out / name).stat().st_mode & 0o777 == 0o600  # plots of participant data are private too
     saved = json.loads((out / "study.json").read_text())
     assert saved["table"] == printed["table"]
     assert saved["participants"] == [f"P{i:02d}" for i in range(1, 7)]
