@@ -119,6 +119,17 @@ def cmd_session_run(args: argparse.Namespace) -> int:
                           f"{', '.join(outlets.stream_names)}")  # fmt: skip
             if args.lsl_wait:
                 _wait_for_lsl_consumers(store, session, outlets, args.lsl_wait, args.lsl_wait_timeout)
+        if args.lsl_in:
+            from biofeedback.lsl_inlets import LslInError, LslInlets
+
+            try:
+                inlets = LslInlets(session, args.lsl_in)
+            except LslInError as exc:
+                for sid in session.session_ids:
+                    store.end_session(sid, "stopped")
+                raise UserError(str(exc)) from exc
+            session.add_listener(inlets)
+            console.print(f"Lab Streaming Layer: recording {', '.join(args.lsl_in)}")
         try:
             if args.headless:
                 if note := _headless_diary_note(session):
@@ -706,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "missed")  # fmt: skip
     p.add_argument("--lsl-wait-timeout", type=float, default=300.0, metavar="S",
                    help="with --lsl-wait: give up after S seconds (default 300)")  # fmt: skip
+    p.add_argument("--lsl-in", action="append", metavar="NAME",
+                   help="record the LSL stream of this name (markers or numeric: PsychoPy, skin conductance, "
+                        "respiration) on the session clock; repeat for several")  # fmt: skip
     p.add_argument("--include-text", action="store_true",
                    help="with --lsl: stream manual markers' labels (free text, sensitive); otherwise "
                         "just 'manual'")  # fmt: skip
