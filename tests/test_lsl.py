@@ -312,8 +312,8 @@ def test_lsl_wait_holds_the_clock_until_late_consumers_subscribe_and_every_marke
 def test_without_waiting_a_late_consumer_misses_the_start(tmp_path):
     pid = _unique_pid()
     with Store(tmp_path / "s.sqlite") as store:
-        # 3.2 s of session: the consumer subscribes about 1 s in, after session_start, before the end
-        _sid, consumer, _w, _p, _t = _run_short(store, pid, wait=None, include_text=True, speed=5)
+        # 5.3 s of session: the consumer subscribes about 1 s in, after session_start, well before the end
+        _sid, consumer, _w, _p, _t = _run_short(store, pid, wait=None, include_text=True, speed=3)
     assert consumer.markers and not any(m.startswith("session_start") for m in consumer.markers)
     assert consumer.markers[-1] == "session_end: session ended"  # the lingering outlets still deliver the end
     assert "manual: door knock" in consumer.markers  # the label only with include_text
