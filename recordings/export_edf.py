@@ -21,8 +21,9 @@ Choices:
 - Beats are not annotated one by one (thousands of annotations swamp EDF viewers); they are exact in BIDS, CSV and
   Kubios exports, and the RR channel carries them here.
 - Annotations: `phase_start: <phase>`, `phase_end: <phase>` (and a `phase: <phase>` with the phase's duration),
-  every marker as `<kind>: <label>`, link events and gaps. Manual marker labels and notes only with `include_text`;
-  the patient field holds the pseudonymous ID only.
+  every marker as `<kind>: <label>`, link events and gaps, and each sample of a marker stream recorded with
+  `--lsl-in` as `<stream name>: <marker>`. Manual marker labels and notes only with `include_text`; the patient field
+  holds the pseudonymous ID only.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ def edf_annotations(store: Store, session_id: int, include_text: bool) -> list[E
     if include_text:
         for t, text in store.notes(session_id):
             out.append(EdfAnnotation(t, None, f"note: {_ascii_label(text)}"))
+    for stream in store.lsl_streams(session_id):  # marker streams recorded with --lsl-in (e.g. PsychoPy)
+        samples = store.lsl_samples(stream)
+        for t, values in zip(samples.t, samples.values, strict=True):
+            if values and isinstance(values[0], str):
+                out.append(EdfAnnotation(float(t), None, f"{_ascii_label(stream.name)}: {_ascii_label(values[0])}"))
     return out
 
 

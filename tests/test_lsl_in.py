@@ -8,12 +8,14 @@ import threading
 import time
 import uuid
 
+import mne
 import numpy as np
 import pytest
 
 from biofeedback.recorder import build_session, parse_device_specs
 from protocols.model import Phase, PhaseKind, Protocol
 from recordings.export_csv import export_csv
+from recordings.export_edf import export_edf
 from recordings.store import Store
 
 SHORT = Protocol("lsl-in", "", (Phase("baseline", PhaseKind.REST, 10.0), Phase("recovery", PhaseKind.REST, 6.0)))
@@ -88,6 +90,11 @@ def test_streams_are_recorded_raw_on_the_session_clock_and_exported(tmp_path):
         assert texts == [m[1] for m in sender.markers][: len(texts)] and len(texts) >= 3
         np.testing.assert_allclose(marks.t, [m[0] for m in sender.markers][: len(texts)], atol=0.01 * speed)
         files = export_csv(store, sid, tmp_path / "csv")
+        edf = mne.io.read_raw_edf(export_edf(store, sid, tmp_path / "s.edf"), verbose="error")
+    psychopy = [(o, d) for o, d in zip(edf.annotations.onset, edf.annotations.description, strict=True)
+                if d.startswith(f"PsychoPy-{tag}: ")]  # fmt: skip
+    assert [d for _, d in psychopy] == [f"PsychoPy-{tag}: {t}" for t in texts]
+    np.testing.assert_allclose([o for o, _ in psychopy], marks.t, atol=0.01)
     by_name = {p.name: p for p in files}
     with by_name[f"lsl_EDA-{tag}.csv"].open() as fh:
         rows = list(csv.DictReader(fh))
