@@ -196,9 +196,23 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         if args.lsl:
             from biofeedback.lsl_outlets import LslOutlets
 
-            outlets = LslOutlets(session)
+            outlets = LslOutlets(session, include_text=args.include_text)
             session.add_listener(outlets)
-            console.print(f"Lab Streaming Layer: streaming {', '.join(outlets.stream_names)}")
+            console.print(f"Lab Streaming Layer: streaming {len(outlets.stream_names)} streams, "
+                          f"{', '.join(outlets.stream_names)}")  # fmt: skip
+            if args.lsl_wait:
+                _wait_for_lsl_consumers(store, session, outlets, args.lsl_wait, args.lsl_wait_timeout)
+        if args.lsl_in:
+            from biofeedback.lsl_inlets import LslInError, LslInlets
+
+            try:
+                inlets = LslInlets(session, args.lsl_in)
+            except LslInError as exc:
+                for sid in session.session_ids:
+                    store.end_session(sid, "stopped")
+                raise UserError(str(exc)) from exc
+            session.add_listener(inlets)
+            console.print(f"Lab Streaming Layer: recording {', '.join(args.lsl_in)}")
         try:
             if args.headless:
                 if note := _headless_diary_note(session):
@@ -229,6 +243,20 @@ def cmd_session_run(args: argparse.Namespace) -> int:
 def _alert(line: str) -> None:
     """A strap or the store stopped recording: one line on the terminal at once (never wrapped)."""
     print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+def _wait_for_lsl_consumers(store, session, outlets, n: int, timeout_s: float) -> None:
+    """Hold the session clock until `n` LSL streams have a consumer; on timeout the unused sessions are stopped."""
+    n = min(n, len(outlets.stream_names))
+    console.print(f"Waiting for consumers on {n} of the streams (start recording in LabRecorder) ...")
+    if not outlets.wait_for_consumers(n, timeout_s, lambda have: console.print(f"  {have} of {n} streams consumed")):
+        have = outlets.consumed_streams()
+        outlets.close(linger_s=0)
+        for sid in session.session_ids:
+            store.end_session(sid, "stopped")
+        raise UserError(f"only {have} of {n} LSL streams had a consumer after {timeout_s:g} s: start recording in "
+                        f"LabRecorder (or an inlet) first, or lower --lsl-wait")  # fmt: skip
+    console.print(f"{n} streams consumed: starting the session clock")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -982,6 +1010,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "week's diary")  # fmt: skip
     p.add_argument("--lsl", action="store_true",
                    help="stream ECG, RR, heart rate and markers on Lab Streaming Layer (LabRecorder)")  # fmt: skip
+    p.add_argument("--lsl-wait", type=int, default=0, metavar="N",
+                   help="with --lsl: start the session clock only once N of the streams have a consumer "
+                        "(e.g. LabRecorder recording them), so session_start and the first phase are not "
+                        "missed")  # fmt: skip
+    p.add_argument("--lsl-wait-timeout", type=float, default=300.0, metavar="S",
+                   help="with --lsl-wait: give up after S seconds (default 300)")  # fmt: skip
+    p.add_argument("--lsl-in", action="append", metavar="NAME",
+                   help="record the LSL stream of this name (markers or numeric: PsychoPy, skin conductance, "
+                        "respiration) on the session clock; repeat for several")  # fmt: skip
+    p.add_argument("--include-text", action="store_true",
+                   help="with --lsl: stream manual markers' labels (free text, sensitive); otherwise "
+                        "just 'manual'")  # fmt: skip
 
     sessions = sub.add_parser("sessions", help="list, exclude, restore and delete recorded sessions").add_subparsers(
         dest="sub", required=True)  # fmt: skip

@@ -2,9 +2,12 @@
 
 Per strap: `ECG` (µV, 130 Hz, float32), `RR` (ms, irregular, stamped at the beat that ends each interval, with a
 second channel flagging the first beat after a gap) and `HeartRate` (the strap's own bpm, irregular). Per session:
-one `Markers` stream (strings such as ``phase_start: baseline`` or ``manual: door knock``). Free-text notes are never
-streamed. Each stream carries channel metadata (label, unit, type), the strap's identity as `source_id`
-(``cmt-biofeedback/<device-id>/ecg``) and the pseudonymous participant code in its description.
+one `Markers` stream (strings such as ``phase_start: baseline``; a manual marker is ``manual``, with its label
+``manual: door knock`` only when `include_text`). Free-text notes are never streamed. Each stream carries channel
+metadata (label, unit, type), the strap's identity as `source_id` (``cmt-biofeedback/<device-id>/ecg``) and the
+pseudonymous participant code in its description. The ECG stream's nominal rate is the strap's *measured* rate on
+the host clock when an earlier session of the same strap in the store has ECG (e.g. 130.16 Hz for an H10), else the
+nominal 130 Hz; its description says which (`measured_srate`, `device_nominal_srate`, `srate_source`).
 
 Timestamps are explicit: LSL time = session time + `offset`, where ``offset = local_clock() - clock.now()`` taken
 when the session clock starts. With a real-time clock LSL time and session time then run together; with a
@@ -12,14 +15,18 @@ simulated clock running ×N, the LSL stamps keep session seconds (so they run ah
 are stamped from the strap's own clock (Polar PMD device time), mapped onto the session clock by
 `recordings.ecg_time.DeviceClockMap` in the session, so BLE delivery jitter does not enter the ECG timing.
 
-Outlets are created when `LslOutlets` is built (before the session runs, so LabRecorder can subscribe first);
-pushing only copies into liblsl's queues and never blocks the recording loop.
+Outlets are created when `LslOutlets` is built, before the session clock starts; `wait_for_consumers(n)` blocks
+until `n` of the streams have a consumer (liblsl says whether a stream has consumers, not how many), so LabRecorder
+can subscribe before `session_start` is pushed. `close()` lets the outlets linger a few seconds so consumers
+receive the last samples and `session_end` before the streams disappear. Pushing only copies into liblsl's queues
+and never blocks the recording loop.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +35,14 @@ import pylsl
 from devices.polar_pmd import EcgFrame
 from protocols.runner import Marker
 from recordings.decode import BeatRow
-from recordings.ecg_time import ECG_FS_HZ
+from recordings.ecg_time import ECG_FS_HZ, EcgTimeError, map_ecg_chunks
+from recordings.store import Store
 
 from .session import LiveSession, SessionListener
 
 SOURCE_PREFIX = "cmt-biofeedback"
+LINGER_S = 3.0
+"""How long outlets stay after the session ends, so consumers receive what was pushed last."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +82,27 @@ def stream_info(
     return info
 
 
-def marker_text(marker: Marker) -> str:
-    """The string pushed on the Markers stream for one marker, e.g. ``phase_start: baseline``."""
+def marker_text(marker: Marker, include_text: bool = False) -> str:
+    """The string pushed on the Markers stream for one marker, e.g. ``phase_start: baseline``; a manual marker's
+    label is the experimenter's free text, so it is ``manual`` unless `include_text`."""
+    if marker.kind == "manual" and not include_text:
+        return "manual"
     return f"{marker.kind}: {marker.label}"
+
+
+def measured_ecg_rate(store: Store, device_id: str, exclude: Sequence[int] = ()) -> tuple[float, int] | None:
+    """(rate on the host clock, session id) from the latest stored session of this strap with ECG, or None."""
+    for info in reversed(store.sessions()):
+        if info.device != device_id or info.id in exclude:
+            continue
+        chunks = store.ecg_chunks(info.id)
+        if not chunks:
+            continue
+        try:
+            return map_ecg_chunks(chunks).fs_hz, info.id
+        except EcgTimeError:
+            continue
+    return None
 
 
 @dataclass
@@ -87,10 +115,12 @@ class _StrapOutlets:
 class LslOutlets(SessionListener):
     """Publishes a session's data on LSL; register with `session.add_listener(LslOutlets(session))`."""
 
-    def __init__(self, session: LiveSession) -> None:
+    def __init__(self, session: LiveSession, *, include_text: bool = False) -> None:
         self.offset: float | None = None
         """LSL time minus session time, fixed when the session clock starts."""
         self.stream_names: list[str] = []
+        self.include_text = include_text
+        self._outlets: list[pylsl.StreamOutlet] = []
         protocol = session.protocol.name
         self._straps: list[_StrapOutlets] = []
         for strap, sid in zip(session.straps, session.session_ids, strict=True):
@@ -98,9 +128,17 @@ class LslOutlets(SessionListener):
             pid = strap.binding.participant_id
             extra = {"session_id": str(sid), "protocol": protocol, "device_id": device}
             base = f"{SOURCE_PREFIX}/{device}"
+            measured = measured_ecg_rate(session.store, device, exclude=session.session_ids)
+            ecg_rate = ECG_FS_HZ if measured is None else measured[0]
+            ecg_extra = {**extra, "device_nominal_srate": f"{ECG_FS_HZ:g}"}
+            if measured is None:
+                ecg_extra["srate_source"] = "device nominal (no earlier ECG of this strap in the store)"
+            else:
+                ecg_extra |= {"measured_srate": f"{measured[0]:.4f}",
+                              "srate_source": f"measured on the host clock in session {measured[1]}"}  # fmt: skip
             ecg = self._outlet(
-                stream_info(f"CMT-ECG-{pid}", "ECG", [ChannelSpec("ECG", "microvolts", "ECG")], srate=ECG_FS_HZ,
-                            fmt=pylsl.cf_float32, source_id=f"{base}/ecg", participant_id=pid, extra=extra),
+                stream_info(f"CMT-ECG-{pid}", "ECG", [ChannelSpec("ECG", "microvolts", "ECG")], srate=ecg_rate,
+                            fmt=pylsl.cf_float32, source_id=f"{base}/ecg", participant_id=pid, extra=ecg_extra),
                 chunk_size=73,
             )  # fmt: skip
             rr = self._outlet(
@@ -125,7 +163,29 @@ class LslOutlets(SessionListener):
 
     def _outlet(self, info: pylsl.StreamInfo, chunk_size: int = 0) -> pylsl.StreamOutlet:
         self.stream_names.append(info.name())
-        return pylsl.StreamOutlet(info, chunk_size=chunk_size)
+        outlet = pylsl.StreamOutlet(info, chunk_size=chunk_size)
+        self._outlets.append(outlet)
+        return outlet
+
+    def consumed_streams(self) -> int:
+        """How many of the streams have at least one consumer (an inlet such as LabRecorder's) right now."""
+        return sum(1 for o in self._outlets if o.have_consumers())
+
+    def wait_for_consumers(
+        self, n: int, timeout_s: float, on_progress: Callable[[int], None] | None = None, poll_s: float = 0.05
+    ) -> bool:
+        """Block until `n` streams have a consumer (call before the session runs); False after `timeout_s`."""
+        n = min(n, len(self._outlets))
+        deadline = time.monotonic() + timeout_s
+        seen = -1
+        while (have := self.consumed_streams()) < n:
+            if have != seen and on_progress is not None:
+                on_progress(have)
+            seen = have
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+        return True
 
     def lsl_time(self, t: float | np.ndarray) -> float | np.ndarray:
         """LSL time of session time `t` (valid once the session has started)."""
@@ -153,9 +213,13 @@ class LslOutlets(SessionListener):
         outs.ecg.push_chunk(samples, list(self.lsl_time(times)))
 
     def marker(self, marker: Marker) -> None:
-        self._markers.push_sample([marker_text(marker)], self.lsl_time(marker.t))
+        self._markers.push_sample([marker_text(marker, self.include_text)], self.lsl_time(marker.t))
 
-    def close(self) -> None:
-        """Withdraw the streams (LabRecorder sees them end); the owner calls this once consumers have the data."""
+    def close(self, linger_s: float = LINGER_S) -> None:
+        """Withdraw the streams (LabRecorder sees them end) after `linger_s` seconds, in which consumers receive
+        what was pushed last; without consumers they go at once."""
+        if linger_s > 0 and self.consumed_streams():
+            time.sleep(linger_s)
         self._straps.clear()
+        self._outlets.clear()
         self._markers = None  # type: ignore[assignment]

@@ -542,7 +542,7 @@ def _sort_key(value: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (value, -1)
 
 
-UNKNOWN_START_SOURCES = {"capture", "rr"}
+UNKNOWN_START_SOURCES = {"capture", "rr", "imported-capture", "imported-rr"}
 """Imports whose files carry no wall-clock start: the store's `started_utc` is the import time, not the recording's."""
 
 

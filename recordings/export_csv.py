@@ -1,4 +1,6 @@
-"""Tidy CSV export of a session: beats.csv, markers.csv and (given by the caller) phases.csv.
+"""Tidy CSV export of a session: beats.csv, markers.csv, (given by the caller) phases.csv, and one
+`lsl_<stream name>.csv` per Lab Streaming Layer stream recorded with `--lsl-in` (session time, the sender's LSL
+stamp, one column per channel named by the stream's channel labels).
 
 The per-phase table comes from the analysis layer above this one, so it is passed in as rows. Free-text notes and
 free-text manual-marker labels (see `privacy`) leave the store only with `include_text=True`; without it such a
@@ -9,13 +11,32 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .files import OutputExistsError, clean_partials, open_private_for_write
 from .privacy import exportable_label, fixed_labels
-from .store import Store
+from .store import LslStream, Store
+
+
+def lsl_channel_labels(stream: LslStream) -> list[str]:
+    """The channel labels in a stream's XML description (desc/channels/channel/label), else ch1, ch2 ..."""
+    labels: list[str] = []
+    try:
+        root = ET.fromstring(stream.info_xml)
+        labels = [(c.findtext("label") or "").strip() for c in root.findall("./desc/channels/channel")]
+    except ET.ParseError:
+        pass
+    if len(labels) != stream.channel_count or not all(labels) or len(set(labels)) != len(labels):
+        labels = [f"ch{i + 1}" for i in range(stream.channel_count)]
+    return labels
+
+
+def lsl_file_name(stream: LslStream) -> str:
+    return f"lsl_{re.sub(r'[^A-Za-z0-9_-]+', '_', stream.name).strip('_') or stream.id}.csv"
 
 
 def _write_csv(path: Path, header: Sequence[str], rows, overwrite: bool) -> Path:
@@ -39,6 +60,8 @@ def export_csv(
     out_dir = Path(out_dir)
     names = ["beats.csv", "markers.csv"] + (["phases.csv"] if phases is not None else [])
     names += ["notes.csv"] if include_text else []
+    streams = store.lsl_streams(session_id)
+    names += [lsl_file_name(st) for st in streams]
     clean_partials(out_dir, names)
     if not overwrite:
         existing = [n for n in names if (out_dir / n).exists()]
@@ -89,6 +112,19 @@ def export_csv(
                         for k in keys
                     ]
                     for row in phases
+                ),
+                overwrite,
+            )
+        )
+    for st in streams:
+        samples = store.lsl_samples(st)
+        written.append(
+            _write_csv(
+                out_dir / lsl_file_name(st),
+                ["participant_id", "session_id", "t_s", "lsl_time_s", *lsl_channel_labels(st)],
+                (
+                    (info.participant_id, session_id, f"{t:.6f}", f"{lsl:.6f}", *values)
+                    for t, lsl, values in zip(samples.t, samples.lsl_t, samples.values, strict=True)
                 ),
                 overwrite,
             )

@@ -3,17 +3,27 @@
 Choices:
 
 - Time 0 of the file is the session clock's 0; the EDF start date/time is the session's UTC start.
-- `ECG` (µV) holds the stored samples unchanged, on the drift-corrected session clock (`ecg_time`); its sampling
-  frequency is the *estimated true* rate (e.g. 130.16 Hz for an H10, not the nominal 130). Because EDF needs a whole
-  number of samples per data record, the file is written as a single data record. Before the first sample and where
-  ECG was lost the channel is 0 µV and an `ECG gap` annotation with a duration says so.
-- `RR` (ms, 4 Hz) is the strap's RR interval in progress (step function of the beats), 0 where no beat covers the
-  time (with an `RR gap` annotation). Sessions without ECG are exported with the RR channel alone, not refused.
+- Data records last about one second: a whole number of ECG samples (e.g. 130 samples = 0.998771 s at the strap's
+  measured 130.16 Hz), or exactly 1 s without ECG; a record holds a few hundred bytes, far below the 61,440 the
+  specification allows.
+- Labels carry the signal type as the EDF+ standard texts do, so MNE (`read_raw_edf(..., infer_types=True)`) types
+  them: `ECG chest` (type ecg, µV) and `MISC RR` (type misc, ms).
+- `ECG chest` holds the stored samples unchanged, on the drift-corrected session clock (`ecg_time`); its sampling
+  frequency is the *estimated true* rate (e.g. 130.16 Hz for an H10, not the nominal 130).
+- `MISC RR` is the strap's RR interval in progress (step function of the beats) at the ECG's rate, so no reader
+  resamples one channel to the other's rate; without ECG it is the only channel, at 4 Hz.
+- No data (before the first sample, lost frames, no beat covering the time, the padding after the end) is the
+  channel's *physical minimum* (its digital minimum −32768), a value no stored sample takes: for ECG −B µV where B
+  lies above the recording's largest |sample|, for RR −1 ms. Each such stretch is also an `ECG gap` / `RR gap`
+  annotation with its duration. A reader masks `value == physical minimum`.
+- The recording extends past the last sample to cover every annotation (a marker after the strap stopped, the
+  session end), so no reader drops one for lying outside the data.
 - Beats are not annotated one by one (thousands of annotations swamp EDF viewers); they are exact in BIDS, CSV and
   Kubios exports, and the RR channel carries them here.
 - Annotations: `phase_start: <phase>`, `phase_end: <phase>` (and a `phase: <phase>` with the phase's duration),
-  every marker as `<kind>: <label>`, link events and gaps. Manual marker labels and notes only with `include_text`;
-  the patient field holds the pseudonymous ID only.
+  every marker as `<kind>: <label>`, link events and gaps, and each sample of a marker stream recorded with
+  `--lsl-in` as `<stream name>: <marker>`. Manual marker labels and notes only with `include_text`; the patient field
+  holds the pseudonymous ID only.
 """
 
 from __future__ import annotations
@@ -31,33 +41,22 @@ from .files import open_private_for_write
 from .rr_series import RR_SERIES_FS_HZ, rr_step_series
 from .store import Store
 
+ECG_LABEL = "ECG chest"
+RR_LABEL = "MISC RR"
+RR_NO_DATA_MS = -1.0
+"""RR value (the channel's physical minimum) where no beat covers the time."""
+MAX_RECORD_BYTES = 61_440
+"""The EDF specification's upper limit for one data record."""
+
 
 class EdfExportError(ValueError):
     """A session that cannot be written as EDF+ (nothing to export)."""
 
 
-def _record_duration(seconds: float) -> float:
-    """The longest duration ≤ `seconds` that the 8-character EDF header field holds exactly."""
-    for decimals in range(6, -1, -1):
-        text = f"{math.floor(seconds * 10**decimals) / 10**decimals:.{decimals}f}"
-        if len(text) <= 8:
-            return float(text)
-    raise EdfExportError(f"a recording of {seconds:.0f} s is too long for one EDF data record")
-
-
-def _fit_record(duration: float, rates_hz: list[float]) -> tuple[float, list[int], list[float]]:
-    """The longest record ≤ `duration` (as the header writes it) in which every signal's sample count and rate agree
-    on its length as edfio checks it; returns (duration, sample counts, rates)."""
-    decimals = max(0, 7 - len(str(int(duration))))  # the header field holds 8 characters
-    step = 10.0**-decimals
-    for k in range(1000):
-        d = round(duration - k * step, decimals)
-        counts = [max(1, round(d * r)) for r in rates_hz]
-        try:
-            return d, counts, [_rate_for(n, d) for n in counts]
-        except EdfExportError:
-            continue
-    raise EdfExportError(f"no EDF record length near {duration} s fits sampling rates {rates_hz}")
+def _header_duration(seconds: float) -> float:
+    """`seconds` rounded to what the 8-character EDF header field holds."""
+    decimals = max(0, 7 - len(str(int(seconds))))
+    return round(seconds, decimals)
 
 
 def _rate_for(n: int, duration: float) -> float:
@@ -70,10 +69,25 @@ def _rate_for(n: int, duration: float) -> float:
     raise EdfExportError(f"no sampling rate gives {n} samples in exactly {duration} s")
 
 
-def _physical_range(values: np.ndarray) -> tuple[float, float]:
-    peak = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0
-    bound = max(1000.0, math.ceil(peak / 1000.0) * 1000.0)
-    return -bound, bound
+def record_layout(fs_hz: float) -> tuple[float, int, float]:
+    """(record duration, samples per record, rate as written) for a signal at `fs_hz`: the whole number of samples
+    nearest one second, or a neighbour if the header's 8-character duration would move the rate by > 1 ppm."""
+    centre = max(1, round(fs_hz))
+    best = None
+    for n in sorted(range(max(1, centre - 3), centre + 4), key=lambda k: abs(k - centre)):
+        duration = _header_duration(n / fs_hz)
+        try:
+            fs = _rate_for(n, duration)
+        except EdfExportError:
+            continue
+        err = abs(fs / fs_hz - 1.0)
+        if err <= 1e-6:
+            return duration, n, fs
+        if best is None or err < best[0]:
+            best = (err, duration, n, fs)
+    if best is None:
+        raise EdfExportError(f"no EDF data record of whole samples fits a rate of {fs_hz} Hz")
+    return best[1], best[2], best[3]
 
 
 def _ascii_label(text: str) -> str:
@@ -102,6 +116,11 @@ def edf_annotations(store: Store, session_id: int, include_text: bool) -> list[E
     if include_text:
         for t, text in store.notes(session_id):
             out.append(EdfAnnotation(t, None, f"note: {_ascii_label(text)}"))
+    for stream in store.lsl_streams(session_id):  # marker streams recorded with --lsl-in (e.g. PsychoPy)
+        samples = store.lsl_samples(stream)
+        for t, values in zip(samples.t, samples.values, strict=True):
+            if values and isinstance(values[0], str):
+                out.append(EdfAnnotation(float(t), None, f"{_ascii_label(stream.name)}: {_ascii_label(values[0])}"))
     return out
 
 
@@ -110,6 +129,11 @@ def _gap_annotations(values: np.ndarray, fs: float, label: str) -> list[EdfAnnot
     edges = np.diff(np.concatenate([[0], missing, [0]]))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     return [EdfAnnotation(s / fs, (e - s) / fs, label) for s, e in zip(starts, ends, strict=True)]
+
+
+def _fit(values: np.ndarray, n: int) -> np.ndarray:
+    """`values` cut or padded with NaN (no data) to `n` samples."""
+    return np.concatenate([values[:n], np.full(max(0, n - len(values)), np.nan)])
 
 
 def export_edf(
@@ -122,44 +146,50 @@ def export_edf(
     if not chunks and not len(beats.t):
         raise EdfExportError(f"session {session_id} has neither ECG nor beats: nothing to put in an EDF file")
     annotations = edf_annotations(store, session_id, include_text)
-    signals = []
     ecg = None
     if chunks:
         tl = map_ecg_chunks(chunks)
         t0, grid = tl.regular_grid()
-        lead = max(0, round(t0 * tl.fs_hz))  # samples from session start to the first ECG sample
+        duration, per_record, fs = record_layout(tl.fs_hz)
+        lead = max(0, round(t0 * fs))  # samples from session start to the first ECG sample
         ecg = np.concatenate([np.full(lead, np.nan), grid])
-        wanted, rates = _record_duration(len(ecg) / tl.fs_hz), [tl.fs_hz]
+        data_end = len(ecg) / fs
     else:
-        end = float(beats.t[-1]) if len(beats.t) else 0.0
-        wanted, rates = _record_duration(math.ceil(end * RR_SERIES_FS_HZ + 1) / RR_SERIES_FS_HZ), []
+        duration, per_record, fs = 1.0, int(RR_SERIES_FS_HZ), RR_SERIES_FS_HZ
+        data_end = 0.0
     if len(beats.t):
-        rates.append(RR_SERIES_FS_HZ)
-    duration, counts, fitted = _fit_record(wanted, rates)
+        data_end = max(data_end, float(beats.t[-1]))
+    ann_end = max((a.onset + (a.duration or 0.0) for a in annotations), default=0.0)
+    n_records = math.floor(max(data_end, ann_end) / duration + 1e-9) + 1  # the last annotation lies inside
+    n = n_records * per_record
+    signals = []
     if ecg is not None:
-        ecg, fs_ecg = ecg[: counts[0]], fitted[0]
-        ecg = np.concatenate([ecg, np.full(counts[0] - len(ecg), np.nan)])
-        annotations += _gap_annotations(ecg, fs_ecg, "ECG gap")
+        ecg = _fit(ecg, n)
+        annotations += _gap_annotations(ecg, fs, "ECG gap")
+        present = ecg[~np.isnan(ecg)]
+        peak = float(np.max(np.abs(present))) if len(present) else 0.0
+        bound = max(1000.0, math.ceil((peak + 1.0) / 1000.0) * 1000.0)  # > peak: −bound is never a sample
         signals.append(
             EdfSignal(
-                np.nan_to_num(ecg, nan=0.0),
-                fs_ecg,
-                label="ECG",
+                np.nan_to_num(ecg, nan=-bound),
+                fs,
+                label=ECG_LABEL,
                 transducer_type="Polar H10 chest strap" if "h10" in info.device.lower() else info.device[:80],
                 physical_dimension="uV",
-                physical_range=_physical_range(ecg),
-                prefiltering=f"drift {tl.drift_ppm:+.1f} ppm corrected",
+                physical_range=(-bound, bound),
+                prefiltering=f"drift {tl.drift_ppm:+.1f} ppm corrected; no data = physical minimum",
             )
         )
     if len(beats.t):
-        n_rr, fs_rr = counts[-1], fitted[-1]
-        _, rr = rr_step_series(beats.t, beats.rr_ms, fs_rr, start=0.0)
-        rr = np.concatenate([rr, np.full(max(0, n_rr - len(rr)), np.nan)])[:n_rr]
-        annotations += _gap_annotations(rr, fs_rr, "RR gap")
+        _, rr = rr_step_series(beats.t, beats.rr_ms, fs, start=0.0)
+        rr = _fit(rr, n)
+        annotations += _gap_annotations(rr, fs, "RR gap")
+        top = max(3000.0, math.ceil(float(np.nanmax(rr)) / 1000.0) * 1000.0)
         signals.append(
             EdfSignal(
-                np.nan_to_num(rr, nan=0.0), fs_rr, label="RR", physical_dimension="ms",
-                physical_range=(0.0, 3000.0), transducer_type="strap RR intervals", prefiltering="step",
+                np.nan_to_num(rr, nan=RR_NO_DATA_MS), fs, label=RR_LABEL, physical_dimension="ms",
+                physical_range=(RR_NO_DATA_MS, top), transducer_type="strap RR intervals",
+                prefiltering="step function of the beats; no data = physical minimum (-1 ms)",
             )
         )  # fmt: skip
     start = datetime.fromisoformat(info.started_utc)
@@ -169,7 +199,7 @@ def export_edf(
         recording=Recording(startdate=start.date(), equipment_code=re.sub(r"\s", "_", info.device) or "X"),
         starttime=start.time().replace(tzinfo=None),
         data_record_duration=duration,
-        annotations=sorted((a for a in annotations if a.onset <= duration), key=lambda a: a.onset),
+        annotations=sorted(annotations, key=lambda a: a.onset),
     )
     path = Path(path)
     with open_private_for_write(path, overwrite=overwrite, binary=True) as fh:

@@ -205,6 +205,26 @@ CREATE TABLE IF NOT EXISTS link_events (
     state TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS lsl_streams (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    name TEXT NOT NULL,
+    type TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    channel_count INTEGER NOT NULL,
+    nominal_srate REAL NOT NULL,
+    info_xml TEXT NOT NULL,
+    lsl_zero REAL NOT NULL,
+    rate REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lsl_chunks (
+    stream_id INTEGER NOT NULL REFERENCES lsl_streams(id),
+    t_arrival REAL NOT NULL,
+    clock_offset REAL NOT NULL,
+    stamps BLOB NOT NULL,
+    values_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lsl_chunks_stream ON lsl_chunks(stream_id);
 """
 
 SESSION_STATES = ("running", "completed", "stopped", "interrupted", "imported", "importing", "failed", "incomplete")
@@ -382,6 +402,33 @@ def default_store_path() -> Path:
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class LslStream:
+    """An LSL stream recorded into a session (see `Store.add_lsl_stream`)."""
+
+    id: int
+    name: str
+    type: str
+    source_id: str
+    channel_count: int
+    nominal_srate: float
+    info_xml: str
+    lsl_zero: float
+    rate: float
+
+
+@dataclass(frozen=True)
+class LslSamples:
+    lsl_t: np.ndarray  # stamps as the sender set them (its LSL clock)
+    t: np.ndarray  # session clock
+    values: list  # one list of channel values per sample
+
+
+def lsl_session_time(stamps: np.ndarray, clock_offset: np.ndarray, lsl_zero: float, rate: float) -> np.ndarray:
+    """Session time of LSL stamps: onto the local LSL clock (+ offset), from session time 0, at the clock's rate."""
+    return (np.asarray(stamps, dtype=float) + clock_offset - lsl_zero) * rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -1239,6 +1286,54 @@ class Store:
                 (session_id,),
             )
         )
+
+    # -- Lab Streaming Layer inlets (raw: stamps on the sender's clock and values, exactly as pulled) ------------
+    def add_lsl_stream(
+        self, session_id: int, name: str, stype: str, source_id: str, channel_count: int, nominal_srate: float,
+        info_xml: str, lsl_zero: float, rate: float,
+    ) -> int:  # fmt: skip
+        """Register a recorded LSL stream; `lsl_zero` is the local LSL time at session time 0 and `rate` the session
+        seconds per LSL second (1 unless the session clock is simulated faster). Returns the stream's id."""
+        self._begin()
+        cur = self._db.execute(
+            "INSERT INTO lsl_streams(session_id, name, type, source_id, channel_count, nominal_srate, info_xml,"
+            " lsl_zero, rate) VALUES (?,?,?,?,?,?,?,?,?)",
+            (session_id, name, stype, source_id, channel_count, nominal_srate, info_xml, lsl_zero, rate),
+        )
+        return int(cur.lastrowid)
+
+    def add_lsl_chunk(
+        self, stream_id: int, t_arrival: float, clock_offset: float, stamps: Sequence[float], values: Sequence
+    ) -> None:
+        """Store one pulled chunk as received: the sender's LSL stamps, the inlet's clock offset (sender → local LSL
+        clock, `time_correction()`) and the samples (numbers or strings)."""
+        self._begin()
+        self._db.execute(
+            "INSERT INTO lsl_chunks(stream_id, t_arrival, clock_offset, stamps, values_json) VALUES (?,?,?,?,?)",
+            (stream_id, t_arrival, clock_offset, np.asarray(stamps, dtype="<f8").tobytes(), json.dumps(list(values))),
+        )
+
+    def lsl_streams(self, session_id: int) -> list[LslStream]:
+        rows = self._db.execute(
+            "SELECT id, name, type, source_id, channel_count, nominal_srate, info_xml, lsl_zero, rate"
+            " FROM lsl_streams WHERE session_id=? ORDER BY id",
+            (session_id,),
+        ).fetchall()
+        return [LslStream(*r) for r in rows]
+
+    def lsl_samples(self, stream: LslStream) -> LslSamples:
+        """A recorded stream's samples in arrival order, with their LSL stamps mapped onto the session clock."""
+        stamps, offsets, values = [], [], []
+        for blob, offset, vals in self._db.execute(
+            "SELECT stamps, clock_offset, values_json FROM lsl_chunks WHERE stream_id=? ORDER BY rowid", (stream.id,)
+        ):
+            ts = np.frombuffer(blob, dtype="<f8")
+            stamps.append(ts)
+            offsets.append(np.full(len(ts), offset))
+            values.extend(json.loads(vals))
+        lsl = np.concatenate(stamps) if stamps else np.zeros(0)
+        off = np.concatenate(offsets) if offsets else np.zeros(0)
+        return LslSamples(lsl, lsl_session_time(lsl, off, stream.lsl_zero, stream.rate), values)
 
     def counts(self, session_id: int) -> dict[str, int]:
         out = {}
