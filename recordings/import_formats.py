@@ -398,7 +398,7 @@ def parse_xdf(path: Path) -> RRFile:
 
     source = str(path)
     try:
-        streams, header = pyxdf.load_xdf(str(path), synchronize_clocks=True, dejitter_timeseries=False)
+        streams, header = pyxdf.load_xdf(str(path), synchronize_clocks=True, dejitter_timestamps=False)
     except Exception as exc:  # pyxdf raises whatever its parser meets; report it on one line
         raise ImportFormatError(f"{source}: not a readable XDF file ({type(exc).__name__}: {exc})") from None
 

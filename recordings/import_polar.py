@@ -232,6 +232,15 @@ def parse_polar_text(text: str, source: str = "<polar>") -> PolarFile:
     return out
 
 
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImportFormatError(f"{path}: not a text file, so not Polar Sensor Logger output (FIT, XDF and other RR "
+                                "files are imported with `import rr`)") from None  # fmt: skip
+
+
 def _ecg_frames(f: PolarFile, t0: datetime) -> list[tuple[float, int, float, np.ndarray]]:
     """Rows of one phone timestamp are one frame; if every row has its own stamp, blocks of 73 samples."""
     phone_s = np.array([(p - t0).total_seconds() for p in f.phone])
@@ -306,7 +315,7 @@ def import_polar(store: Store, paths: Sequence[Path], participant_id: str) -> in
     """
     if not paths:
         raise ImportFormatError("no Polar Sensor Logger files given")
-    files = [parse_polar_text(Path(p).read_text(encoding="utf-8-sig"), str(p)) for p in paths]
+    files = [parse_polar_text(_read_text(Path(p)), str(p)) for p in paths]
     notes = [n for f in files for n in f.notes]
     accs = []
     for f in (f for f in files if f.kind == "acc"):
