@@ -238,11 +238,14 @@ def _single_column(rows: list[tuple[int, str]], source: str, unit: str, given: b
     if len(rows) == 1 and len(rows[0][1].split()) > 1:
         fmt = "RR values separated by spaces on one line (Welltory)"
     for ln, row in rows:
-        for tok in row.split():
-            values.append(_number(tok, f"{source}: line {ln}", decimal_comma=True))
-            lines.append(ln)
         if len(row.split()) > 1 and len(rows) > 1:
             raise UnrecognisedFile(f"{source}: line {ln}: several values on a line; {EXPECTED}")
+        for tok in row.split():
+            try:
+                values.append(_number(tok, f"{source}: line {ln}", decimal_comma=True))
+            except ImportFormatError as exc:
+                raise UnrecognisedFile(f"{exc}; {EXPECTED}") from None
+            lines.append(ln)
     intervals, notes = to_intervals(values, source, unit=unit, unit_given=given, lines=lines)
     if any("," in r for _, r in rows):
         notes.insert(0, "decimal commas read as decimal points")
@@ -387,6 +390,7 @@ def parse_fit(path: Path) -> RRFile:
     if not values:
         raise UnrecognisedFile(f"{source}: a FIT file without hrv messages (RR intervals); record with HRV logging")
     intervals, notes = to_intervals(values, source, unit="s", unit_given=True)
+    notes.append("hrv messages carry no times: beats follow the RR sum from the activity's first record")
     start = start or created
     return RRFile("FIT hrv messages (RR in s)", intervals, start_utc=start if isinstance(start, datetime) else None,
                   notes=notes)  # fmt: skip

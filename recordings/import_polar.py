@@ -1,18 +1,28 @@
 """Import Polar Sensor Logger exports (`;`-separated text with phone and sensor timestamps) into a new session.
 
-Recognised by their header (the first line):
+Recognised by their header (the first line), whatever the file is called:
 
 - ECG: `Phone timestamp;sensor timestamp [ns];timestamp [ms];ecg [uV]` — one row per sample.
 - RR: `Phone timestamp;RR-interval [ms]` (newer apps), or an HR file with an `RR-interval [ms]` column, for example
   `Phone timestamp;sensor timestamp [ns];HR [bpm];RR-interval [ms]` (a cell may hold several RR values).
-- HR only: `Phone timestamp;HR [bpm];HRV [ms];Breathing interval [rpm];` — stored as heart rate, no beats.
+- PPI (optical sensors: Verity Sense, OH1): `Phone timestamp;PP-interval [ms];error estimate [ms];blocker;contact;
+  contact;hr [bpm]` — PP intervals become beats; one the sensor flags (`blocker` 1) or measured without skin contact
+  is not used and leaves a gap. Its `hr [bpm]` column does not make it an HR file.
+- HR only: `Phone timestamp;HR [bpm]…` — stored as heart rate, no beats; 0 bpm is no skin contact (stored as
+  `supported_not_detected`), not a reason to refuse the file.
+- ACC: `Phone timestamp;sensor timestamp [ns];X [mg];Y [mg];Z [mg]` — into `acc_chunks` as chest movement when it
+  is a chest strap's (an H10 rate of 25/50/100/200 Hz and no PPI in the recording); an optical arm sensor's ACC
+  is not imported, with the reason (a breathing rate from arm movement would be wrong).
+- MARKER: `Phone timestamp;Marker start/stop` with `MARKER_START`/`MARKER_STOP` rows — each pair becomes a phase
+  (`marked 1`, …); an unpaired one a point marker.
 
-Several files of one recording (for example `..._ECG.txt` and `..._RR.txt`) go into one session. The session
-clock's 0 is the earliest phone timestamp; the phone writes local civil time without a zone, which is taken as this
-computer's local time for the session's UTC start. Beat times are reconstructed from the RR values and the phone's
-arrival times exactly as for live data (`decode.BeatTimeline`); ECG frames keep the sensor timestamps, which
-`ecg_time` maps onto the session clock. A broken file (wrong columns, wrong units, truncated or garbled rows,
-time going backwards) is refused with its file and line, and nothing is stored.
+Several files of one recording go into one session. The session clock's 0 is the earliest phone timestamp (or
+the start of the first interval, if earlier); the phone writes local civil time without a zone, which is taken as
+this computer's local time for the session's UTC start. Beat times follow the RR intervals per stretch, placed by
+the phone's stamps (`beat_stretches`): a phone timestamp that steps backwards is tolerated and noted. ECG frames
+keep the sensor timestamps, which `ecg_time` maps onto the session clock. A broken file (wrong columns, wrong
+units, truncated or garbled rows, sensor time going backwards) is refused with its file and line, and nothing is
+stored; what was tolerated is kept in the session's settings as `import_notes`.
 """
 
 from __future__ import annotations
