@@ -327,6 +327,10 @@ def import_polar(store: Store, paths: Sequence[Path], participant_id: str) -> in
         raise ImportFormatError("no Polar Sensor Logger files given")
     files = [parse_polar_text(_read_text(Path(p)), str(p)) for p in paths]
     notes = [n for f in files for n in f.notes]
+    beat_files = [Path(f.path).name for f in files if f.kind in ("rr", "ppi")]
+    if len(beat_files) > 1:
+        raise ImportFormatError(f"{', '.join(beat_files)}: several files of beats in one recording; import each "
+                                "sensor's files as its own session")  # fmt: skip
     accs = []
     for f in (f for f in files if f.kind == "acc"):
         reason, fs = _acc_refusal(f, files)

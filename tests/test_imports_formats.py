@@ -267,6 +267,13 @@ def test_psl_rr_with_a_phone_clock_stepping_back(store_path, tmp_path):
     assert any(re.search(r"line 62: the phone timestamp steps back 0\.700 s \(tolerated\)", n) for n in notes)
 
 
+def test_two_files_of_beats_are_not_mixed_into_one_session(shared_data, store_path, tmp_path):
+    other = tmp_path / "copy_PPI.txt"
+    other.write_text((_formats(shared_data) / "Polar_Sense_PPI.txt").read_text())
+    with Store(store_path) as store, pytest.raises(ImportFormatError, match="several files of beats in one recording"):
+        import_polar(store, [_formats(shared_data) / "Polar_Sense_PPI.txt", other], "P03")
+
+
 def test_h10_accelerometer_goes_into_acc_chunks(store_path, tmp_path):
     p0 = datetime(2025, 3, 7, 10, 0, 0)
     ns0 = 800_000_000_000_000_000
@@ -298,7 +305,8 @@ rr = json.loads(sys.argv[3])
 rr_out = pylsl.StreamOutlet(pylsl.StreamInfo("Test-RR", "RR", 2, pylsl.IRREGULAR_RATE, pylsl.cf_float32, "rr-" + tag))
 mk_out = pylsl.StreamOutlet(pylsl.StreamInfo("Test-Markers", "Markers", 1, pylsl.IRREGULAR_RATE, pylsl.cf_string,
                                              "mk-" + tag))
-found = [pylsl.resolve_byprop("source_id", k + "-" + tag, timeout=5)[0] for k in ("rr", "mk")]
+ecg_out = pylsl.StreamOutlet(pylsl.StreamInfo("Test-ECG", "ECG", 1, 130.0, pylsl.cf_float32, "ecg-" + tag))
+found = [pylsl.resolve_byprop("source_id", k + "-" + tag, timeout=5)[0] for k in ("rr", "mk", "ecg")]
 rec = labrecorder.Recording(xdf, found)  # collect_offsets=False crashes this build's stop()
 time.sleep(1.0)
 t0 = pylsl.local_clock()
@@ -309,17 +317,21 @@ for i, (v, ts) in enumerate(zip(rr, beat)):
 mk_out.push_sample(["phase_start: baseline"], t0 + 1.0)
 mk_out.push_sample(["cough"], t0 + 5.0)
 mk_out.push_sample(["phase_end: baseline"], float(beat[-1]))
+ecg = (400 * np.sin(np.arange(1300) / 7.0)).round()
+for i, v in enumerate(ecg):
+    ecg_out.push_sample([float(v)], t0 + i / 130.0)
 time.sleep(1.0)
 rec.stop()
 del rec
 gc.collect()
-print(json.dumps({"t0": t0, "beat": beat.tolist()}))
+print(json.dumps({"t0": t0, "beat": beat.tolist(), "ecg": ecg.tolist()}))
 """
 
 
 @pytest.mark.slow
 def test_xdf_from_labrecorder_rr_and_markers(store_path, tmp_path):
-    """Real LSL outlets recorded by LabRecorder (its Python bindings, in a child process), read by `import rr`."""
+    """Real LSL outlets (RR with a gap flag, ECG, Markers) recorded by LabRecorder (its Python bindings, in a child
+    process), read by `import rr`."""
     pytest.importorskip("labrecorder", reason="pip install 'labrecorder>=1.0.0rc0' to record XDF with LabRecorder")
     import json
     import subprocess
@@ -336,7 +348,10 @@ def test_xdf_from_labrecorder_rr_and_markers(store_path, tmp_path):
         beats = store.beats(sid)
         markers = [(m.kind, m.label, m.t) for m in store.markers(sid)]
         info = store.session(sid)
+        chunks = store.ecg_chunks(sid)
     assert info.settings["format"] == "XDF (LabRecorder)"
+    np.testing.assert_array_equal(np.concatenate([c[3] for c in chunks]), sent["ecg"])
+    assert chunks[0][2] == pytest.approx(130.0, abs=0.01)
     np.testing.assert_array_equal(beats.rr_ms, rr)
     assert np.flatnonzero(beats.gap_before).tolist() == [0, 20]
     # session clock 0 = start of the first interval; beats and markers keep their LSL spacing
