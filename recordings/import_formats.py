@@ -331,8 +331,8 @@ def parse_empatica(text: str, source: str = "<IBI.csv>") -> RRFile:
 
 
 def parse_hrm(text: str, source: str = "<hrm>") -> RRFile:
-    """Polar .hrm: [Params] Date/StartTime and RR in ms in [HRData] (SMode flags are ignored; the RR are one a line
-    or several per line)."""
+    """Polar .hrm in R-R mode (`Interval=238`): [Params] Date/StartTime and RR in ms, the first column of [HRData]
+    (further columns, if SMode turns them on, are speed, cadence, …)."""
     sections: dict[str, list[tuple[int, str]]] = {}
     current = None
     for ln, row in enumerate(text.splitlines(), start=1):
@@ -353,11 +353,14 @@ def parse_hrm(text: str, source: str = "<hrm>") -> RRFile:
             start = (day + timedelta(hours=int(h), minutes=int(m), seconds=float(sec))).astimezone()
         except ValueError:
             start = None
+    interval = params.get("Interval", "").strip()
+    if interval != "238":
+        raise UnrecognisedFile(f"{source}: a Polar .hrm with heart rate every {interval or '?'} s, not RR intervals "
+                               "(expected Interval=238 in [Params])")  # fmt: skip
     values, lines = [], []
     for ln, row in sections["HRData"]:
-        for tok in row.split():
-            values.append(_number(tok, f"{source}: line {ln}"))
-            lines.append(ln)
+        values.append(_number(row.split()[0], f"{source}: line {ln}"))  # RR first; other columns per SMode
+        lines.append(ln)
     intervals, notes = to_intervals(values, source, unit="ms", unit_given=True, lines=lines)
     if start is None:
         notes.append("no Date/StartTime in [Params]: the start time is the import time")

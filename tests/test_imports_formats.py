@@ -244,6 +244,12 @@ def test_unrecognised_files_get_one_line_saying_what_was_expected(store_path, tm
         assert store.sessions() == []
 
 
+def test_hrm_with_heart_rate_samples_is_refused(shared_data, store_path, tmp_path):
+    text = (_formats(shared_data) / "polar_test_file_2.hrm").read_text().replace("Interval=238", "Interval=5")
+    with Store(store_path) as store, pytest.raises(ImportFormatError, match=r"heart rate every 5 s, not RR intervals"):
+        _import_text(store, tmp_path, text, name="hr.hrm")
+
+
 def _psl_rr(rows: list[tuple[datetime, int]]) -> str:
     return "Phone timestamp;RR-interval [ms]\n" + "".join(f"{p.isoformat(timespec='milliseconds')};{v}\n"
                                                           for p, v in rows)  # fmt: skip
