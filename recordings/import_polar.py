@@ -147,7 +147,7 @@ def parse_polar_text(text: str, source: str = "<polar>") -> PolarFile:
     if header[0] != PHONE:
         raise ImportFormatError(
             f"{source}: line 1: not a Polar Sensor Logger file (expected a ';'-separated header starting with "
-            f"{PHONE!r}, got {lines[0][:80]!r})"
+            f"{PHONE!r}, got {lines[0][:40]!r}; other RR files are imported with `import rr`)"
         )
     kind = _kind(header, source)
     out = PolarFile(source, kind)
