@@ -577,18 +577,27 @@ def cmd_import_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_import(store, sid: int, what: str) -> None:
+    info = store.session(sid)
+    counts = store.counts(sid)
+    n_ecg = sum(len(c[3]) for c in store.ecg_chunks(sid)) if counts["ecg_chunks"] else 0
+    console.print(f"imported session {sid} ({info.settings.get('format', info.source)}): {counts['beats']} beats, "
+                  f"{n_ecg} ECG samples, {counts['markers']} markers from {what} into {store.path}")  # fmt: skip
+    for note in info.settings.get("import_notes", []):
+        console.print(f"  [dim]note:[/dim] {note}", highlight=False)
+
+
 def cmd_import_rr(args: argparse.Namespace) -> int:
-    from recordings.capture import import_rr
     from recordings.import_events import import_rr_with_events
+    from recordings.import_rr import import_rr
 
     with _open_store(args) as store:
         if args.events:
-            sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column)
+            sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column,
+                                        unit=args.unit)  # fmt: skip
         else:
-            sid = import_rr(store, Path(args.file), args.participant, column=args.column)
-        counts = store.counts(sid)
-    phases = f", {counts['markers']} markers from {args.events}" if args.events else ""
-    console.print(f"imported session {sid}: {counts['beats']} beats from {args.file}{phases} into {store.path}")
+            sid = import_rr(store, Path(args.file), args.participant, column=args.column, unit=args.unit)
+        _print_import(store, sid, args.file)
     return 0
 
 
@@ -597,10 +606,7 @@ def cmd_import_polar(args: argparse.Namespace) -> int:
 
     with _open_store(args) as store:
         sid = import_polar(store, [Path(f) for f in args.files], args.participant)
-        counts = store.counts(sid)
-        n_ecg = sum(len(c[3]) for c in store.ecg_chunks(sid))
-    console.print(f"imported session {sid}: {counts['beats']} beats, {n_ecg} ECG samples from "
-                  f"{len(args.files)} Polar Sensor Logger file(s) into {store.path}")  # fmt: skip
+        _print_import(store, sid, f"{len(args.files)} Polar Sensor Logger file(s)")
     return 0
 
 
@@ -1109,14 +1115,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--participant", required=True)
     p.add_argument("--device", help="the strap to import from a capture of several straps")
-    p = command(imp, "rr", cmd_import_rr, "import RR intervals (ms; one per line or a CSV column)")
+    p = command(imp, "rr", cmd_import_rr,
+                "import RR intervals: plain text, Welltory, CSV (with a time column), Empatica IBI.csv, Polar .hrm, "
+                "FIT hrv, XDF (recognised by content)")  # fmt: skip
     p.add_argument("file")
     p.add_argument("--participant", required=True)
-    p.add_argument("--column", help="CSV column holding RR in ms")
+    p.add_argument("--column", help="CSV column holding the RR intervals")
+    p.add_argument("--unit", choices=["ms", "s"],
+                   help="unit of the RR values in a text or CSV file (default ms; a file that names its unit keeps it)")
     p.add_argument("--events", metavar="EVENTS.tsv",
                    help="phases and markers: tab-separated onset, duration, trial_type[, phase_kind]; seconds since "
                         "the start of the RR series")  # fmt: skip
-    p = command(imp, "polar", cmd_import_polar, "import Polar Sensor Logger files (ECG, RR, HR) as one new session")
+    p = command(imp, "polar", cmd_import_polar,
+                "import Polar Sensor Logger files (ECG, RR, PPI, HR, ACC, MARKER) of one recording as one session")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--participant", required=True)
 

@@ -12,8 +12,6 @@ import fails part-way its rows are removed again; if the process dies, the next 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -21,19 +19,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .decode import DecodeCounts, decode_packets
 from .files import open_private_for_write
+from .import_formats import ImportFormatError
 from .store import IMPORT_BATCH_S, Store, StoreError
 
 WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _SHORT_UUID_RE = re.compile(r"^(0x)?[0-9a-fA-F]{4}$")
-
-
-class ImportFormatError(ValueError):
-    """An input file that cannot be imported; the message names the file and the line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,77 +201,3 @@ def export_capture(store: Store, session_id: int, out_dir: Path, *, overwrite: b
     return path
 
 
-def parse_rr_text(text: str, source: str = "<rr>", column: str | None = None) -> list[float]:
-    """RR intervals in ms: one number per line, or a CSV column (by name, or the only/first numeric one)."""
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
-        raise ImportFormatError(f"{source}: no RR intervals found")
-    first = lines[0]
-    delimiter = next((d for d in (",", ";", "\t") if d in first), None)
-    values: list[float] = []
-    if delimiter is None and column is None:
-        start = 0
-        try:
-            float(first)
-        except ValueError:
-            start = 1  # a header line
-        for i, ln in enumerate(lines[start:], start=start + 1):
-            values.append(_rr_value(ln.strip(), f"{source}: line {i}"))
-    else:
-        reader = csv.DictReader(io.StringIO("\n".join(lines)), delimiter=delimiter or ",")
-        fields = reader.fieldnames or []
-        name = column or next(
-            (f for f in fields if f.strip().lower() in ("rr", "rr_ms", "ibi", "ibi_ms", "rr (ms)", "rr-interval")),
-            None,
-        )
-        if name is None or name not in fields:
-            raise ImportFormatError(
-                f"{source}: no RR column {'named ' + repr(column) if column else ''} in header {fields}; "
-                "give one with --column"
-            )
-        for i, row in enumerate(reader, start=2):
-            cell = (row.get(name) or "").strip()
-            if cell:
-                values.append(_rr_value(cell, f"{source}: line {i}, column {name!r}"))
-    if not values:
-        raise ImportFormatError(f"{source}: no RR intervals found")
-    return values
-
-
-def _rr_value(cell: str, where: str) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        raise ImportFormatError(f"{where}: {cell!r} is not a number") from None
-    if not 200.0 <= value <= 3000.0:
-        hint = " (seconds? RR must be in milliseconds)" if 0.2 <= value <= 3.0 else ""
-        raise ImportFormatError(f"{where}: RR {value} ms is outside 200–3000 ms{hint}")
-    return value
-
-
-def import_rr(
-    store: Store,
-    path: Path,
-    participant_id: str,
-    column: str | None = None,
-    protocol: dict[str, Any] | None = None,
-) -> int:
-    """Create a session from RR intervals; beat times are their cumulative sum. Without markers: one phase `whole`."""
-    rr = parse_rr_text(Path(path).read_text(encoding="utf-8"), str(path), column)
-    with store.transaction():
-        sid = store.create_session(
-            participant_id,
-            "whole",
-            protocol or WHOLE_PHASE,
-            "rr-file",
-            source="rr",
-            settings={"imported_from": Path(path).name},
-        )
-        t = 0.0
-        rows = []
-        for i, value in enumerate(rr):
-            t += value / 1000.0
-            rows.append((t, value, i == 0, 0.0, None))
-        store.add_beats(sid, rows)
-        _add_whole_markers(store, sid, 0.0, t)
-    return sid

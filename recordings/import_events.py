@@ -1,7 +1,8 @@
 """RR text plus an events TSV (`onset`, `duration`, `trial_type`, optional `phase_kind`) that defines the phases.
 
-Times in the events file are seconds since the start of the RR series (time 0 is the beat before the first
-interval; beat i is at the sum of the first i+1 intervals), the same clock the imported session gets. A row with a
+Times in the events file are seconds on the clock the imported session gets: for an RR file without times, since
+the start of the series (time 0 is the beat before the first interval; beat i is at the sum of the first i+1
+intervals); for a file with a time column, that column's seconds (see `import_rr`). A row with a
 duration is a phase (`trial_type` is its name); a row with duration 0 is a point marker. Phases must not overlap and
 must lie within the RR series. Any problem is refused with file, line and column; nothing is stored.
 """
@@ -15,7 +16,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .capture import ImportFormatError, parse_rr_text
+from .import_formats import ImportFormatError, read_rr_file
+from .import_rr import rr_file_beats, store_rr_file
 from .store import Store
 
 PHASE_KINDS = {"rest", "breathing", "grounding", "imagery", "recall", "refocus", "recovery", "diary", "meditation",
@@ -86,15 +88,15 @@ def parse_events_tsv(text: str, source: str = "<events>", series_end_s: float | 
 
 
 def import_rr_with_events(
-    store: Store, rr_path: Path, participant_id: str, events_path: Path, column: str | None = None
-) -> int:
-    """A session from RR intervals (ms) whose phases and markers come from an events TSV."""
-    rr = parse_rr_text(Path(rr_path).read_text(encoding="utf-8"), str(rr_path), column)
-    t, times = 0.0, []
-    for value in rr:
-        t += value / 1000.0
-        times.append(t)
-    events = parse_events_tsv(Path(events_path).read_text(encoding="utf-8"), str(events_path), times[-1])
+    store: Store, rr_path: Path, participant_id: str, events_path: Path, column: str | None = None,
+    unit: str | None = None,
+) -> int:  # fmt: skip
+    """A session from an RR file (any recognised format) whose phases and markers come from an events TSV."""
+    rr = read_rr_file(Path(rr_path), column=column, unit=unit)
+    if not rr.intervals:
+        raise ImportFormatError(f"{rr_path}: no RR intervals found")
+    st, _, _, _ = rr_file_beats(rr)
+    events = parse_events_tsv(Path(events_path).read_text(encoding="utf-8"), str(events_path), float(st.t[-1]))
     phases = sorted((e for e in events if e.duration > 0), key=lambda e: e.onset)
     protocol = {
         "name": Path(events_path).stem,
@@ -102,10 +104,8 @@ def import_rr_with_events(
         "phases": [{"name": p.trial_type, "kind": p.kind, "duration_s": p.duration} for p in phases],
     }
     with store.transaction():
-        sid = store.create_session(participant_id, protocol["name"], protocol, "rr-file", source="rr",
-                                   settings={"imported_from": Path(rr_path).name,
-                                             "events_from": Path(events_path).name})  # fmt: skip
-        store.add_beats(sid, [(tb, v, i == 0, 0.0, None) for i, (tb, v) in enumerate(zip(times, rr, strict=True))])
+        sid, _ = store_rr_file(store, rr, participant_id, rr_path, protocol=protocol,
+                               extra_settings={"events_from": Path(events_path).name})  # fmt: skip
         for i, p in enumerate(phases):
             detail = {"kind": p.kind, "feedback": "n/a", "pacer_bpm": None}
             store.add_marker(sid, p.onset, "phase_start", p.trial_type, phase_index=i, phase_name=p.trial_type,

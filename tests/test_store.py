@@ -19,12 +19,11 @@ from recordings.capture import (
     ImportFormatError,
     export_capture,
     import_capture,
-    import_rr,
     parse_capture,
-    parse_rr_text,
 )
 from recordings.decode import redecode_session
 from recordings.files import OutputExistsError
+from recordings.import_rr import import_rr, parse_rr_text
 from recordings.store import Store, StoreError
 
 
