@@ -328,7 +328,7 @@ def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Pa
         from biofeedback.analysis import analyze_session
         from recordings.export_csv import export_csv
 
-        phases = [p.to_dict() for p in analyze_session(store, sid, args.correction).phases]
+        phases = analyze_session(store, sid, args.correction).phase_rows()
         folder = out if args.session is not None else out / f"session-{sid}"
         return export_csv(store, sid, folder, phases=phases, include_text=args.include_text, overwrite=args.force)
     if args.format == "edf":
