@@ -57,6 +57,22 @@ def _phase_table(analysis) -> Table:
     return table
 
 
+def _index_table(analysis) -> Table:
+    """The further indices per phase, for the experimenter (coherence ratio: HeartMath; index: the project's)."""
+    table = Table(title="Further indices (settings: analyze --json, index_settings)")
+    cols = [
+        ("phase", None), ("SD1", ".1f"), ("SD2", ".1f"), ("DFA α1", ".2f"), ("SampEn", ".2f"), ("stress idx", ".0f"),
+        ("LF nu", ".0f"), ("HF nu", ".0f"), ("coh. ratio", ".2f"), ("coh. index", ".2f"),
+    ]  # fmt: skip
+    for name, spec in cols:
+        table.add_column(name, justify="left" if spec is None else "right")
+    for p in analysis.phases:
+        values = [p.name, p.sd1_ms, p.sd2_ms, p.dfa_alpha1, p.sample_entropy, p.stress_index, p.lf_nu, p.hf_nu,
+                  p.coherence_ratio, p.coherence_index]  # fmt: skip
+        table.add_row(*[str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    return table
+
+
 def _print_notes(analysis) -> None:
     for p in analysis.phases:
         for note in p.notes:
@@ -131,6 +147,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         for sid in ids:
             analysis = analyze_session(store, sid)
             console.print(_phase_table(analysis))
+            console.print(_index_table(analysis))
             _print_notes(analysis)
         console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
     return 0
