@@ -308,6 +308,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             console.print(f"wrote sessions {result.exported_sessions or 'none'} into BIDS dataset {out} "
                           f"({len(result.written)} files, index files updated)")  # fmt: skip
             return 0
+        if args.format == "table":
+            from biofeedback.long_table import write_long_table
+
+            path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force)
+            console.print(f"wrote {path} (sessions {ids}, one row per session × phase × index)")
+            return 0
         with _progress() as progress:
             task = progress.add_task(f"{args.format} export to {out}", total=len(ids))
             for sid in ids:
@@ -729,7 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=int, nargs="?", help="session id (or use --participant / --all)")
     p.add_argument("--participant", metavar="ID", help="every session of this participant")
     p.add_argument("--all", action="store_true", help="every session in the store")
-    p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture"])
+    p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture", "table"],
+                   help="table: one long CSV (session × phase × index) of all named sessions")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (for bids: the dataset root)")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--include-text", action="store_true", help="also export free-text notes (sensitive)")

@@ -187,3 +187,45 @@ def test_phase_metrics_carry_the_indices_and_say_why_some_are_missing() -> None:
     d = long_.to_dict()
     assert {"sd1_ms", "sd2_ms", "dfa_alpha1", "sample_entropy", "stress_index", "lf_nu", "hf_nu",
             "coherence_ratio", "coherence_index"} <= set(d)  # fmt: skip
+
+
+# -- the long table export ---------------------------------------------------------------------------------------
+
+
+def test_export_all_as_one_long_table_read_back_by_pandas(tmp_path, capsys) -> None:
+    import stat
+
+    import pandas as pd
+
+    import app
+    from biofeedback.analysis import analyze_session
+    from biofeedback.long_table import COLUMNS, INDICES
+    from recordings.store import Store
+
+    store = ["--store", str(tmp_path / "s.sqlite")]
+    assert app.main(["study", "simulate", "--participants", "2", "--weeks", "2", "--seed", "5", *store]) == 0
+    out = tmp_path / "table"
+    assert app.main(["export", "--all", "--format", "table", "--out", str(out), *store]) == 0
+    path = out / "hrv_long.csv"
+    assert str(path) in capsys.readouterr().out.replace("\n", "")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    df = pd.read_csv(path)
+    assert list(df.columns) == COLUMNS
+    with Store(tmp_path / "s.sqlite") as s:
+        sessions = s.sessions()
+        assert sorted(df["session_id"].unique()) == sorted(i.id for i in sessions)
+        assert set(df["participant"]) == {"P01", "P02"} and set(df["week"]) == {1, 2}
+        sid = sessions[0].id
+        analysis = analyze_session(s, sid)
+    n_phases = len(analysis.phases)
+    assert len(df[df["session_id"] == sid]) == n_phases * len(INDICES)
+    wide = df[df["session_id"] == sid].pivot(index="phase_index", columns="index", values="value")
+    for window, p in zip(analysis.windows, analysis.phases, strict=True):
+        for name in ("rmssd_ms", "sd1_ms", "dfa_alpha1", "coherence_ratio", "lf_nu"):
+            want = getattr(p, name)
+            got = wide.loc[window.index, name]
+            assert (pd.isna(got) and want is None) or got == pytest.approx(want, rel=1e-5)
+    assert df["value"].dtype == float and df["settings"].str.contains("4-16 beats").any()
+    assert df.loc[df["index"] == "dfa_alpha1", "settings"].str.contains("fractal_dfa").all()
+    # never silently replaced
+    assert app.main(["export", "--all", "--format", "table", "--out", str(out), *store]) == 2
