@@ -248,6 +248,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(json.dumps(out, indent=2))
         else:
             console.print(_phase_table(analysis))
+            console.print(_index_table(analysis))
             _print_notes(analysis)
             if assessment is not None:
                 _print_resonance(assessment)
