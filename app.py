@@ -140,6 +140,21 @@ def _phase_tabular(analysis) -> Tabular:
     return Tabular(title, [c for c, _ in cols], {c for c, spec in cols if spec is not None}, rows)
 
 
+def _index_table(analysis) -> Tabular:
+    """The further indices per phase, for the experimenter (coherence ratio: HeartMath; index: the project's)."""
+    cols = [
+        ("phase", None), ("SD1", ".1f"), ("SD2", ".1f"), ("DFA α1", ".2f"), ("SampEn", ".2f"), ("stress idx", ".0f"),
+        ("LF nu", ".0f"), ("HF nu", ".0f"), ("coh. ratio", ".2f"), ("coh. index", ".2f"),
+    ]  # fmt: skip
+    rows = []
+    for p in analysis.phases:
+        values = [p.name, p.sd1_ms, p.sd2_ms, p.dfa_alpha1, p.sample_entropy, p.stress_index, p.lf_nu, p.hf_nu,
+                  p.coherence_ratio, p.coherence_index]  # fmt: skip
+        rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    return Tabular("Further indices (settings: analyze --json, index_settings)", [c for c, _ in cols],
+                   {c for c, spec in cols if spec is not None}, rows)
+
+
 def _print_notes(analysis) -> None:
     for p in analysis.phases:
         for note in p.notes:
@@ -230,6 +245,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         for sid in ids:
             analysis = analyze_session(store, sid)
             _print_tabular(_phase_tabular(analysis))
+            _print_tabular(_index_table(analysis))
             _print_notes(analysis)
         if problems := session.problems():
             for line in problems:
@@ -426,6 +442,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             _print_tabular(_phase_tabular(analysis), args)
         else:
             _print_tabular(_phase_tabular(analysis))
+            _print_tabular(_index_table(analysis))
             _print_notes(analysis)
             if assessment is not None:
                 _print_resonance(assessment)
@@ -511,6 +528,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             console.print(f"wrote sessions {result.exported_sessions or 'none'} into BIDS dataset {out} "
                           f"({len(result.written)} files, index files updated)")  # fmt: skip
             return 0
+        if args.format == "table":
+            from biofeedback.long_table import write_long_table
+
+            path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force)
+            console.print(f"wrote {path} (sessions {ids}, one row per session × phase × index)")
+            return 0
         with _progress() as progress:
             task = progress.add_task(f"{args.format} export to {out}", total=len(ids))
             for sid in ids:
@@ -548,7 +571,7 @@ def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Pa
         from biofeedback.analysis import analyze_session
         from recordings.export_csv import export_csv
 
-        phases = [p.to_dict() for p in analyze_session(store, sid, args.correction).phases]
+        phases = analyze_session(store, sid, args.correction).phase_rows()
         folder = out if args.session is not None else out / f"session-{sid}"
         return export_csv(store, sid, folder, phases=phases, include_text=args.include_text, overwrite=args.force)
     if args.format == "edf":
@@ -1087,7 +1110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true",
                    help="every session in the store (live, not excluded, unless --source / --include-...)")
     _add_selection(p)
-    p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture"])
+    p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture", "table"],
+                   help="table: one long CSV (session × phase × index) of all named sessions")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (for bids: the dataset root)")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--include-text", action="store_true",

@@ -10,6 +10,7 @@ phase is used. A rate whose spectral peak holds less than `MIN_ACC_PEAK_SHARE` o
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from recordings.store import SessionInfo, Store
 
 from .acc_breathing import breathing_rate_from_acc
 from .hrv import PhaseMetrics, analyze_phases
+from .indices import INDEX_SETTINGS
 
 MIN_ACC_WINDOW_S = 60.0
 """Gap-free accelerometer seconds a phase needs for a chest-movement breathing rate."""
@@ -58,9 +60,19 @@ class SessionAnalysis:
         return {
             "session": self.session.to_dict(),
             "correction": self.correction,
+            "index_settings": dict(INDEX_SETTINGS),
             "quality": self.quality,
             "phases": phases,
         }
+
+    def phase_rows(self) -> list[dict[str, Any]]:
+        """One flat row per phase for table exports: the metrics, feedback, how it ended, and the settings used."""
+        settings = json.dumps({"correction": self.correction, **INDEX_SETTINGS}, ensure_ascii=False)
+        rows = []
+        for metrics, window in zip(self.phases, self.windows, strict=True):
+            rows.append({**metrics.to_dict(), "feedback": window.feedback, "ended": window.ended,
+                         "settings": settings})  # fmt: skip
+        return rows
 
 
 def phase_windows(store: Store, session_id: int) -> list[PhaseWindow]:

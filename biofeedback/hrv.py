@@ -44,6 +44,9 @@ Method, in order:
    chest-movement rate more than `PACER_DISAGREEMENT_BPM` away from it, a neutral experimenter-facing note gives
    both rates.
 
+7. **Further indices** (SD1/SD2, DFA α1, sample entropy, Baevsky's stress index, LF/HF in normalised units,
+   HeartMath coherence ratio and the project's coherence index): `biofeedback.indices`, with their own window rules.
+
 Window rules: RMSSD/SDNN/pNN50 and HF need >= 60 s of data in the phase, LF needs >= 120 s; otherwise the
 value is None and a note says why. "Data in the phase" is the phase time covered by gap-free segments (a
 segment spans its first to its last beat), so a gap-free 60 s phase has 60 s although its NN sum is a
@@ -60,6 +63,8 @@ from typing import Literal
 import neurokit2 as nk
 import numpy as np
 from scipy.signal import find_peaks
+
+from .indices import phase_indices
 
 Phase = tuple[str, str, float, float, float | None]
 
@@ -103,6 +108,15 @@ class PhaseMetrics:
     lf_peak_hz: float | None = None
     breathing_rate_bpm: float | None = None
     breathing_rate_source: Literal["pacer", "acc", "rsa"] | None = None
+    sd1_ms: float | None = None
+    sd2_ms: float | None = None
+    dfa_alpha1: float | None = None
+    sample_entropy: float | None = None
+    stress_index: float | None = None
+    lf_nu: float | None = None
+    hf_nu: float | None = None
+    coherence_ratio: float | None = None
+    coherence_index: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -353,8 +367,18 @@ def _phase_metrics(
         m.lf_peak_hz = _peak_hz(psd, LF_BAND_HZ)
     else:
         m.notes.append(f"LF needs ≥ {MIN_LF_WINDOW_S:.0f} s; phase has {run_s:.1f} s")
+    _add_indices(m, [(tl.t[r], tl.rr[r]) for r in runs], duration)
     _breathing(m, pacer, psd, acc_rate)
     return m
+
+
+def _add_indices(m: PhaseMetrics, runs: list[tuple[np.ndarray, np.ndarray]], duration: float) -> None:
+    """SD1/SD2, DFA α1, sample entropy, stress index, LF/HF nu and coherence (`biofeedback.indices`)."""
+    ix = phase_indices(runs, duration, m.lf_ms2, m.hf_ms2)
+    for name in ("sd1_ms", "sd2_ms", "dfa_alpha1", "sample_entropy", "stress_index", "lf_nu", "hf_nu",
+                 "coherence_ratio", "coherence_index"):  # fmt: skip
+        setattr(m, name, getattr(ix, name))
+    m.notes.extend(ix.notes)
 
 
 def _breathing(

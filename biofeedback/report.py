@@ -31,9 +31,10 @@ from recordings.privacy import exportable_label, fixed_labels
 from recordings.store import Store
 
 from .analysis import SessionAnalysis, analyze_session
-from .hrv import SLOW_BREATHING_BPM, PhaseMetrics
+from .hrv import SLOW_BREATHING_BPM, PhaseMetrics, corrected_beats
+from .indices import RMSSD_STEP_S, RMSSD_WINDOW_S, rmssd_over_time
 
-REPORT_STEPS = ("analysing", "heart rate plot", "breathing plot", "soothing plot", "writing")
+REPORT_STEPS = ("analysing", "heart rate plot", "RMSSD plot", "breathing plot", "soothing plot", "writing")
 """The steps `render_report` reports through `on_step` (for a progress bar)."""
 
 KIND_COLOURS = {
@@ -69,6 +70,9 @@ class ReportData:
     markers: list[tuple[float, str, str]]
     ecg_minutes: float
     notes: list[tuple[float, str]]
+    rmssd_t: np.ndarray
+    """Centres (s) of the time-varying RMSSD windows (`indices.rmssd_over_time`, corrected beats)."""
+    rmssd_ms: np.ndarray
 
 
 def load_report_data(
@@ -92,6 +96,8 @@ def load_report_data(
         if m.kind in MARKER_KINDS
     ]  # a free-text manual label only with include_text; the dashed line is drawn either way
     ecg_seconds = sum(len(s) / fs for _t, _ns, fs, s in store.ecg_chunks(session_id))
+    tl = corrected_beats(beats.t, beats.rr_ms, correction, beats.gap_before)
+    rmssd_t, rmssd = rmssd_over_time(tl.t, tl.rr, tl.seg, tl.seg_span)
     return ReportData(
         analysis=analysis,
         beat_t=beats.t,
@@ -101,6 +107,8 @@ def load_report_data(
         markers=markers,
         ecg_minutes=ecg_seconds / 60.0,
         notes=store.notes(session_id) if include_text else [],
+        rmssd_t=rmssd_t,
+        rmssd_ms=rmssd,
     )
 
 
@@ -167,6 +175,22 @@ def timeline_figure(data: ReportData) -> str:
         handles.append(Patch(facecolor="white", edgecolor="#9aa5b1", hatch="////", label="signal gap"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8.5,
                bbox_to_anchor=(0.5, -0.04))  # fmt: skip
+    return _png(fig)
+
+
+def rmssd_figure(data: ReportData) -> str:
+    """RMSSD over 60 s windows every 10 s, phases shaded; windows touching a gap are left out (line broken)."""
+    fig, ax = plt.subplots(figsize=(10.5, 3.0))
+    _style(ax)
+    for w in data.analysis.windows:
+        ax.axvspan(w.start_s / 60, w.end_s / 60, color=KIND_COLOURS.get(w.kind, "#f0f0f0"), linewidth=0)
+    ax.plot(data.rmssd_t / 60.0, data.rmssd_ms, color=RMSSD_COLOUR, linewidth=1.2)
+    ax.set_ylabel("RMSSD (ms)")
+    ax.set_xlabel("time since session start (min)")
+    if np.isfinite(data.rmssd_ms).any():
+        ax.set_ylim(0, float(np.nanmax(data.rmssd_ms)) * 1.15)
+    if data.analysis.windows:
+        ax.set_xlim(data.analysis.windows[0].start_s / 60, data.analysis.windows[-1].end_s / 60)
     return _png(fig)
 
 
@@ -331,6 +355,21 @@ def phase_table(phases: list[PhaseMetrics]) -> str:
     )  # fmt: skip
 
 
+def index_table(phases: list[PhaseMetrics]) -> str:
+    head = ("phase", "SD1 ms", "SD2 ms", "DFA α1", "SampEn", "stress index", "LF nu", "HF nu", "coherence ratio",
+            "coherence index")  # fmt: skip
+    rows = []
+    for p in phases:
+        cells = [p.name, _f(p.sd1_ms), _f(p.sd2_ms), _f(p.dfa_alpha1, ".2f"), _f(p.sample_entropy, ".2f"),
+                 _f(p.stress_index, ".0f"), _f(p.lf_nu, ".0f"), _f(p.hf_nu, ".0f"), _f(p.coherence_ratio, ".2f"),
+                 _f(p.coherence_index, ".2f")]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (
+        "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table>"
+    )  # fmt: skip
+
+
 def render_report(
     store: Store,
     session_id: int,
@@ -349,10 +388,12 @@ def render_report(
     step(REPORT_STEPS[1])
     timeline = timeline_figure(data)
     step(REPORT_STEPS[2])
-    breathing = breathing_figure(phases)
+    rmssd_plot = rmssd_figure(data)
     step(REPORT_STEPS[3])
-    soothing = soothing_figure(phases)
+    breathing = breathing_figure(phases)
     step(REPORT_STEPS[4])
+    soothing = soothing_figure(phases)
+    step(REPORT_STEPS[5])
     q = a.quality
     duration = (a.windows[-1].end_s - a.windows[0].start_s) if a.windows else 0.0
     lag = q.get("median_arrival_lag_s")
@@ -394,6 +435,18 @@ markers, dotted lines pauses, skips and stops. Lines are never drawn across a ga
 <p class="method">Artifact correction: {html.escape(_correction_text(a.correction))}. RMSSD, SDNN, pNN50 and HF need
 at least 60 s of data in a phase, LF at least 120 s; missing values are shown as –. LF/HF in absolute ms² (Welch PSD of
 the 4 Hz tachogram).</p></section>
+<section><h2>RMSSD over time</h2>
+<img alt="RMSSD over time in sliding windows" src="data:image/png;base64,{rmssd_plot}">
+<p class="caption">RMSSD of the corrected beats over {RMSSD_WINDOW_S:.0f} s windows every {RMSSD_STEP_S:.0f} s,
+plotted at each window's centre; a window that touches a signal gap has no value.</p></section>
+<section><h2>Further indices per phase</h2>{index_table(phases)}
+<p class="method">SD1/SD2: Poincaré plot of successive NN pairs. DFA α1: boxes of 4–16 beats. Sample entropy: m = 2,
+r = 0.2 SD. Stress index: Baevsky's SI (50 ms bins; Kubios shows its square root). LF/HF nu: % of LF + HF.
+Coherence ratio: HeartMath's peak / (total − peak) power (peak ± 0.015 Hz around the highest 0.04–0.26 Hz peak, total
+0.0033–0.40 Hz), mean over 64 s windows every 5 s (McCraty et al. 2009), beside this project's own coherence index
+(peak / total, 0–1). Window rules: SD1/SD2 need 60 s, the stress index 120 s, DFA α1 100 and sample entropy 200
+beats in one gap-free stretch, the coherence values one 64 s window; missing values are shown as – with the reason
+in the quality notes above.</p></section>
 <section><h2>Breathing rate per phase</h2>
 <img alt="Breathing rate per phase" src="data:image/png;base64,{breathing}">
 <p class="caption">Paced phases show the pacer's rate; other phases the respiratory sinus arrhythmia peak of the HR

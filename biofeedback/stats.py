@@ -3,6 +3,10 @@
 `wilcoxon_spss` gives T, Z and two-sided p of the Wilcoxon signed-rank test by normal approximation with
 tie correction and without continuity correction (SPSS "Asymp. Sig."); `describe` gives n, mean, SD, median
 and IQR so medians can be reported beside means.
+
+Differences are compared at a fixed precision (`DIFFERENCE_DECIMALS` decimal places) before zeros are dropped and
+ties are ranked: prorated scores such as 16/3 - 4 and 4 - 8/3 are the same 4/3 but differ in the last bits as
+floats, and without rounding they would get different ranks.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import numpy as np
 from scipy import stats
 
 MIN_N_NORMAL_APPROX = 6
+DIFFERENCE_DECIMALS = 9
+"""Differences are rounded to this many decimal places, so equal scores computed differently tie."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +83,11 @@ def wilcoxon_spss(
 ) -> WilcoxonResult:
     """Wilcoxon signed-rank test as SPSS reports it.
 
-    Pairs with a missing value (None/NaN) are dropped; zero differences are dropped before ranking; tied
-    |differences| get average ranks. T = min(W+, W-), the smaller rank sum. With N non-zero differences,
-    Z = (T - N(N+1)/4) / sqrt(N(N+1)(2N+1)/24 - sum(t^3 - t)/48) over tie groups of size t (no continuity
-    correction), p = 2 * Phi(-|Z|). A note says when N < 6 (normal approximation unreliable; SPSS still
-    prints it) or when no difference is non-zero (Z and p undefined).
+    Pairs with a missing value (None/NaN) are dropped; differences are rounded to `DIFFERENCE_DECIMALS` places;
+    zero differences are dropped before ranking; tied |differences| get average ranks. T = min(W+, W-), the
+    smaller rank sum. With N non-zero differences, Z = (T - N(N+1)/4) / sqrt(N(N+1)(2N+1)/24 - sum(t^3 - t)/48)
+    over tie groups of size t (no continuity correction), p = 2 * Phi(-|Z|). A note says when N < 6 (normal
+    approximation unreliable; SPSS still prints it) or when no difference is non-zero (Z and p undefined).
     """
     b = _as_float(before, "before")
     a = _as_float(after, "after")
@@ -89,7 +95,7 @@ def wilcoxon_spss(
         raise ValueError(f"before has {b.size} values but after has {a.size}; pairs must line up")
     complete = np.isfinite(b) & np.isfinite(a)
     b, a = b[complete], a[complete]
-    d = a - b
+    d = np.round(a - b, DIFFERENCE_DECIMALS)
     d = d[d != 0]
     n_nz = int(d.size)
     ranks = stats.rankdata(np.abs(d)) if n_nz else np.zeros(0)

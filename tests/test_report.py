@@ -78,7 +78,7 @@ def test_report_is_self_contained_with_real_images(recorded):
     refs = _parse(doc).refs
     assert "http://" not in doc and "https://" not in doc and "url(" not in doc and "@import" not in doc
     images = [v for tag, _n, v in refs if tag == "img"]
-    assert len(images) == 3
+    assert len(images) == 4
     assert all(ref.startswith("data:image/png;base64,") for _t, _n, ref in refs)
     for ref in images:
         png = base64.b64decode(ref.split(",", 1)[1])
@@ -101,6 +101,9 @@ def test_report_shows_the_analysis_values_and_signal_quality(recorded):
         assert f"{p.breathing_rate_bpm:.1f}" in text
         for note in p.notes:
             assert note in text
+        for value, spec in ((p.sd1_ms, ".1f"), (p.dfa_alpha1, ".2f"), (p.coherence_ratio, ".2f")):
+            assert value is None or f"{value:{spec}}" in text
+    assert "RMSSD over time" in text and "coherence ratio" in text
     q = analysis.quality
     assert q["disconnects"] == 1 and q["malformed_packets"] > 0
     assert f"{q['malformed_packets']} of {q['packets']}" in text
@@ -190,3 +193,18 @@ def test_headless_chromium_renders_the_report_with_its_plots(recorded, tmp_path)
     # the heart-rate plot (phase shading in pastel colours) sits in the first screen height
     band = img[700:1300]
     assert len(np.unique((band * 16).astype(int).reshape(-1, 3), axis=0)) > 50
+
+
+def test_rmssd_over_time_follows_the_batch_rmssd_and_breaks_at_the_disconnect(recorded):
+    from biofeedback.report import load_report_data
+
+    store, sid, _ = recorded
+    data = load_report_data(store, sid)
+    assert np.allclose(np.diff(data.rmssd_t), 10.0)
+    assert np.isfinite(data.rmssd_ms).mean() > 0.8
+    around_gap = (data.rmssd_t > 400 - 30) & (data.rmssd_t < 408 + 30)
+    assert around_gap.any() and not np.isfinite(data.rmssd_ms[around_gap]).any()
+    for p in data.analysis.phases:
+        inside = (data.rmssd_t - 30 >= p.start_s) & (data.rmssd_t + 30 <= p.end_s) & np.isfinite(data.rmssd_ms)
+        if inside.sum() >= 3 and p.rmssd_ms is not None:
+            assert np.median(data.rmssd_ms[inside]) == pytest.approx(p.rmssd_ms, rel=0.35)

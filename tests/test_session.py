@@ -105,6 +105,12 @@ def test_csv_export(cmt_session, tmp_path):
         rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows] == [p.name for p in get_protocol("cmt-soothing").phases]
     assert {"rmssd_ms", "hf_ms2", "lf_ms2", "breathing_rate_bpm", "corrected_pct"} <= set(rows[0])
+    new = ("sd1_ms", "sd2_ms", "dfa_alpha1", "sample_entropy", "stress_index", "lf_nu", "hf_nu", "coherence_ratio",
+           "coherence_index")  # fmt: skip
+    assert set(new) <= set(rows[0])
+    assert all(float(r["sd1_ms"]) > 0 and float(r["coherence_ratio"]) > 0 for r in rows if r["kind"] == "breathing")
+    settings = json.loads(rows[0]["settings"])
+    assert settings["correction"] == "kubios" and "4-16 beats" in settings["dfa_alpha1"]
     for name in ("beats.csv", "markers.csv", "phases.csv"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
     assert not (out / "notes.csv").exists()

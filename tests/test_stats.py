@@ -121,3 +121,54 @@ def test_bad_input_is_rejected() -> None:
         wilcoxon_spss([1, 2], ["a", "b"])
     with pytest.raises(ValueError, match="one-dimensional"):
         describe([[1, 2], [3, 4]])
+
+
+def _diary_scores(self_soothing: list[int | None]) -> float:
+    """The weekly diary's real scoring: four 0-10 items summed, prorated with one left out."""
+    from protocols.instruments import get_instrument, score
+
+    diary = get_instrument("cmt-weekly-diary")
+    ids = ["ss_often", "ss_powerful", "ss_accessible", "ss_warm"]
+    values = {i: (None if v is None else float(v)) for i, v in zip(ids, self_soothing, strict=True)}
+    return score(diary, values)["self-soothing"].value
+
+
+def test_prorated_scores_that_differ_by_the_same_amount_tie() -> None:
+    # Prorated sums (three items answered, times 4/3) against complete sums: every difference is ±4/3, but as
+    # floats they come out as 1.3333333333333321 ... 1.3333333333333357. The hand-worked answer treats the five
+    # as one tie group (rank 3 each): W- = 3 + 3 = 6 = T, W+ = 9 + 6 = 15; N = 6, mean 10.5,
+    # variance 6*7*13/24 - (5^3 - 5)/48 = 22.75 - 2.5 = 20.25, so Z = (6 - 10.5) / 4.5 = -1.000, p = .3173.
+    sums = [13, 4, 2, 8, 26]  # answered-item sums of the prorated (before) scores
+    signs = [-1, -1, 1, 1, 1]
+    before, after = [], []
+    for s, sign in zip(sums, signs, strict=True):
+        items = [min(s, 10), min(max(s - 10, 0), 10), max(s - 20, 0), None]
+        b = _diary_scores(items)
+        assert b == pytest.approx(s * 4 / 3)
+        target = round(b + sign * 4 / 3)  # a whole complete sum
+        a = _diary_scores([min(target, 10), min(max(target - 10, 0), 10), min(max(target - 20, 0), 10),
+                           max(target - 30, 0)])  # fmt: skip
+        before.append(b)
+        after.append(a)
+    before.append(10.0)
+    after.append(20.0)
+    raw = np.array(after) - np.array(before)
+    assert len(set(np.abs(raw[:5]).tolist())) >= 3  # the floats really differ
+    r = wilcoxon_spss(before, after)
+    assert (r.n_nonzero, r.w_negative, r.w_positive, r.t_stat) == (6, 6.0, 15.0, 6.0)
+    assert r.z == pytest.approx(-1.0, abs=1e-12)
+    assert r.p_two_sided == pytest.approx(2 * stats.norm.sf(1.0), rel=1e-12)
+    assert round(r.p_two_sided, 4) == 0.3173
+    # scipy on the raw floats reproduces the bug (T 3, Z -1.572); on the rounded differences it agrees with us
+    naive = stats.wilcoxon(raw, zero_method="wilcox", correction=False, method="approx")
+    assert float(naive.statistic) == 3.0 and float(naive.zstatistic) == pytest.approx(-1.572, abs=1e-3)
+    ref = stats.wilcoxon(np.round(raw, 9), zero_method="wilcox", correction=False, method="approx")
+    assert (float(ref.statistic), float(ref.zstatistic)) == (r.t_stat, pytest.approx(r.z, rel=1e-12))
+    assert float(ref.pvalue) == pytest.approx(r.p_two_sided, rel=1e-12)
+
+
+def test_differences_below_the_precision_are_zero() -> None:
+    before = [0.1 + 0.2, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    after = [0.3, 2.0, 4.0, 5.0, 7.0, 9.0, 11.0]
+    r = wilcoxon_spss(before, after)
+    assert 0.1 + 0.2 != 0.3 and r.n_nonzero == 6 and r.n == 7

@@ -1,0 +1,75 @@
+"""One long table of every session's per-phase indices, for SPSS, R and pandas (`export --format table`).
+
+One row per session × phase × index: participant, session, week, protocol, start (UTC), correction, phase (index,
+name, kind, start/end s), index name, value (empty when missing), unit and the settings used for that index.
+The week is the session's study week as recorded when it started (`SessionInfo.week`).
+Plain CSV (UTF-8, comma, header row, `.` decimals); no free
+text: the automatic quality notes stay in `analyze` and the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from recordings.files import write_private_text
+from recordings.store import Store
+
+from .analysis import analyze_session
+from .hrv import MIN_LF_WINDOW_S, MIN_SHORT_WINDOW_S
+from .indices import INDEX_SETTINGS
+
+_TIME = f"time domain over NN in gap-free runs; needs >= {MIN_SHORT_WINDOW_S:.0f} s"
+_FREQ = "Welch PSD of the 4 Hz tachogram, longest gap-free run, absolute"
+INDICES: dict[str, tuple[str, str]] = {
+    "n_beats": ("count", "usable NN intervals in the phase after correction"),
+    "corrected_pct": ("%", "beats moved, inserted or deleted by the correction / recorded beats"),
+    "mean_hr_bpm": ("1/min", "60000 / mean NN"),
+    "rmssd_ms": ("ms", _TIME),
+    "sdnn_ms": ("ms", _TIME + ", ddof 1"),
+    "pnn50_pct": ("%", _TIME),
+    "lf_ms2": ("ms²", f"{_FREQ}, 0.04-0.15 Hz; needs >= {MIN_LF_WINDOW_S:.0f} s"),
+    "hf_ms2": ("ms²", f"{_FREQ}, 0.15-0.40 Hz; needs >= {MIN_SHORT_WINDOW_S:.0f} s"),
+    "lf_nu": ("nu", INDEX_SETTINGS["normalised_units"]),
+    "hf_nu": ("nu", INDEX_SETTINGS["normalised_units"]),
+    "lf_peak_hz": ("Hz", "highest PSD bin in 0.04-0.15 Hz"),
+    "breathing_rate_bpm": ("1/min", "pacer rate, else chest movement (ACC), else the RSA peak"),
+    "sd1_ms": ("ms", INDEX_SETTINGS["poincare"]),
+    "sd2_ms": ("ms", INDEX_SETTINGS["poincare"]),
+    "dfa_alpha1": ("", INDEX_SETTINGS["dfa_alpha1"]),
+    "sample_entropy": ("", INDEX_SETTINGS["sample_entropy"]),
+    "stress_index": ("", INDEX_SETTINGS["stress_index"]),
+    "coherence_ratio": ("", INDEX_SETTINGS["coherence_ratio"]),
+    "coherence_index": ("", INDEX_SETTINGS["coherence_index"]),
+}
+COLUMNS = ["participant", "session_id", "week", "protocol", "started_utc", "correction", "phase_index", "phase",
+           "phase_kind", "phase_start_s", "phase_end_s", "index", "value", "unit", "settings"]  # fmt: skip
+
+
+def long_table(store: Store, session_ids: Sequence[int], correction: str = "kubios") -> pd.DataFrame:
+    """The long table of the given sessions (an unfinished, still running session is left out)."""
+    rows = []
+    for sid in session_ids:
+        info = store.session(sid)
+        if info.state == "running":
+            continue
+        analysis = analyze_session(store, sid, correction=correction)
+        for metrics, window in zip(analysis.phases, analysis.windows, strict=True):
+            for name, (unit, setting) in INDICES.items():
+                rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
+                             correction, window.index, metrics.name, metrics.kind, metrics.start_s, metrics.end_s,
+                             name, getattr(metrics, name), unit, setting])  # fmt: skip
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.astype({"week": "Int64", "value": "float64"})
+
+
+def write_long_table(
+    store: Store, session_ids: Sequence[int], out_dir: Path, *, correction: str = "kubios", overwrite: bool = False
+) -> Path:
+    """Write `hrv_long.csv` into `out_dir` (private, never silently replaced)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = long_table(store, session_ids, correction).to_csv(index=False, float_format="%.6g")
+    return write_private_text(out_dir / "hrv_long.csv", text, overwrite=overwrite)
