@@ -2,40 +2,40 @@
 
 **Detection** is Lipponen & Tarvainen (2019) as neurokit2 implements it: the artifact classes (ectopic, missed,
 extra, long/short) that ``neurokit2.signal_fixpeaks(method="kubios", iterative=False)`` returns in its info
-dict, computed on the recorded beats. neurokit2 reports the *interval* it flags (peak index j = the interval
-ending at beat j).
+dict (peak index j there = the interval ending at beat j).
 
 **Correction** is ours, because neurokit2's gets ectopic beats wrong (NeuroKit issue #1062, closed wontfix).
-For a premature beat neurokit2 flags both the short interval and the long compensatory pause as separate
-"misaligned" beats and moves each flagged beat to the midpoint of its two neighbours, taken from the
-*uncorrected* series: the beat after the pause, which was in the right place, is pulled towards the premature
-beat. Its iterative mode then re-detects what is left and moves more beats. On real RR series with 1 % injected
-ectopic beats this leaves RMSSD 7-14 % too high (24-46 % at 5 %), and each ectopic beat counts as two or three
-corrected beats. What we do instead:
+For a premature beat neurokit2 flags the short interval and the long compensatory pause as two "misaligned"
+beats and moves each to the midpoint of its neighbours taken from the *uncorrected* series, so the beat after
+the pause, which was in the right place, is pulled towards the premature one; its iterative mode re-detects
+what is left and moves more beats. On real RR series with 1 % injected ectopic beats that leaves RMSSD
+7-14 % too high (24-46 % at 5 %), and each ectopic beat counts as two or three corrected beats. We instead:
 
-1. **One artifact, one event.** Flagged intervals are grouped into events: an ectopic or misaligned beat takes
-   the neighbouring interval of opposite sign with it (premature beat + compensatory pause), an extra beat takes
-   the interval after it, and flagged intervals that touch merge. An event spans recorded beats ``a .. b``;
-   beats ``a`` and ``b`` are kept exactly where they were recorded, the beats between them are replaced.
-2. **Corrected intervals from clean neighbours on both sides.** The event's duration ``T`` (beat ``a`` to beat
-   ``b``) is split into ``n = round(T / ref)`` intervals, ``ref`` the median of up to `NEIGHBOURS` clean
-   (not in any event) intervals on each side; their values follow the line between the clean intervals just
-   before and just after the event, scaled to sum to ``T``. Beat times outside events never move.
-3. **No successive difference touches a synthesized interval.** Intervals made up in step 2 are marked
-   `synthetic`; RMSSD and pNN50 leave out every successive difference that involves one. Interpolated values
-   are smoother than real beats (a linear fill removes most of the beat-to-beat variance), so using them in
-   RMSSD biases it low; leaving those differences out keeps RMSSD an estimate from measured intervals only.
-   SDNN, mean HR and the spectrum use the corrected series. An extra beat merged back into one interval gives
-   the measured interval exactly; it is not synthetic.
+1. **One artifact, one event.** Each flagged interval becomes a block of intervals bounded by two recorded
+   beats that stay where they are: an extra beat takes the interval after it, and a block takes one neighbour
+   more on either side (premature beat + compensatory pause, a detection off its R wave) when that brings its
+   duration nearer a whole number of local intervals by `EXTEND_GAIN` of a beat (`_best_block`; the local
+   interval is the median of the `LEVEL_NEIGHBOURS` nearest unflagged intervals on each side). Blocks that
+   touch merge into one event.
+2. **Corrected intervals from clean neighbours on both sides.** An event of duration ``T`` becomes
+   ``n = round(T / local interval)`` intervals: one for an extra beat (the measured interval, exactly), two for
+   a missed or premature beat. Their values are the smoothest that fill ``T`` exactly: they minimise the
+   squared successive differences from the measured interval before the event to the one after it
+   (`smoothest_fill`). Recorded beats outside events never move and keep their exact RR.
+3. **RMSSD counts the placed beats' freedom.** A beat placed where the squared differences are smallest
+   absorbs one successive difference's worth of variance (a linear or smooth fill alone biases RMSSD low;
+   dropping every difference next to a placed beat is unbiased but throws away the measured beat times and is
+   noisier on short records). `rmssd` divides by ``#differences - #placed beats``, like ``ddof``; under a
+   random-walk model of RR this is the expected sum of squares given the measured beats.
 4. **Trivial corrections are dropped.** Lipponen & Tarvainen's thresholds scale with the local spread of
-   successive differences, so on very regular stretches ordinary variation gets flagged. An event that keeps
-   its number of beats and would move no interval by more than `MIN_CHANGE_FRACTION` of ``ref`` is not an
-   artifact and is left alone (not counted, not changed).
-5. **Detection is repeated** on the corrected series (up to `MAX_PASSES` times) for artifacts that the first
-   pass could not see next to another one; new findings merge into the events they touch.
+   successive differences, so on very regular stretches ordinary variation gets flagged; and a lone long or
+   short interval cannot be changed without moving recorded beats. An event that keeps its number of beats
+   and would move no interval by more than `MIN_CHANGE_FRACTION` of the local interval is left alone.
+5. **Detection is repeated** on the corrected series (up to `MAX_PASSES` times) for artifacts hidden next to
+   another one; new findings merge into the events they touch.
 
-``n_events`` counts artifacts, not moved beats: the share of events per recorded beat is what a phase's
-correction flag rests on.
+``n_events`` counts artifacts, not moved beats: the event share per recorded beat is what a phase's
+correction flag rests on. `inject` makes the artifacts the validation uses (benchmarks/bench_artifacts.py).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ import numpy as np
 MIN_CHANGE_FRACTION = 0.1
 """An event that changes no interval by more than this share of the local interval is not corrected."""
 EXTEND_GAIN = 0.1
-"""A flagged block takes a neighbouring interval only when that brings its misfit down by this share of a beat."""
+"""A block takes a neighbouring interval only when that brings its misfit down by this share of a beat."""
+LEVEL_NEIGHBOURS = 2
+"""Clean intervals taken on each side of a block for its local interval (median: one odd neighbour is outvoted)."""
 MAX_PASSES = 3
 MIN_INTERVALS = 4
 """Shorter stretches are returned unchanged (the detection needs context)."""
@@ -141,49 +143,54 @@ def _detect(rr: np.ndarray) -> list[tuple[int, int, str]]:
     """Flagged artifacts as (first beat, last beat, kind) in the beat indices of `rr`."""
     ticks = np.concatenate([[0], np.round(np.cumsum(rr) * _TICKS_PER_MS)]).astype(np.int64)
     info, _ = nk.signal_fixpeaks(ticks, sampling_rate=1000 * _TICKS_PER_MS, iterative=False, method="kubios")
+    flags = [(int(j) - 1, kind) for kind in _KINDS for j in info[kind] if 0 <= int(j) - 1 < rr.size]
+    flagged = np.zeros(rr.size, dtype=bool)  # neurokit2's peak j ends interval j - 1 of `rr`
+    flagged[[i for i, _ in flags]] = True
     blocks: list[tuple[int, int, str]] = []
-    for kind in _KINDS:
-        for j in info[kind]:
-            i = int(j) - 1  # neurokit2's peak j ends interval j - 1 of `rr`
-            if not 0 <= i < rr.size:
-                continue
-            hi = min(i + 2, rr.size) if kind == "extra" else i + 1  # an extra beat splits one interval in two
-            lo, hi = _best_block(rr, i, hi)
-            blocks.append((lo, hi, kind))
+    for i, kind in flags:
+        hi = min(i + 2, rr.size) if kind == "extra" else i + 1  # an extra beat splits one interval in two
+        lo, hi = _best_block(rr, i, hi, flagged)
+        blocks.append((lo, hi, kind))
     return blocks
 
 
-def _best_block(rr: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+def _best_block(rr: np.ndarray, lo: int, hi: int, flagged: np.ndarray) -> tuple[int, int]:
     """The flagged intervals lo .. hi-1, or with one neighbour more on either side, whichever fills best.
 
     A misplaced beat (premature, or a detection off its R wave) makes one interval short and the next long;
     the detector may flag only one of them. Beats `lo` and `hi` of the best block are the ones left in place:
-    the block whose duration is closest to a whole number of local intervals (`_misfit`). A neighbour is added
-    only when that makes the misfit smaller, so a lone long or short interval is not diluted.
+    the block whose duration is closest to a whole number of local intervals (`_misfit`, the local interval
+    taken from unflagged neighbours). A bigger block is taken only when it brings the misfit down by
+    `EXTEND_GAIN` of a beat (any gain for a lone interval that could not change on its own), so a block that
+    is already a whole number of beats is not diluted with normal ones.
     """
-    alone = _misfit(rr, lo, hi)
-    best, best_cost = (lo, hi), alone - EXTEND_GAIN * _level(rr, lo, hi, np.zeros(rr.size, dtype=bool))
-    for cand in ((lo - 1, hi), (lo, hi + 1), (lo - 1, hi + 1)):
-        if cand[0] >= 0 and cand[1] <= rr.size:
-            cost = _misfit(rr, *cand)
-            if cost < best_cost:
-                best, best_cost = cand, cost
+    level = _level(rr, lo, hi, flagged)
+    fixed_alone = hi - lo > 1 or round(float(rr[lo]) / level) != 1  # else it cannot change without a partner
+    margin = EXTEND_GAIN * level if fixed_alone else 0.0
+    best, best_cost = (lo, hi), _misfit(rr, lo, hi, flagged)
+    for cands in (((lo - 1, hi), (lo, hi + 1)), ((lo - 1, hi + 1),)):
+        start = best_cost
+        for cand in cands:
+            if cand[0] >= 0 and cand[1] <= rr.size:
+                cost = _misfit(rr, *cand, flagged)
+                if cost < start - margin and cost < best_cost:
+                    best, best_cost = cand, cost
     return best
 
 
-def _misfit(rr: np.ndarray, lo: int, hi: int) -> float:
-    """|T - n * level| in ms for the block's duration T, with level from its measured neighbours."""
+def _misfit(rr: np.ndarray, lo: int, hi: int, flagged: np.ndarray) -> float:
+    """|T - n * level| in ms for the block's duration T, with level from its unflagged neighbours."""
     total = float(np.sum(rr[lo:hi]))
-    level = _level(rr, lo, hi, np.zeros(rr.size, dtype=bool))
+    level = _level(rr, lo, hi, flagged)
     return abs(total - max(1, round(total / level)) * level)
 
 
 def _level(rr: np.ndarray, lo: int, hi: int, bad: np.ndarray) -> float:
-    """The local interval at a block: mean of the nearest clean intervals before and after it."""
-    left = next((k for k in range(lo - 1, -1, -1) if not bad[k]), None)
-    right = next((k for k in range(hi, rr.size) if not bad[k]), None)
-    near = [rr[k] for k in (left, right) if k is not None]
-    return float(np.mean(near)) if near else float(np.mean(rr[lo:hi]))
+    """The local interval at a block: median of the `LEVEL_NEIGHBOURS` nearest clean intervals on each side."""
+    left = [k for k in range(lo - 1, -1, -1) if not bad[k]][:LEVEL_NEIGHBOURS]
+    right = [k for k in range(hi, rr.size) if not bad[k]][:LEVEL_NEIGHBOURS]
+    near = left + right
+    return float(np.median(rr[near])) if near else float(np.mean(rr[lo:hi]))
 
 
 # -------------------------------------------------------------------------------------------- correction

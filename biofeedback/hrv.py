@@ -8,20 +8,19 @@ Method, in order:
 
 1. **Segments.** The recording is split at gaps (`gap_before` or a missing/NaN RR). Nothing is ever
    interpolated across a gap and no successive difference spans one.
-2. **Artifact correction** (``correction="kubios"``): Lipponen & Tarvainen (2019) via
-   ``neurokit2.signal_fixpeaks(method="kubios", iterative=True)``, run once per gap-free segment over the
-   whole recording (the method needs context), then cut per phase. Beats are handed to neurokit2 as integer
-   peak indices on a 1 MHz grid built from the cumulative RR sum, so the strap's RR resolution survives the
-   integer casts neurokit2 does. RR of beats the correction did not touch are the original values exactly.
-   A beat counts as corrected when the correction moved, inserted or deleted it (per phase: the larger of
-   new-or-moved output beats and missing-or-moved recorded beats, so a move counts once); ``corrected_pct``
-   is corrected / recorded beats in the phase, and a note is added above `CORRECTED_NOTE_PCT`. An ectopic
-   beat typically moves two beats (the premature one and the one after it).
+2. **Artifact correction** (``correction="kubios"``): Lipponen & Tarvainen (2019) detection by neurokit2 with
+   our own correction (`biofeedback.artifacts`: an ectopic beat and its compensatory pause are one artifact,
+   corrected intervals are the smoothest fill between clean neighbours on both sides, recorded beats outside
+   an artifact never move and untouched RR keep the strap's exact value), run once per gap-free segment over
+   the whole recording (the method needs context), then cut per phase. ``corrected_pct`` is artifact events /
+   recorded beats in the phase (an event belongs to the phase of its first replaced beat), and a note is
+   added above `CORRECTED_NOTE_PCT`.
 3. **Phase cut.** A beat belongs to a phase when ``start_s <= beat time < end_s``; its RR is the interval
    ending at that beat.
 4. **Time domain** over the phase's NN intervals: mean HR = 60000 / mean NN, SDNN (ddof=1), RMSSD over
    successive differences inside gap-free runs, pNN50 = #(|diff| > 50 ms) / #NN x 100. On gap-free data these
-   equal ``neurokit2.hrv_time`` (which uses #diff + 1 = #NN as denominator).
+   equal ``neurokit2.hrv_time`` (which uses #diff + 1 = #NN as denominator). Each beat the correction placed
+   takes one from both denominators (`artifacts.rmssd`: it absorbed one difference's worth of variance).
 5. **Frequency domain** on the longest gap-free run of the phase: the RR tachogram interpolated at 4 Hz
    (``neurokit2.intervals_process``, quadratic spline, times from the cumulative RR sum), Welch PSD
    (``neurokit2.signal_psd``: mean removed, Hann window of half the run, 50 % overlap, no normalisation)
@@ -74,7 +73,6 @@ SPONTANEOUS_BREATHING_HZ = 0.13
 """Below this (7.8/min) a spectral peak is more often a Mayer wave than breathing, unless it dominates."""
 SLOW_PEAK_DOMINANCE = 5.0
 INTERPOLATION_HZ = 4
-_TICKS_PER_S = 1_000_000  # peak-index grid handed to signal_fixpeaks
 _MIN_SEGMENT_BEATS_FOR_CORRECTION = 5
 
 

@@ -13,7 +13,7 @@ from biofeedback import artifacts
 from biofeedback.hrv import analyze_phases
 
 # a handful of real records per cell: GUDB chest strap (rest, stress, movement) and the Polar H10 IBI stream
-RECORDS = [(2, "sitting"), (5, "maths"), (9, "walking"), (14, "hand_bike"), (17, "sitting"), (20, "maths"),
+RECORDS = [(3, "sitting"), (5, "maths"), (9, "walking"), (14, "hand_bike"), (17, "sitting"), (12, "maths"),
            (22, "walking"), (24, "sitting")]  # fmt: skip
 SEED = 12
 
