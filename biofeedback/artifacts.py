@@ -166,10 +166,10 @@ def _best_block(rr: np.ndarray, lo: int, hi: int, flagged: np.ndarray) -> tuple[
     """
     level = _level(rr, lo, hi, flagged)
     fixed_alone = hi - lo > 1 or round(float(rr[lo]) / level) != 1  # else it cannot change without a partner
-    margin = EXTEND_GAIN * level if fixed_alone else 0.0
     best, best_cost = (lo, hi), _misfit(rr, lo, hi, flagged)
     for cands in (((lo - 1, hi), (lo, hi + 1)), ((lo - 1, hi + 1),)):
         start = best_cost
+        margin = EXTEND_GAIN * level if fixed_alone or best != (lo, hi) else 0.0
         for cand in cands:
             if cand[0] >= 0 and cand[1] <= rr.size:
                 cost = _misfit(rr, *cand, flagged)
