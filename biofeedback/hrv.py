@@ -11,21 +11,20 @@ Method, in order:
    interpolated across a gap and no successive difference spans one. The first beat of a segment keeps its RR
    (the strap measured it from a beat before the gap, which is placed at `t − RR` as the segment's anchor);
    only a missing/NaN RR is not an interval.
-2. **Artifact correction** (``correction="kubios"``): Lipponen & Tarvainen (2019) via
-   ``neurokit2.signal_fixpeaks(method="kubios", iterative=True)``, run once per gap-free segment over the
-   whole recording (the method needs context), then cut per phase. Beats are handed to neurokit2 as integer
-   peak indices on a 1 MHz grid built from the cumulative RR sum, so the strap's RR resolution survives the
-   integer casts neurokit2 does. RR of beats the correction did not touch are the original values exactly.
-   A beat counts as corrected when the correction moved, inserted or deleted it (per phase: the larger of
-   new-or-moved output beats and missing-or-moved recorded beats, so a move counts once); ``corrected_pct``
-   is corrected / recorded beats in the phase, and a note is added above `CORRECTED_NOTE_PCT`. An ectopic
-   beat typically moves two beats (the premature one and the one after it).
+2. **Artifact correction** (``correction="kubios"``): Lipponen & Tarvainen (2019) detection by neurokit2 with
+   our own correction (`biofeedback.artifacts`: an ectopic beat and its compensatory pause are one artifact,
+   corrected intervals are the smoothest fill between clean neighbours on both sides, recorded beats outside
+   an artifact never move and untouched RR keep the strap's exact value), run once per gap-free segment over
+   the whole recording (the method needs context), then cut per phase. ``corrected_pct`` is artifact events /
+   recorded beats in the phase (an event belongs to the phase of its first replaced beat), and a note is
+   added above `CORRECTED_NOTE_PCT`.
 3. **Phase cut.** A beat belongs to a phase when ``start_s <= beat time < end_s`` (the phase that ends last
    also takes a beat exactly at its end, so a recording's last beat is never lost); its RR is the interval
    ending at that beat.
 4. **Time domain** over the phase's NN intervals: mean HR = 60000 / mean NN, SDNN (ddof=1), RMSSD over
    successive differences inside gap-free runs, pNN50 = #(|diff| > 50 ms) / #NN x 100. On gap-free data these
-   equal ``neurokit2.hrv_time`` (which uses #diff + 1 = #NN as denominator).
+   equal ``neurokit2.hrv_time`` (which uses #diff + 1 = #NN as denominator). Each beat the correction placed
+   takes one from both denominators (`artifacts.rmssd`: it absorbed one difference's worth of variance).
 5. **Frequency domain** on the longest gap-free run of the phase: the RR tachogram interpolated at 4 Hz
    (``neurokit2.intervals_process``, quadratic spline, times from the cumulative RR sum), Welch PSD
    (``neurokit2.signal_psd``: mean removed, Hann window of half the run, 50 % overlap, no normalisation)
@@ -64,6 +63,8 @@ import neurokit2 as nk
 import numpy as np
 from scipy.signal import find_peaks
 
+from biofeedback import artifacts
+
 from .indices import phase_indices
 
 Phase = tuple[str, str, float, float, float | None]
@@ -81,7 +82,6 @@ SPONTANEOUS_BREATHING_HZ = 0.13
 """Below this (7.8/min) a spectral peak is more often a Mayer wave than breathing, unless it dominates."""
 SLOW_PEAK_DOMINANCE = 5.0
 INTERPOLATION_HZ = 4
-_TICKS_PER_S = 1_000_000  # peak-index grid handed to signal_fixpeaks
 _MIN_SEGMENT_BEATS_FOR_CORRECTION = 5
 
 
@@ -137,9 +137,11 @@ class CorrectedBeats:
     rr: np.ndarray
     seg: np.ndarray
     seg_span: np.ndarray  # (n_segments, 2): first and last beat time of each gap-free segment
-    changed_t: np.ndarray  # times of beats moved or inserted by the correction
-    removed_t: np.ndarray  # times of recorded beats deleted by the correction
+    changed_t: np.ndarray  # times of beats placed by the correction
+    removed_t: np.ndarray  # times of recorded beats the correction replaced
     recorded_t: np.ndarray  # times of all recorded beats
+    placed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per beat: placed by the correction
+    event_t: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per artifact: its first recorded beat's time
 
 
 def analyze_phases(
@@ -250,6 +252,7 @@ def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: 
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     changed: list[np.ndarray] = []
     removed: list[np.ndarray] = []
+    events: list[np.ndarray] = []
     for first, last in _segments(starts):
         seg_t = t[first : last + 1]
         seg_rr = rr[first : last + 1].copy()
@@ -259,9 +262,10 @@ def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: 
         else:
             seg_rr[0] = np.nan
         if correct and seg_t.size >= _MIN_SEGMENT_BEATS_FOR_CORRECTION:
-            new_t, new_rr, ch, rm = _kubios_segment(seg_t, seg_rr)
+            new_t, new_rr, ch, rm, ev = _corrected_segment(seg_t, seg_rr)
             changed.append(ch)
             removed.append(rm)
+            events.append(ev)
             parts.append((new_t, new_rr))
         else:
             parts.append((seg_t, seg_rr))
@@ -277,26 +281,26 @@ def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: 
         changed_t=np.concatenate(changed) if changed else np.zeros(0),
         removed_t=np.concatenate(removed) if removed else np.zeros(0),
         recorded_t=t,
+        placed=np.isin(np.concatenate([p[0] for p in parts]), np.concatenate(changed) if changed else []),
+        event_t=np.concatenate(events) if events else np.zeros(0),
     )
 
 
-def _kubios_segment(
+def _corrected_segment(
     seg_t: np.ndarray, seg_rr: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Correct one gap-free segment; returns new times, new RR, changed-beat times, removed-beat times."""
-    ticks = np.concatenate([[0], np.round(np.cumsum(seg_rr[1:]) * (_TICKS_PER_S / 1000.0))]).astype(np.int64)
-    _, fixed = nk.signal_fixpeaks(ticks, sampling_rate=_TICKS_PER_S, iterative=True, method="kubios")
-    fixed = np.asarray(fixed, dtype=np.int64)
-    is_orig = np.isin(fixed, ticks)
-    pos = np.searchsorted(ticks, fixed)
-    new_t = np.interp(fixed, ticks, seg_t)  # unchanged beats keep their recorded time exactly
-    new_rr = np.full(fixed.size, np.nan)
-    new_rr[1:] = np.diff(fixed) * (1000.0 / _TICKS_PER_S)
-    keep = np.zeros(fixed.size, dtype=bool)
-    keep[1:] = is_orig[1:] & is_orig[:-1] & (np.diff(pos) == 1)
-    new_rr[keep] = seg_rr[pos[keep]]  # untouched intervals keep the strap's exact value
-    removed = seg_t[~np.isin(ticks, fixed)]
-    return new_t, new_rr, new_t[~is_orig], removed
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Correct one gap-free segment (`biofeedback.artifacts`); returns new times, new RR, placed-beat times,
+    replaced-beat times and artifact times. Recorded beats keep their time and untouched RR their value."""
+    fix = artifacts.correct_rr(seg_rr[1:])
+    src = fix.beat_source
+    cum_orig = np.concatenate([[0.0], np.cumsum(seg_rr[1:])])
+    cum_new = np.concatenate([[0.0], np.cumsum(fix.rr)])
+    new_t = np.interp(cum_new, cum_orig, seg_t)  # placed beats: on the recorded beats' clock
+    new_t[src >= 0] = seg_t[src[src >= 0]]
+    new_rr = np.concatenate([[np.nan], fix.rr])
+    removed = seg_t[np.setdiff1d(np.arange(seg_t.size), src)]
+    event_t = np.array([seg_t[e.first + 1] for e in fix.events])
+    return new_t, new_rr, new_t[src < 0], removed, event_t
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -323,11 +327,9 @@ def _phase_metrics(
     m = PhaseMetrics(name=name, kind=kind, start_s=start, end_s=end, n_beats=int(nn.size))
     recorded = int(np.sum((tl.recorded_t >= start) & (tl.recorded_t < hi)))
     if corrected and recorded:
-        # a moved beat is both new and missing: count it once (inserted/deleted beats count once too)
-        n_new = np.sum((tl.changed_t >= start) & (tl.changed_t < hi))
-        n_gone = np.sum((tl.removed_t >= start) & (tl.removed_t < hi))
-        n_fixed = max(n_new, n_gone)
-        m.corrected_pct = float(100.0 * n_fixed / recorded)
+        # artifact events, not moved beats: an ectopic beat and its compensatory pause are one artifact
+        n_events = np.sum((tl.event_t >= start) & (tl.event_t < hi))
+        m.corrected_pct = float(100.0 * n_events / recorded)
         if m.corrected_pct > CORRECTED_NOTE_PCT:
             m.notes.append(
                 f"{m.corrected_pct:.1f}% of beats corrected (above {CORRECTED_NOTE_PCT:.0f}%): "
@@ -345,9 +347,10 @@ def _phase_metrics(
     duration = float(np.sum(cover))
     if duration >= MIN_SHORT_WINDOW_S:
         diffs = np.concatenate([np.diff(tl.rr[r]) for r in runs])
+        placed = int(np.sum(tl.placed[mask])) if tl.placed.size else 0  # see artifacts.rmssd
         m.sdnn_ms = float(np.std(nn, ddof=1))
-        m.rmssd_ms = float(np.sqrt(np.mean(diffs**2))) if diffs.size else None
-        m.pnn50_pct = float(100.0 * np.sum(np.abs(diffs) > 50) / nn.size)
+        m.rmssd_ms = float(np.sqrt(np.sum(diffs**2) / (diffs.size - placed))) if diffs.size > placed else None
+        m.pnn50_pct = float(100.0 * np.sum(np.abs(diffs) > 50) / (nn.size - placed))
     else:
         m.notes.append(f"RMSSD/SDNN/pNN50 need ≥ {MIN_SHORT_WINDOW_S:.0f} s; phase has {duration:.1f} s")
     if len(runs) > 1:

@@ -471,7 +471,7 @@ def _date(utc: str) -> str:
 
 def _correction_text(correction: str) -> str:
     if correction == "kubios":
-        return "Lipponen & Tarvainen (2019), neurokit2 signal_fixpeaks(method='kubios')"
+        return "Lipponen & Tarvainen (2019) detection (neurokit2), correction by biofeedback.artifacts"
     return "none (raw RR intervals)"
 
 
