@@ -300,6 +300,43 @@ class StrapPanel(QtWidgets.QFrame):
             line.setVisible(False)
 
 
+SINGLE_KEYS = frozenset({QtCore.Qt.Key.Key_M, QtCore.Qt.Key.Key_Space, QtCore.Qt.Key.Key_N})
+
+
+class ShortcutKeys(QtCore.QObject):
+    """Lets the window's single-key shortcuts act whatever widget in it has focus (but the note being typed).
+
+    Qt first offers a key to the focused widget as a ShortcutOverride; a text field, combo box or view that
+    accepts it takes the key and the shortcut never fires. This filter (on the application) withholds that
+    offer for `keys` inside `window`, except from `typing`, where the key is text. It removes itself with
+    the window.
+    """
+
+    def __init__(self, window: QtWidgets.QWidget, keys: frozenset, typing: QtWidgets.QWidget) -> None:
+        super().__init__(window)
+        self.window = window
+        self.keys = keys
+        self.typing = typing
+        self.on_typing_focus: Callable[[], None] | None = None
+        app = QtWidgets.QApplication.instance()
+        app.installEventFilter(self)
+
+    def eventFilter(self, obj: QtCore.QObject, event: QtCore.QEvent) -> bool:
+        kind = event.type()
+        if obj is self.typing and kind == QtCore.QEvent.Type.FocusIn and self.on_typing_focus is not None:
+            self.on_typing_focus()
+            return False
+        # True without accepting the offer: the shortcut gets the key
+        return (
+            kind == QtCore.QEvent.Type.ShortcutOverride
+            and isinstance(obj, QtWidgets.QWidget)
+            and obj is not self.typing
+            and obj.window() is self.window
+            and event.key() in self.keys  # type: ignore[attr-defined]
+            and not (event.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier)  # type: ignore[attr-defined]
+        )
+
+
 class MonitorWindow(QtWidgets.QMainWindow):
     """The experimenter's window; pulls `source.monitor_view()` at `fps` and acts through `controls`."""
 
@@ -317,6 +354,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.panels: dict[str, StrapPanel] = {}
         self.confirm_end: Callable[[], bool] = self._ask_end
         self._marker_t: float | None = None
+        self._marker_open = False
         self._last_error = ""
         self.setWindowTitle("Session monitor")
         self.resize(1280, 800)
@@ -357,12 +395,12 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.skip_button = QtWidgets.QPushButton("Skip phase  [N]")
         self.marker_button = QtWidgets.QPushButton("Marker  [M]")
         self.end_button = QtWidgets.QPushButton("End session  [Ctrl+Q]")
+        # The label is picked, not typed: an editable box would swallow M, Space and N. Free text goes in the note.
         self.marker_label = QtWidgets.QComboBox()
-        self.marker_label.setEditable(True)
         self.marker_label.addItems(MARKER_LABELS)
         self.marker_edit = QtWidgets.QLineEdit()
         self.marker_edit.setPlaceholderText("marker note — M to start, Enter to save, Esc to cancel")
-        for b in (self.pause_button, self.skip_button, self.marker_button, self.end_button):
+        for b in (self.pause_button, self.skip_button, self.marker_button, self.end_button, self.marker_label):
             b.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
         bar.addWidget(self.pause_button)
         bar.addWidget(self.skip_button)
@@ -399,6 +437,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         for key, slot in shortcuts:
             QtGui.QShortcut(QtGui.QKeySequence(key), self, slot)
         QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Escape), self.marker_edit, self.cancel_marker)
+        self._keys = ShortcutKeys(self, SINGLE_KEYS, typing=self.marker_edit)
+        self._keys.on_typing_focus = self._note_focused  # clicking into the note starts a marker too
+        central.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)  # focus rests somewhere harmless
 
         self.timer = start_frame_timer(self, fps, self.refresh)
         self.refresh()
@@ -407,21 +448,30 @@ class MonitorWindow(QtWidgets.QMainWindow):
     def begin_marker(self) -> None:
         """Start a marker at this moment: focus the note field (Enter saves, Esc cancels)."""
         self._marker_t = None if self.view is None else self.view.t  # the marker is for when M was pressed
+        self._marker_open = True
         self.marker_edit.setFocus(QtCore.Qt.FocusReason.ShortcutFocusReason)
         self.marker_edit.selectAll()
+
+    def _note_focused(self) -> None:
+        if not self._marker_open:  # clicked into the note: the marker is for this moment
+            self._marker_t = None if self.view is None else self.view.t
+            self._marker_open = True
 
     def commit_marker(self) -> None:
         label = self.marker_label.currentText().strip() or MARKER_LABELS[0]
         self.controls.add_marker(label, self.marker_edit.text().strip(), self._marker_t)
         self._marker_t = None
+        self._marker_open = False
         self.marker_edit.clear()
         self.marker_edit.clearFocus()
-        self.setFocus()
+        self.centralWidget().setFocus()
 
     def cancel_marker(self) -> None:
+        self._marker_t = None
+        self._marker_open = False
         self.marker_edit.clear()
         self.marker_edit.clearFocus()
-        self.setFocus()
+        self.centralWidget().setFocus()
 
     def toggle_pause(self) -> None:
         try:
@@ -442,6 +492,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.confirm_end():
             self.controls.end_session()
             self.refresh()
+        else:  # cancelled: take the keyboard back (without a window manager nobody else gives it back)
+            self.activateWindow()
+            self.centralWidget().setFocus(QtCore.Qt.FocusReason.OtherFocusReason)
 
     def _ask_end(self) -> bool:
         answer = QtWidgets.QMessageBox.question(
