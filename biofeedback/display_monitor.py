@@ -38,6 +38,19 @@ RR_PEN = pg.mkPen("#e6edf3", width=1.5)
 CORRECTED_BRUSH = pg.mkBrush("#f0a95b")
 GAP_BRUSH = pg.mkBrush(214, 96, 88, 60)
 MARKER_PEN = pg.mkPen("#b392f0", width=1, style=QtCore.Qt.PenStyle.DashLine)
+EVENT_PENS = {  # lines in the tachogram: phase boundaries solid, prompts dotted, markers dashed, pauses dash-dot
+    "phase_start": pg.mkPen("#9fb3c8", width=1.5),
+    "prompt": pg.mkPen("#6e7f91", width=1, style=QtCore.Qt.PenStyle.DotLine),
+    "manual": MARKER_PEN,
+    "participant": pg.mkPen("#e3b341", width=1.5, style=QtCore.Qt.PenStyle.DashDotLine),
+    "pause": pg.mkPen("#e3b341", width=1, style=QtCore.Qt.PenStyle.DashDotLine),
+}
+ALERT_STYLE = (
+    "background: #9e6a03; color: #ffffff; font-size: 17px; font-weight: 600; border-radius: 6px; padding: 8px 12px;"
+)
+REPLAY_STYLE = "background: #30363d; color: #e6edf3; font-size: 15px; font-weight: 700; padding: 2px 10px;"
+PANEL_STYLE = f"#strapPanel {{ background: {PANEL}; border-radius: 6px; }}"
+SELECTED_STYLE = f"#strapPanel {{ background: {PANEL}; border-radius: 6px; border: 2px solid #b392f0; }}"
 
 LINK_COLOURS = {
     "connected": "#3fb950",
@@ -159,13 +172,18 @@ def _signature(t: np.ndarray) -> tuple[int, float, float]:
 
 
 class StrapPanel(QtWidgets.QFrame):
-    """One strap: header (participant, device, link, contact), metrics, ECG (when present) and tachogram."""
+    """One strap: header (participant, device, link, contact), metrics, ECG (when present) and tachogram.
+
+    A click anywhere on the panel calls `on_click` (the monitor makes its participant the marker target)."""
 
     def __init__(self, device_id: str, compact: bool, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.device_id = device_id
+        self.participant_id = ""
+        self.on_click: Callable[[StrapPanel], None] | None = None
+        self.selected = False
         self.setObjectName("strapPanel")
-        self.setStyleSheet(f"#strapPanel {{ background: {PANEL}; border-radius: 6px; }}")
+        self.setStyleSheet(PANEL_STYLE)
         base = 12 if compact else 14
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(8, 6, 8, 6)
@@ -237,12 +255,28 @@ class StrapPanel(QtWidgets.QFrame):
     def _marker_line(self, i: int) -> pg.InfiniteLine:
         while len(self.marker_lines) <= i:
             line = pg.InfiniteLine(angle=90, movable=False, pen=MARKER_PEN)
+            line.kind = "manual"
             self.rr_plot.addItem(line)
             self.marker_lines.append(line)
         return self.marker_lines[i]
 
-    def set_strap(self, s: StrapView, t: float, markers: list[tuple[float, str]]) -> None:
+    def mousePressEvent(self, event: QtGui.QMouseEvent) -> None:
+        if self.on_click is not None:
+            self.on_click(self)
+        super().mousePressEvent(event)
+
+    def set_selected(self, selected: bool) -> None:
+        if selected != self.selected:
+            self.selected = selected
+            self.setStyleSheet(SELECTED_STYLE if selected else PANEL_STYLE)
+
+    def set_strap(self, s: StrapView, t: float, markers: list[tuple[float, str]], alert: str = "") -> None:
+        """Show strap `s` at time `t`; `markers` are (t, kind) lines for the tachogram, `alert` a participant's
+        own pause or stop ("paused", "stopped") shown in the header."""
+        self.participant_id = s.participant_id
         title = f"{s.participant_id or '—'} <span style='color:{MUTED}; font-weight:400'>{s.device_id}</span>"
+        if alert:
+            title += f" <span style='color:#e3b341'>⏸ {alert} by {s.participant_id}</span>"
         link_colour = LINK_COLOURS.get(s.link_state, MUTED)
         link = f"<span style='color:{link_colour}'>● {s.link_state}</span>"
         contact_text, contact_colour = CONTACT_TEXT.get(s.contact, (s.contact, MUTED))
@@ -292,15 +326,22 @@ class StrapPanel(QtWidgets.QFrame):
         for region in self.gap_regions[len(visible_gaps) :]:
             region.setVisible(False)
         visible_markers = [m for m in markers if m[0] >= lo]
-        for i, (mt, _label) in enumerate(visible_markers):
+        for i, (mt, kind) in enumerate(visible_markers):
             line = self._marker_line(i)
+            kind = "pause" if kind in ("resume", "skip", "stop") else kind
+            if line.kind != kind:
+                line.setPen(EVENT_PENS.get(kind, MARKER_PEN))
+                line.kind = kind
             line.setValue(mt - t)
             line.setVisible(True)
         for line in self.marker_lines[len(visible_markers) :]:
             line.setVisible(False)
 
 
-SINGLE_KEYS = frozenset({QtCore.Qt.Key.Key_M, QtCore.Qt.Key.Key_Space, QtCore.Qt.Key.Key_N})
+SINGLE_KEYS = frozenset(
+    {QtCore.Qt.Key.Key_M, QtCore.Qt.Key.Key_Space, QtCore.Qt.Key.Key_N}
+    | {QtCore.Qt.Key(QtCore.Qt.Key.Key_0.value + n) for n in range(10)}
+)
 
 
 class ShortcutKeys(QtCore.QObject):
@@ -353,6 +394,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.view: MonitorView | None = None
         self.panels: dict[str, StrapPanel] = {}
         self.confirm_end: Callable[[], bool] = self._ask_end
+        self.target: str | None = None  # the participant markers and notes are for (None: the whole group)
+        self._dismissed: set[tuple[str, str, float]] = set()
         self._marker_t: float | None = None
         self._marker_open = False
         self._last_error = ""
@@ -382,6 +425,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.phase_label.setStyleSheet("font-size: 15px;")
         self.clock_label = QtWidgets.QLabel()
         self.clock_label.setStyleSheet(f"font-size: 15px; color: {MUTED};")
+        self.replay_label = QtWidgets.QLabel("REPLAY — watching a stored session; nothing is recorded")
+        self.replay_label.setStyleSheet(REPLAY_STYLE)
+        self.replay_label.setVisible(False)
+        top.addWidget(self.replay_label)
         top.addWidget(self.protocol_label)
         top.addSpacing(16)
         top.addWidget(self.phase_label, 1)
@@ -389,9 +436,16 @@ class MonitorWindow(QtWidgets.QMainWindow):
         root.addLayout(top)
         self.timeline = TimelineWidget()
         root.addWidget(self.timeline)
+        self.alert_banner = QtWidgets.QPushButton()  # a participant paused or stopped: never only a log line
+        self.alert_banner.setStyleSheet(f"QPushButton {{ {ALERT_STYLE} text-align: left; }}")
+        self.alert_banner.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.alert_banner.setToolTip("Click when you have seen to it")
+        self.alert_banner.setVisible(False)
+        self.alert_banner.clicked.connect(self.dismiss_alerts)
+        root.addWidget(self.alert_banner)
 
         bar = QtWidgets.QHBoxLayout()
-        self.pause_button = QtWidgets.QPushButton("Pause  [Space]")
+        self.pause_button = QtWidgets.QPushButton("Pause group  [Space]")
         self.skip_button = QtWidgets.QPushButton("Skip phase  [N]")
         self.marker_button = QtWidgets.QPushButton("Marker  [M]")
         self.end_button = QtWidgets.QPushButton("End session  [Ctrl+Q]")
@@ -405,7 +459,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
         bar.addWidget(self.pause_button)
         bar.addWidget(self.skip_button)
         bar.addSpacing(16)
+        self.target_label = QtWidgets.QLabel()
+        self.target_label.setToolTip("Click a participant's panel (or press 1–9) for them, again (or 0) for the group")
         bar.addWidget(self.marker_button)
+        bar.addWidget(self.target_label)
         bar.addWidget(self.marker_label)
         bar.addWidget(self.marker_edit, 1)
         bar.addSpacing(16)
@@ -436,6 +493,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         )
         for key, slot in shortcuts:
             QtGui.QShortcut(QtGui.QKeySequence(key), self, slot)
+        for n in range(10):  # 1-9: that panel's participant, 0: the whole group
+            QtGui.QShortcut(QtGui.QKeySequence(str(n)), self, lambda n=n: self.select_panel(n))
         QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Escape), self.marker_edit, self.cancel_marker)
         self._keys = ShortcutKeys(self, SINGLE_KEYS, typing=self.marker_edit)
         self._keys.on_typing_focus = self._note_focused  # clicking into the note starts a marker too
@@ -443,10 +502,42 @@ class MonitorWindow(QtWidgets.QMainWindow):
 
         self.timer = start_frame_timer(self, fps, self.refresh)
         self.refresh()
+        self.select_target(None)
 
     # --- controls -------------------------------------------------------------------------------------------
+    def _live(self) -> bool:
+        """False while replaying: the controls then do nothing (a replay records nothing)."""
+        return self.view is None or not self.view.replay
+
+    def select_target(self, participant_id: str | None) -> None:
+        """Markers and notes from now on are for this participant only (None: for the whole group)."""
+        self.target = participant_id
+        for panel in self.panels.values():
+            panel.set_selected(participant_id is not None and panel.participant_id == participant_id)
+        self.target_label.setText(f"for <b>{participant_id}</b>" if participant_id else "for the whole group")
+
+    def select_panel(self, n: int) -> None:
+        """Key 1–9: the n-th panel's participant (again: the group); 0: the whole group."""
+        panels = list(self.panels.values())
+        if n == 0 or n > len(panels):
+            self.select_target(None)
+        else:
+            pid = panels[n - 1].participant_id
+            self.select_target(None if self.target == pid else pid)
+
+    def _panel_clicked(self, panel: StrapPanel) -> None:
+        self.select_target(None if self.target == panel.participant_id else panel.participant_id)
+
+    def dismiss_alerts(self) -> None:
+        """The experimenter has seen the alerts shown now (new ones show again)."""
+        if self.view is not None:
+            self._dismissed |= {(a.participant_id, a.state, a.t) for a in self.view.alerts}
+        self.alert_banner.setVisible(False)
+
     def begin_marker(self) -> None:
         """Start a marker at this moment: focus the note field (Enter saves, Esc cancels)."""
+        if not self._live():
+            return
         self._marker_t = None if self.view is None else self.view.t  # the marker is for when M was pressed
         self._marker_open = True
         self.marker_edit.setFocus(QtCore.Qt.FocusReason.ShortcutFocusReason)
@@ -459,7 +550,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
 
     def commit_marker(self) -> None:
         label = self.marker_label.currentText().strip() or MARKER_LABELS[0]
-        self.controls.add_marker(label, self.marker_edit.text().strip(), self._marker_t)
+        if self._live():
+            self.controls.add_marker(label, self.marker_edit.text().strip(), self._marker_t, participant_id=self.target)
         self._marker_t = None
         self._marker_open = False
         self.marker_edit.clear()
@@ -474,6 +566,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.centralWidget().setFocus()
 
     def toggle_pause(self) -> None:
+        if not self._live():
+            return
         try:
             paused = self.source.monitor_view().paused
         except Exception:
@@ -485,6 +579,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.refresh()
 
     def skip_phase(self) -> None:
+        if not self._live():
+            return
         self.controls.skip_phase()
         self.refresh()
 
@@ -521,12 +617,33 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._update_header(view)
         self.timeline.set_view(view)
         self._ensure_panels([s.device_id for s in view.straps])
+        alerts = {a.participant_id: a.state for a in view.alerts}
         for s in view.straps:
-            self.panels[s.device_id].set_strap(s, view.t, view.markers)
-        if len(view.markers) != self._markers_shown:
-            for mt, label in view.markers[self._markers_shown :]:
-                self.marker_list.insertItem(0, f"{format_mmss(mt)}  {label}")
-            self._markers_shown = len(view.markers)
+            if view.events:
+                lines = [(e.t, e.kind) for e in view.events if e.kind != "phase_end" and e.applies_to(s.participant_id)]
+            else:
+                lines = [(mt, "manual") for mt, _label in view.markers]
+            self.panels[s.device_id].set_strap(s, view.t, lines, alerts.get(s.participant_id, ""))
+        self._update_alerts(view)
+        log_entries = view.events or view.markers
+        if len(log_entries) != self._markers_shown:
+            for entry in log_entries[self._markers_shown :]:
+                if isinstance(entry, tuple):
+                    self.marker_list.insertItem(0, f"{format_mmss(entry[0])}  marker: {entry[1]}")
+                else:
+                    self.marker_list.insertItem(0, f"{format_mmss(entry.t)}  {entry.describe()}")
+            self._markers_shown = len(log_entries)
+
+    def _update_alerts(self, v: MonitorView) -> None:
+        shown = [a for a in v.alerts if (a.participant_id, a.state, a.t) not in self._dismissed]
+        text = "   ·   ".join(
+            f"⚠ {a.participant_id} {a.state} their display at {format_mmss(a.t)}" for a in shown
+        )
+        if shown:
+            text += "   — they were told you have been let know (click when seen to)"
+        if self.alert_banner.text() != text:
+            self.alert_banner.setText(text)
+        self.alert_banner.setVisible(bool(shown))
 
     def _update_header(self, v: MonitorView) -> None:
         self.protocol_label.setText(v.protocol_name)
@@ -546,9 +663,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.phase_label.text() != phase:
             self.phase_label.setText(phase)
         self.clock_label.setText(f"session {format_mmss(v.t)}")
-        label = "Resume  [Space]" if v.paused else "Pause  [Space]"
+        label = "Resume group  [Space]" if v.paused else "Pause group  [Space]"
         if self.pause_button.text() != label:
             self.pause_button.setText(label)
+        if self.replay_label.isVisible() != v.replay:
+            self.replay_label.setVisible(v.replay)
+            self.setWindowTitle("Session monitor — REPLAY" if v.replay else "Session monitor")
+            for b in (self.pause_button, self.skip_button, self.marker_button, self.marker_edit, self.marker_label):
+                b.setEnabled(not v.replay)
 
     def _ensure_panels(self, device_ids: list[str]) -> None:
         if list(self.panels) == device_ids:
@@ -561,5 +683,6 @@ class MonitorWindow(QtWidgets.QMainWindow):
         cols = 1 if n <= 1 else 2 if n <= 4 else 3 if n <= 9 else 4
         for i, dev in enumerate(device_ids):
             panel = StrapPanel(dev, compact=n > 1)
+            panel.on_click = self._panel_clicked
             self.grid.addWidget(panel, i // cols, i % cols)
             self.panels[dev] = panel

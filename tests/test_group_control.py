@@ -3,6 +3,7 @@ shortcuts whatever has focus, per-participant markers and pauses, stale data, re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -14,8 +15,16 @@ import numpy as np
 import pytest
 from pyqtgraph.Qt import QtCore, QtTest, QtWidgets
 
+import app
+from biofeedback import session as session_mod
+from biofeedback.display_app import SessionThread
 from biofeedback.display_monitor import MonitorWindow
-from biofeedback.view_model import MonitorView, StrapView
+from biofeedback.display_participant import ParticipantWindow
+from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.view_model import MonitorView, ParticipantAlert, StrapView
+from devices.virtual_time import LoopClock, run_virtual
+from protocols.model import Pacer, Phase, Protocol
+from recordings.store import Store
 
 PHASES = [("settle", "rest", 0.0, 60.0), ("breathe", "breathing", 60.0, 150.0)]
 
@@ -37,10 +46,13 @@ class FakeGroup:
         self.paused = False
         self.straps = [strap(f"P0{i + 1}", f"sim-{i + 1}") for i in range(n)]
         self.calls: list[tuple] = []
+        self.alerts: list[ParticipantAlert] = []
+        self.replay = False
 
     def monitor_view(self) -> MonitorView:
         return MonitorView(t=self.t, protocol_name="group test", phases=PHASES, current_phase_index=1,
-                           phase_time_left_s=50.0, paused=self.paused, straps=self.straps)
+                           phase_time_left_s=50.0, paused=self.paused, straps=self.straps, alerts=self.alerts,
+                           replay=self.replay)
 
     def participant_view(self, pid):  # pragma: no cover - the monitor never asks
         raise NotImplementedError
@@ -201,3 +213,199 @@ def test_real_key_events_under_xvfb_act(tmp_path):
     finally:
         xvfb.terminate()
         xvfb.wait(timeout=10)
+
+
+# --- 2. per-participant control and honest records (a real group session on simulated straps) -------------------
+
+GROUP = ["P02", "P03", "P04"]
+SHORT = Protocol(
+    "group-control-test",
+    "two short phases",
+    (
+        Phase("settle", "rest", 60.0, prompt="Sit comfortably and let your breathing settle.", feedback="hidden"),
+        Phase("breathe", "breathing", 90.0, prompt="Breathe gently with the circle.", pacer=Pacer(6.0, 0.4)),
+    ),
+)
+
+
+def run_scripted(session, script):
+    """Run `session` in virtual time, calling each `(t, fn)` of `script` at session time t (in the session's loop,
+    as the displays' calls end up); returns what the calls returned, by t."""
+    seen = {}
+
+    async def main():
+        task = asyncio.create_task(session.run())
+        await asyncio.sleep(0)
+        for t, fn in script:
+            await session.clock.sleep(max(0.0, t - session.clock.now()))
+            seen[t] = fn()
+        return await task
+
+    return run_virtual(main()), seen
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    """Three participants; markers for one and for all, P03's own pause, a group pause, P02's stop."""
+    path = tmp_path_factory.mktemp("control") / "store.sqlite"
+    store = Store(path)
+    specs = parse_device_specs([f"sim={p}" for p in GROUP], None)
+    session = build_session(store, SHORT, specs, seed=4, clock=LoopClock())
+    s = session
+
+    def views():
+        return {p: s.participant_view(p) for p in GROUP}, s.monitor_view()
+
+    script = [
+        (20.0, lambda: s.add_marker("distress", "P03 distress", participant_id="P03")),
+        (25.0, lambda: s.add_marker("technical", "room too warm")),
+        (30.0, lambda: s.participant_pause("P03")),
+        (31.0, views),
+        (32.0, lambda: s.participant_resume("P04")),  # P04 cannot continue P03's pause
+        (33.0, views),
+        (40.0, s.pause),  # the experimenter's group pause
+        (41.0, lambda: s.participant_resume("P04")),  # nor the experimenter's
+        (42.0, views),
+        (50.0, s.resume),
+        (51.0, views),
+        (55.0, lambda: s.participant_resume("P03")),
+        (56.0, views),
+        (70.0, lambda: s.participant_stop("P02")),
+        (71.0, views),
+    ]
+    ids, seen = run_scripted(session, script)
+    yield store, dict(zip(GROUP, ids, strict=True)), seen, path
+    store.close()
+
+
+def test_a_marker_and_note_for_one_participant_land_only_in_their_session(controlled):
+    store, ids, _seen, _path = controlled
+    for pid, sid in ids.items():
+        manual = [(m.label, m.detail["target"]) for m in store.markers(sid) if m.kind == "manual"]
+        notes = [text for _t, text in store.notes(sid)]
+        if pid == "P03":
+            assert manual == [("distress", "P03"), ("technical", "group")]
+            assert notes == ["P03 distress", "room too warm"]
+        else:
+            assert manual == [("technical", "group")]
+            assert notes == ["room too warm"]
+
+
+def test_the_note_leaves_the_store_only_with_include_text(controlled, tmp_path):
+    _store, _ids, _seen, path = controlled
+    base = ["--store", str(path), "--format", "bids"]
+    assert app.main(["export", "--all", *base, "--out", str(tmp_path / "plain")]) == 0
+    assert app.main(["export", "--all", *base, "--out", str(tmp_path / "text"), "--include-text"]) == 0
+
+    def events(folder: str, pid: str) -> str:
+        return "".join(p.read_text() for p in (tmp_path / folder / f"sub-{pid}").rglob("*events.tsv"))
+
+    assert all("P03 distress" not in events("plain", p) and "room too warm" not in events("plain", p) for p in GROUP)
+    assert "P03 distress" in events("text", "P03") and "room too warm" in events("text", "P03")
+    assert "room too warm" in events("text", "P04") and "P03 distress" not in events("text", "P04")
+    assert "\tparticipant\t" in events("plain", "P03") and "\tparticipant\t" not in events("plain", "P04")
+
+
+def test_a_participants_pause_is_theirs_alone_and_stored_with_who_paused(controlled):
+    store, ids, seen, _path = controlled
+    parts, mon = seen[31.0]
+    assert parts["P03"].paused and parts["P03"].self_paused and parts["P03"].pacer_size is None
+    assert "experimenter has been let know" in parts["P03"].message
+    assert not parts["P04"].paused and not mon.paused  # P03's pause does not pause P04, nor the protocol
+    assert [(a.participant_id, a.state) for a in mon.alerts] == [("P03", "paused")]
+    parts, _ = seen[33.0]
+    assert parts["P03"].self_paused  # P04's Continue did not continue P03
+    own = {pid: [(m.t, m.label, m.detail) for m in store.markers(sid) if m.kind == "participant"]
+           for pid, sid in ids.items()}
+    assert [(label, d["by"]) for _t, label, d in own["P03"]] == [("paused", "P03"), ("continued", "P03")]
+    assert own["P03"][0][0] == pytest.approx(30.0, abs=0.01)
+    assert own["P04"] == []  # P04's Continue with nothing to continue recorded nothing
+    assert [(label, d["by"]) for _t, label, d in own["P02"]] == [("stopped", "P02")]
+
+
+def test_a_group_pause_is_the_experimenters_and_only_they_resume_it(controlled):
+    store, ids, seen, _path = controlled
+    parts, mon = seen[42.0]
+    assert mon.paused  # P04's Continue at 41 s did not resume the group
+    assert parts["P04"].paused and not parts["P04"].self_paused  # P04's button still says Pause
+    assert parts["P04"].message == session_mod.GROUP_PAUSED_MESSAGE
+    parts, mon = seen[51.0]
+    assert not mon.paused and not parts["P04"].paused
+    assert parts["P03"].paused  # the experimenter's resume leaves P03's own pause alone
+    parts, mon = seen[56.0]
+    assert not parts["P03"].paused and mon.alerts == []
+    for sid in ids.values():
+        group = [(m.kind, m.detail.get("by")) for m in store.markers(sid) if m.kind in ("pause", "resume")]
+        assert group == [("pause", "experimenter"), ("resume", "experimenter")]
+
+
+def test_a_stop_alerts_the_experimenter_by_name_and_tells_the_participant_kindly(controlled):
+    _store, _ids, seen, _path = controlled
+    parts, mon = seen[71.0]
+    assert [(a.participant_id, a.state) for a in mon.alerts] == [("P02", "stopped")]
+    assert parts["P02"].paused and "experimenter has been let know" in parts["P02"].message
+    assert not parts["P03"].paused and not parts["P04"].paused
+    log = [e.describe() for e in mon.events]
+    assert "P02 stopped (their own display)" in log
+    assert "P03 paused (their own display)" in log
+    assert "marker: distress, for P03" in log and "marker: technical, for the whole group" in log
+    assert "group paused by the experimenter" in log
+
+
+def test_the_monitor_shows_a_named_alert_and_targets_a_clicked_panel(qtbot):
+    session = FakeGroup()
+    session.alerts = [ParticipantAlert("P02", "stopped", 70.0)]
+    win = MonitorWindow(session, session)
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    qtbot.waitExposed(win)
+    assert win.alert_banner.isVisible() and "P02 stopped" in win.alert_banner.text()
+    assert "stopped by P02" in win.panels["sim-2"].title.text()
+    qtbot.mouseClick(win.alert_banner, QtCore.Qt.MouseButton.LeftButton)
+    win.refresh()
+    assert not win.alert_banner.isVisible()  # seen to; a new alert shows again
+    session.alerts = [*session.alerts, ParticipantAlert("P03", "paused", 80.0)]
+    win.refresh()
+    assert win.alert_banner.isVisible() and "P03 paused" in win.alert_banner.text()
+
+    qtbot.mouseClick(win.panels["sim-2"], QtCore.Qt.MouseButton.LeftButton)
+    assert win.target == "P02" and "P02" in win.target_label.text()
+    win.activateWindow()
+    qtbot.waitUntil(lambda: QtWidgets.QApplication.activeWindow() is win)
+    press(win, QtCore.Qt.Key.Key_M)
+    for ch in "sobbing":
+        QtTest.QTest.keyClick(win.windowHandle(), ch)
+    press(win, QtCore.Qt.Key.Key_Return)
+    assert session.calls[-1] == ("add_marker", "note", "sobbing", "P02")
+    press(win, QtCore.Qt.Key.Key_3)  # the third panel by key
+    assert win.target == "P03"
+    press(win, QtCore.Qt.Key.Key_0)
+    assert win.target is None
+    press(win, QtCore.Qt.Key.Key_M)
+    press(win, QtCore.Qt.Key.Key_Return)
+    assert session.calls[-1] == ("add_marker", "note", "", None)
+
+
+def test_a_participant_window_pauses_only_its_participant(qtbot, tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    session = build_session(store, SHORT, parse_device_specs([f"sim={p}" for p in GROUP], None), seed=1)
+    windows = {}
+    for pid in ("P03", "P04"):
+        windows[pid] = ParticipantWindow(session, pid)
+        qtbot.addWidget(windows[pid])
+        windows[pid].show()
+    worker = SessionThread(session)
+    worker.start()
+    try:
+        qtbot.waitUntil(lambda: session.runner.state.phase is not None, timeout=10000)
+        qtbot.mouseClick(windows["P03"].pause_button, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: session.participant_view("P03").self_paused, timeout=5000)
+        windows["P04"].refresh()
+        assert windows["P03"].pause_button.text() == "Continue"
+        assert windows["P04"].pause_button.text() == "Pause" and not session.participant_view("P04").paused
+        assert not session.runner.state.paused
+    finally:
+        session.end_session()
+        worker.join(timeout=20)
+    store.close()
