@@ -30,6 +30,7 @@ ECG_GROUP_STEP_S = 0.1
 MARKER_LABELS = ("note", "distress", "technical", "participant moved", "protocol deviation")
 
 BACKGROUND = "#1b1f24"
+STALE_COLOUR = "#5c6570"
 PANEL = "#232930"
 FOREGROUND = "#c9d1d9"
 MUTED = "#8b949e"
@@ -37,6 +38,17 @@ ECG_PEN = pg.mkPen("#7ec8e3", width=1)
 RR_PEN = pg.mkPen("#e6edf3", width=1.5)
 CORRECTED_BRUSH = pg.mkBrush("#f0a95b")
 GAP_BRUSH = pg.mkBrush(214, 96, 88, 60)
+CONTACT_GAP_BRUSH = pg.mkBrush(210, 153, 34, 55)
+STALE_AFTER_S = 4.0
+"""A panel whose last beat is older than this greys its numbers and says how old they are and why."""
+LINK_WORDS = {
+    "connected": "connected, but no beats are arriving",
+    "connecting": "connecting to the strap",
+    "reconnecting": "link lost — reconnecting",
+    "disconnected": "link lost",
+    "closed": "strap closed",
+    "failed": "strap failed — see the event log",
+}
 MARKER_PEN = pg.mkPen("#b392f0", width=1, style=QtCore.Qt.PenStyle.DashLine)
 EVENT_PENS = {  # lines in the tachogram: phase boundaries solid, prompts dotted, markers dashed, pauses dash-dot
     "phase_start": pg.mkPen("#9fb3c8", width=1.5),
@@ -59,7 +71,10 @@ LINK_COLOURS = {
     "disconnected": "#f85149",
     "closed": "#8b949e",
 }
-CONTACT_TEXT = {
+CONTACT_TEXT = {  # the session's words (from the Heart Rate Measurement flags) and short ones
+    "detected": ("skin contact", "#3fb950"),
+    "supported not detected": ("no skin contact", "#d29922"),
+    "not supported": ("contact n/a", "#8b949e"),
     "ok": ("skin contact", "#3fb950"),
     "lost": ("no skin contact", "#d29922"),
     "unsupported": ("contact n/a", "#8b949e"),
@@ -92,16 +107,32 @@ def format_mmss(seconds: float) -> str:
     return f"{s // 60:02d}:{s % 60:02d}"
 
 
+def stale_text(s: StrapView, t: float) -> str:
+    """Why the strap's numbers are not live ("" when they are): seconds since the last beat and the link in words."""
+    link_live = s.link_state == "connected"
+    last = s.last_beat_t if s.last_beat_t is not None else (float(s.rr_t[-1]) if len(s.rr_t) else None)
+    age = None if last is None else max(0.0, t - last)
+    if link_live and age is not None and age < STALE_AFTER_S:
+        return ""
+    if link_live and age is None:
+        return "waiting for the first beat"
+    words = LINK_WORDS.get(s.link_state, s.link_state)
+    if link_live and s.contact in ("supported not detected", "lost"):
+        words = "no skin contact"
+    since = "no beat yet" if age is None else f"no beat for {age:.0f} s"
+    return f"{since} — {words}"
+
+
 def _fmt(value: float | None, fmt: str) -> str:
     return "–" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
 def rr_connect(rr_t: np.ndarray, gaps: list[tuple[float, float]]) -> np.ndarray:
-    """`connect` array for the tachogram: False between two beats that have a gap between them."""
+    """`connect` array for the tachogram: False between two beats that have a gap (any kind) between them."""
     connect = np.ones(len(rr_t), dtype=bool)
     if len(rr_t) < 2 or not gaps:
         return connect
-    starts = np.array([g[0] for g in gaps])
+    starts = np.sort(np.array([g[0] for g in gaps]))
     # a gap lies between beats i and i+1 when some gap start falls in [rr_t[i], rr_t[i+1])
     before = np.searchsorted(starts, rr_t, side="right")
     connect[:-1] = before[1:] == before[:-1]
@@ -233,6 +264,7 @@ class StrapPanel(QtWidgets.QFrame):
         self.corrected = pg.ScatterPlotItem(size=7, pen=None, brush=CORRECTED_BRUSH, symbol="o")
         self.rr_plot.addItem(self.corrected)
         self.gap_regions: list[pg.LinearRegionItem] = []
+        self.contact_regions: list[pg.LinearRegionItem] = []
         self.marker_lines: list[pg.InfiniteLine] = []
         self.plots.ci.layout.setRowStretchFactor(0, 2)
         self.plots.ci.layout.setRowStretchFactor(1, 3)
@@ -243,14 +275,17 @@ class StrapPanel(QtWidgets.QFrame):
         self._ecg_step = ECG_GROUP_STEP_S if compact else 0.0
         self._has_ecg: bool | None = None
         self._text: tuple[str, str, str] | None = None
+        self.stale = ""
 
-    def _gap_region(self, i: int) -> pg.LinearRegionItem:
-        while len(self.gap_regions) <= i:
-            region = pg.LinearRegionItem(movable=False, brush=GAP_BRUSH, pen=pg.mkPen(None))
+    def _gap_region(self, i: int, pool: list[pg.LinearRegionItem] | None = None) -> pg.LinearRegionItem:
+        pool = self.gap_regions if pool is None else pool
+        while len(pool) <= i:
+            brush = GAP_BRUSH if pool is self.gap_regions else CONTACT_GAP_BRUSH
+            region = pg.LinearRegionItem(movable=False, brush=brush, pen=pg.mkPen(None))
             region.setZValue(-10)
             self.rr_plot.addItem(region)
-            self.gap_regions.append(region)
-        return self.gap_regions[i]
+            pool.append(region)
+        return pool[i]
 
     def _marker_line(self, i: int) -> pg.InfiniteLine:
         while len(self.marker_lines) <= i:
@@ -279,15 +314,24 @@ class StrapPanel(QtWidgets.QFrame):
             title += f" <span style='color:#e3b341'>⏸ {alert} by {s.participant_id}</span>"
         link_colour = LINK_COLOURS.get(s.link_state, MUTED)
         link = f"<span style='color:{link_colour}'>● {s.link_state}</span>"
-        contact_text, contact_colour = CONTACT_TEXT.get(s.contact, (s.contact, MUTED))
+        # skin contact is only known over a live link: a reconnecting strap's last word is not shown as current
+        contact_key = s.contact if s.link_state == "connected" else "unknown"
+        contact_text, contact_colour = CONTACT_TEXT.get(contact_key, (contact_key, MUTED))
         contact = f"<span style='color:{contact_colour}'>{contact_text}</span>"
         big = self._base + 6
+        stale = stale_text(s, t)
         metrics = (
             f"HR <b style='font-size:{big}px'>{_fmt(s.hr_bpm, '.0f')}</b> bpm &nbsp;&nbsp; "
             f"RMSSD <b style='font-size:{big}px'>{_fmt(s.rmssd_ms, '.0f')}</b> ms &nbsp;&nbsp; "
             f"coherence <b>{_fmt(s.coherence, '.2f')}</b> &nbsp;&nbsp; "
             f"artifacts <b>{s.artifacts}</b>"
         )
+        if stale:  # never shown as live: the last numbers greyed, and how old they are and why
+            metrics = (
+                f"<span style='color:{STALE_COLOUR}'>{metrics}</span><br>"
+                f"<span style='color:#d29922; font-weight:600'>{stale}</span>"
+            )
+        self.stale = stale
         if self._text != (title, link + contact, metrics):
             self.title.setText(title)
             self.link.setText(link)
@@ -309,14 +353,15 @@ class StrapPanel(QtWidgets.QFrame):
                 self._ecg_sig = sig
 
         # The tachogram changes once a beat: redraw it on new data, and scroll it only every RR_SCROLL_S.
-        rr_sig = (*_signature(s.rr_t), len(s.gaps), s.gaps[-1] if s.gaps else None, len(markers))
+        rr_sig = (*_signature(s.rr_t), len(s.gaps), s.gaps[-1] if s.gaps else None, len(markers),
+                  len(s.contact_gaps), s.contact_gaps[-1] if s.contact_gaps else None)  # fmt: skip
         if rr_sig == self._rr_sig and abs(t - self._rr_t0) < RR_SCROLL_S:
             return
         self._rr_sig, self._rr_t0 = rr_sig, t
         lo = t - RR_WINDOW_S
         i0 = int(np.searchsorted(s.rr_t, lo))
         rr_t, rr_ms, fixed = s.rr_t[i0:], s.rr_ms[i0:], s.rr_corrected[i0:]
-        self.rr_curve.setData(rr_t - t, rr_ms, connect=rr_connect(rr_t, s.gaps))
+        self.rr_curve.setData(rr_t - t, rr_ms, connect=rr_connect(rr_t, [*s.gaps, *s.contact_gaps]))
         self.corrected.setData(rr_t[fixed] - t, rr_ms[fixed])
         visible_gaps = [g for g in s.gaps if g[1] >= lo]
         for i, (g0, g1) in enumerate(visible_gaps):
@@ -324,6 +369,13 @@ class StrapPanel(QtWidgets.QFrame):
             region.setRegion((g0 - t, g1 - t))
             region.setVisible(True)
         for region in self.gap_regions[len(visible_gaps) :]:
+            region.setVisible(False)
+        no_contact = [g for g in s.contact_gaps if g[1] >= lo]
+        for i, (g0, g1) in enumerate(no_contact):
+            region = self._gap_region(i, self.contact_regions)
+            region.setRegion((g0 - t, g1 - t))
+            region.setVisible(True)
+        for region in self.contact_regions[len(no_contact) :]:
             region.setVisible(False)
         visible_markers = [m for m in markers if m[0] >= lo]
         for i, (mt, kind) in enumerate(visible_markers):

@@ -116,6 +116,24 @@ class _StrapState:
     ecg_clock: DeviceClockMap = field(default_factory=DeviceClockMap)
     own_pause: str = ""  # "paused" or "stopped" by the participant themselves, since `own_pause_t`
     own_pause_t: float = 0.0
+    contact_gaps: list = field(default_factory=list)  # [t0, t1 | None] while the strap reported no skin contact
+    last_beat_t: float | None = None
+
+
+NO_CONTACT = "supported not detected"
+
+
+def _track_contact(strap: _StrapState, t: float) -> None:
+    """Open a contact gap when the strap reports no skin contact, close it when contact is back."""
+    gaps = strap.contact_gaps
+    open_gap = bool(gaps) and gaps[-1][1] is None
+    if strap.contact == NO_CONTACT and not open_gap:
+        oldest = strap.rr[0][0] if strap.rr else t
+        while gaps and gaps[0][1] is not None and gaps[0][1] < oldest:
+            gaps.pop(0)  # closed before the oldest beat still shown
+        gaps.append([t, None])
+    elif strap.contact != NO_CONTACT and open_gap:
+        gaps[-1][1] = t
 
 
 class SessionListener:
@@ -249,6 +267,9 @@ class LiveSession:
             m = strap.decoder.last_measurement
             if m is not None:
                 strap.contact = m.contact.name.lower().replace("_", " ")
+                _track_contact(strap, packet.t)
+            if rows:
+                strap.last_beat_t = rows[-1].t
             in_baseline = self.runner.state.phase_index == self._baseline_index
             for r in rows:
                 snap = strap.metrics.add_beat(r.t, r.rr_ms, r.gap_before)
@@ -618,6 +639,8 @@ class LiveSession:
                         rr_ms=rr[:, 1],
                         rr_corrected=rr[:, 2].astype(bool),
                         gaps=[(g0, t if g1 is None else g1) for g0, g1 in s.gaps],
+                        contact_gaps=[(g0, max(g0, t) if g1 is None else g1) for g0, g1 in s.contact_gaps],
+                        last_beat_t=s.last_beat_t,
                         ecg_t=np.concatenate([et for et, _ in recent]) if recent else np.zeros(0),
                         ecg_uv=np.concatenate([ev for _, ev in recent]).astype(float) if recent else np.zeros(0),
                     )

@@ -18,10 +18,11 @@ from pyqtgraph.Qt import QtCore, QtTest, QtWidgets
 import app
 from biofeedback import session as session_mod
 from biofeedback.display_app import SessionThread
-from biofeedback.display_monitor import MonitorWindow
+from biofeedback.display_monitor import STALE_COLOUR, MonitorWindow, rr_connect
 from biofeedback.display_participant import ParticipantWindow
 from biofeedback.recorder import build_session, parse_device_specs
 from biofeedback.view_model import MonitorView, ParticipantAlert, StrapView
+from devices.simulator import SimFaults
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.model import Pacer, Phase, Protocol
 from recordings.store import Store
@@ -156,7 +157,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from pyqtgraph.Qt import QtCore, QtWidgets
 from test_group_control import FakeGroup
-from biofeedback.display_monitor import MonitorWindow
+from biofeedback.display_monitor import STALE_COLOUR, MonitorWindow, rr_connect
 app = QtWidgets.QApplication([])
 session = FakeGroup()
 win = MonitorWindow(session, session)
@@ -409,3 +410,79 @@ def test_a_participant_window_pauses_only_its_participant(qtbot, tmp_path):
         session.end_session()
         worker.join(timeout=20)
     store.close()
+
+
+# --- 3. stale data is never shown as live -------------------------------------------------------------------
+
+
+class Frozen:
+    """A ViewSource showing one stored monitor view (a moment of a real session)."""
+
+    def __init__(self, view: MonitorView) -> None:
+        self.view = view
+
+    def monitor_view(self) -> MonitorView:
+        return self.view
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """P02 loses skin contact at 30 s for 10 s and its link at 70 s for 12 s; P03 is fine throughout."""
+    store = Store(tmp_path_factory.mktemp("stale") / "store.sqlite")
+    faults = {"P02": SimFaults(contact_loss=[(30.0, 10.0)], disconnects=[(70.0, 12.0)])}
+    specs = parse_device_specs(["sim=P02", "sim=P03"], None)
+    session = build_session(store, SHORT, specs, seed=3, clock=LoopClock(), faults=faults)
+    times = (25.0, 37.0, 60.0, 79.0, 100.0)
+    _ids, seen = run_scripted(session, [(t, session.monitor_view) for t in times])
+    yield seen
+    store.close()
+
+
+def shown(qtbot, view: MonitorView) -> MonitorWindow:
+    win = MonitorWindow(Frozen(view), FakeGroup())
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    qtbot.waitExposed(win)
+    return win
+
+
+def test_a_strap_without_beats_greys_its_numbers_and_says_why(qtbot, faulty):
+    live = shown(qtbot, faulty[25.0])
+    assert all(p.stale == "" for p in live.panels.values())
+    assert "no skin contact" not in live.panels["sim-1"].contact.text()
+
+    no_contact = shown(qtbot, faulty[37.0])
+    p02, p03 = no_contact.panels["sim-1"], no_contact.panels["sim-2"]
+    assert p02.stale.startswith("no beat for ") and p02.stale.endswith("no skin contact")
+    age = int(p02.stale.split()[3])
+    assert 5 <= age <= 9  # contact went at 30 s; the last beat a little before
+    assert STALE_COLOUR in p02.metrics.text() and STALE_COLOUR not in p03.metrics.text()
+    assert p03.stale == ""
+
+    disconnected = shown(qtbot, faulty[79.0])
+    p02 = disconnected.panels["sim-1"]
+    assert "reconnecting" in p02.stale or "link lost" in p02.stale, p02.stale
+    assert "skin contact" not in p02.contact.text()  # the last contact state is not shown as current
+    assert "contact ?" in p02.contact.text()
+
+    back = shown(qtbot, faulty[100.0])
+    assert all(p.stale == "" for p in back.panels.values())
+
+
+def test_contact_loss_is_shaded_and_the_tachogram_broken_there(qtbot, faulty):
+    view = faulty[60.0]
+    s = next(s for s in view.straps if s.participant_id == "P02")
+    assert len(s.contact_gaps) == 1
+    g0, g1 = s.contact_gaps[0]
+    assert 29.0 <= g0 <= 31.5 and 39.0 <= g1 <= 41.5
+    win = shown(qtbot, view)
+    panel = win.panels["sim-1"]
+    regions = [r.getRegion() for r in panel.contact_regions if r.isVisible()]
+    assert regions == [pytest.approx((g0 - view.t, g1 - view.t))]
+    assert not any(r.isVisible() for r in win.panels["sim-2"].contact_regions)
+    x, _y = panel.rr_curve.getData()
+    connect = rr_connect(s.rr_t, [*s.gaps, *s.contact_gaps])
+    across = [i for i in range(len(s.rr_t) - 1) if s.rr_t[i] < g0 and s.rr_t[i + 1] > g0]
+    assert across and not connect[across[0]]  # no line drawn across the contact gap
+    assert len(x) == len(s.rr_t[s.rr_t >= view.t - 300])
