@@ -311,7 +311,7 @@ class StrapPanel(QtWidgets.QFrame):
         self.participant_id = s.participant_id
         title = f"{s.participant_id or '—'} <span style='color:{MUTED}; font-weight:400'>{s.device_id}</span>"
         if alert:
-            title += f" <span style='color:#e3b341'>⏸ {alert} by {s.participant_id}</span>"
+            title += f" <span style='color:#e3b341'>— {alert} by {s.participant_id}</span>"
         link_colour = LINK_COLOURS.get(s.link_state, MUTED)
         link = f"<span style='color:{link_colour}'>● {s.link_state}</span>"
         # skin contact is only known over a live link: a reconnecting strap's last word is not shown as current

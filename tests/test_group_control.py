@@ -19,9 +19,10 @@ import app
 from biofeedback import session as session_mod
 from biofeedback.display_app import SessionThread
 from biofeedback.display_monitor import STALE_COLOUR, MonitorWindow, rr_connect
-from biofeedback.display_participant import ParticipantWindow
+from biofeedback.display_participant import ParticipantWindow, render_participant_image
 from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.view_model import MonitorView, ParticipantAlert, StrapView
+from biofeedback.replay import build_replay
+from biofeedback.view_model import MonitorView, ParticipantAlert, ParticipantView, StrapView
 from devices.simulator import SimFaults
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.model import Pacer, Phase, Protocol
@@ -486,3 +487,128 @@ def test_contact_loss_is_shaded_and_the_tachogram_broken_there(qtbot, faulty):
     across = [i for i in range(len(s.rr_t) - 1) if s.rr_t[i] < g0 and s.rr_t[i + 1] > g0]
     assert across and not connect[across[0]]  # no line drawn across the contact gap
     assert len(x) == len(s.rr_t[s.rr_t >= view.t - 300])
+
+
+# --- 4. readable buttons, replay, the event log -------------------------------------------------------------
+
+
+class OneParticipant:
+    """A participant's ViewSource and controls, recording the calls."""
+
+    def __init__(self, replay: bool = False) -> None:
+        self.self_paused = False
+        self.replay = replay
+        self.calls: list[tuple] = []
+
+    def participant_view(self, pid):
+        return ParticipantView(t=10.0, phase_name="breathe", phase_kind="breathing", prompt="Breathe gently.",
+                               phase_time_left_s=50.0, pacer_size=0.5, pacer_label="breathe in",
+                               paused=self.self_paused, self_paused=self.self_paused, replay=self.replay)
+
+    def participant_pause(self, pid):
+        self.calls.append(("participant_pause", pid))
+        self.self_paused = True
+
+    def participant_resume(self, pid):
+        self.calls.append(("participant_resume", pid))
+        self.self_paused = False
+
+    def participant_stop(self, pid):
+        self.calls.append(("participant_stop", pid))
+        self.self_paused = True
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1920, 1080), (3840, 2160), (800, 480), (480, 800), (320, 240),
+                                  (240, 320)])
+def test_participant_buttons_never_clip_their_words(qtbot, size):
+    source = OneParticipant()
+    win = ParticipantWindow(source, "P01")
+    qtbot.addWidget(win)
+    win.resize(*size)
+    win.show()
+    qtbot.waitExposed(win)
+    for _ in range(2):  # Pause, then Continue (the longer word, on a button laid out for "Pause" at first)
+        for b in (win.pause_button, win.stop_button):
+            assert b.width() >= b.sizeHint().width(), (size, b.text(), b.width(), b.sizeHint().width())
+            assert b.height() >= b.sizeHint().height()
+            assert win.rect().contains(b.geometry()), (size, b.text(), b.geometry())
+        assert not win.pause_button.geometry().intersects(win.stop_button.geometry())
+        qtbot.mouseClick(win.pause_button, QtCore.Qt.MouseButton.LeftButton)
+    assert [c[0] for c in source.calls] == ["participant_pause", "participant_resume"]
+
+
+def test_before_the_fix_continue_would_have_clipped(qtbot):
+    """The check above can fail: a button sized for "Pause" is too narrow for "Continue"."""
+    b = QtWidgets.QPushButton("Pause")
+    b.setStyleSheet("QPushButton { font-size: 30px; padding: 10px 30px; }")  # as the participant window styles it
+    qtbot.addWidget(b)
+    b.adjustSize()
+    b.setText("Continue")
+    assert b.width() < b.sizeHint().width()
+
+
+def test_replay_is_marked_on_both_windows_and_the_displays_record_nothing(qtbot, tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    (sid,) = run_virtual(build_session(store, SHORT, parse_device_specs(["sim"], "P01"), seed=5,
+                                       clock=LoopClock()).run())
+    before = [(m.kind, m.label) for m in store.markers(sid)], store.notes(sid)
+    with Store(tmp_path / "replay.sqlite") as copy:
+        replay = build_replay(store, sid, speed=50, record_into=copy)
+        monitor = MonitorWindow(replay, replay)
+        participant = ParticipantWindow(replay, "P01")
+        for win in (monitor, participant):
+            qtbot.addWidget(win)
+            win.show()
+            qtbot.waitExposed(win)
+        worker = SessionThread(replay)
+        worker.start()
+        try:
+            qtbot.waitUntil(lambda: replay.runner.state.phase is not None, timeout=10000)
+            monitor.refresh()
+            participant.refresh()
+            assert monitor.replay_label.isVisible() and "REPLAY" in monitor.windowTitle()
+            assert participant.view.replay and not participant.pause_button.isEnabled()
+            monitor.activateWindow()
+            qtbot.waitUntil(lambda: QtWidgets.QApplication.activeWindow() is monitor)
+            for key in (QtCore.Qt.Key.Key_M, QtCore.Qt.Key.Key_Return, QtCore.Qt.Key.Key_Space,
+                        QtCore.Qt.Key.Key_N):
+                press(monitor, key)
+            participant.toggle_pause()
+            participant.stop()
+            qtbot.wait(300)
+            assert not replay.runner.state.paused and not replay.participant_view("P01").self_paused
+        finally:
+            worker.join(timeout=60)
+        (rid,) = worker.result
+        replayed = [(m.kind, m.label) for m in copy.markers(rid)]
+        assert not [k for k in replayed if k[0] in ("manual", "participant", "pause", "skip")]
+        assert copy.notes(rid) == []
+    assert ([(m.kind, m.label) for m in store.markers(sid)], store.notes(sid)) == before  # the source untouched
+    store.close()
+
+
+def test_replay_frames_say_replay_and_live_ones_do_not(qapp):
+    live = OneParticipant().participant_view("P01")
+    replay = OneParticipant(replay=True).participant_view("P01")
+    a = render_participant_image(live)
+    b = render_participant_image(replay)
+    corner = QtCore.QRect(0, 0, 400, 80)
+    assert a.copy(corner) != b.copy(corner)  # the REPLAY word in the corner
+    assert a.copy(QtCore.QRect(0, 200, 1280, 520)) == b.copy(QtCore.QRect(0, 200, 1280, 520))
+
+
+def test_the_event_log_says_what_each_entry_is(qtbot, controlled):
+    _store, _ids, seen, _path = controlled
+    _parts, view = seen[71.0]
+    win = shown(qtbot, view)
+    entries = [win.marker_list.item(i).text() for i in range(win.marker_list.count())]
+    text = "\n".join(entries)
+    for words in ("session start: group-control-test", "phase start: settle", "phase end: settle",
+                  "marker: distress, for P03",
+                  "marker: technical, for the whole group", "P03 paused (their own display)",
+                  "P03 continued (their own display)", "group paused by the experimenter",
+                  "group resumed by the experimenter", "P02 stopped (their own display)"):
+        assert words in text, words
+    assert "01:10  P02 stopped (their own display)" in entries  # each with its time, newest first
+    stamps = [e[:5] for e in entries]
+    assert stamps == sorted(stamps, reverse=True)
