@@ -20,8 +20,10 @@ from biofeedback import session as session_mod
 from biofeedback.display_app import SessionThread
 from biofeedback.display_monitor import STALE_COLOUR, MonitorWindow, rr_connect
 from biofeedback.display_participant import ParticipantWindow, render_participant_image
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.readiness import NotReadyError, wait_until_ready
+from biofeedback.recorder import build_session, make_links, parse_device_specs
 from biofeedback.replay import build_replay
+from biofeedback.session import StrapBinding
 from biofeedback.view_model import MonitorView, ParticipantAlert, ParticipantView, StrapView
 from devices.simulator import SimFaults
 from devices.virtual_time import LoopClock, run_virtual
@@ -612,3 +614,72 @@ def test_the_event_log_says_what_each_entry_is(qtbot, controlled):
     assert "01:10  P02 stopped (their own display)" in entries  # each with its time, newest first
     stamps = [e[:5] for e in entries]
     assert stamps == sorted(stamps, reverse=True)
+
+
+# --- 5. readiness before the clock starts -------------------------------------------------------------------
+
+SIX = [f"P0{i}" for i in range(1, 7)]
+
+
+def six_links(faults: dict) -> list[StrapBinding]:
+    clock = LoopClock()
+    links = make_links(parse_device_specs([f"sim={p}" for p in SIX], None), clock, lambda: None, seed=7,
+                       faults=faults)
+    return [StrapBinding(link, pid) for link, pid in zip(links, SIX, strict=True)], clock
+
+
+def test_six_straps_one_never_connecting_one_without_contact_time_out_with_reasons():
+    faults = {"P05": SimFaults(disconnects=[(0.0, 10_000.0)]), "P06": SimFaults(contact_loss=[(5.0, 10_000.0)])}
+    bindings, clock = six_links(faults)
+    seen = []
+    with pytest.raises(NotReadyError) as err:
+        run_virtual(wait_until_ready(bindings, clock, 30.0, on_update=lambda st, now: seen.append(now)))
+    states = {s.participant_id: s for s in err.value.straps}
+    now = seen[-1]
+    assert now == pytest.approx(30.0, abs=0.3)
+    assert [p for p in SIX if states[p].ready(now)] == ["P01", "P02", "P03", "P04"]
+    assert states["P05"].status(now).startswith("not connected")
+    assert "simulated: connection supervision timeout" in states["P05"].status(now)
+    assert "no skin contact" in states["P06"].status(now)
+    message = str(err.value)
+    assert "P05" in message and "P06" in message and "P01" not in message
+
+
+def test_straps_are_ready_after_ten_seconds_of_beats_and_a_contact_loss_restarts_the_count():
+    bindings, clock = six_links({"P02": SimFaults(contact_loss=[(3.0, 4.0)])})
+    ready_at = []
+    states = run_virtual(wait_until_ready(bindings, clock, 60.0, on_update=lambda st, now: ready_at.append(now)))
+    assert all(s.link_state == "connected" for s in states)
+    assert 17.0 <= ready_at[-1] <= 20.0  # P02: contact back at 7 s, then 10 s of beats
+    p02 = next(s for s in states if s.participant_id == "P02")
+    assert p02.beats_since >= 7.0
+
+
+def test_headless_start_when_ready_with_no_bluetooth_ends_with_the_reason_and_records_nothing(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    code = app.main(["session", "run", "--store", str(store), "--device", "AA:BB:CC:DD:EE:FF=P02",
+                     "--protocol", "cmt-soothing", "--headless", "--start-when-ready", "--ready-timeout", "2"])
+    out = capsys.readouterr()
+    assert code != 0
+    error = " ".join(out.err.split())  # one message (the terminal may wrap it)
+    assert error.startswith("error: not ready after 2 s: P02 (AA:BB:CC:DD:EE:FF) ")
+    assert error.endswith("Nothing was recorded.") and error.count("error:") == 1
+    assert "no Bluetooth service" in error  # the reason in words, the cause after it
+    seen = [line for line in out.out.splitlines() if line.startswith("  P02")]  # what was shown while waiting
+    assert 1 <= len(seen) <= 2 and "not connected" in seen[-1]
+    assert "Traceback" not in out.err
+    with Store(store) as s:
+        assert s.sessions() == []
+
+
+def test_headless_start_when_ready_starts_the_protocol_once_everyone_is_ready(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('name = "tiny"\n[[phase]]\nname = "rest"\nkind = "rest"\nduration = "20s"\n')
+    assert app.main(["session", "run", "--store", str(store), "--device", "sim=P01", "--device", "sim=P02",
+                     "--protocol", str(tiny), "--speed", "40", "--headless", "--start-when-ready",
+                     "--ready-timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "Every strap is ready" in out
+    with Store(store) as s:
+        assert len(s.sessions()) == 2
