@@ -185,8 +185,40 @@ def _headless_diary_note(session) -> str | None:
     return f"Diary phase {names}: without windows it just waits; enter the answers afterwards with `{command}`{extra}."
 
 
+def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
+    """--start-when-ready: wait (on links of its own, recording nothing) until every strap is ready, or fail."""
+    import asyncio
+
+    from biofeedback.readiness import READY_BEATS_S, NotReadyError, wait_until_ready
+    from biofeedback.recorder import make_links
+    from biofeedback.session import StrapBinding
+    from devices.clock import ScaledClock
+
+    if args.ready_timeout <= 0:
+        raise UserError(f"--ready-timeout must be > 0 s, got {args.ready_timeout:g}")
+    clock = ScaledClock(args.speed)
+    links = make_links(specs, clock, lambda: None, seed=args.seed, faults=faults)
+    bindings = [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)]
+    shown: dict[str, str] = {}
+
+    def update(states, now: float) -> None:
+        for st in states:
+            words = st.status(now)
+            key = words.split(":")[0].split(" for ")[0]  # a line per change of state, not per second or retry
+            if shown.get(st.participant_id) != key:
+                shown[st.participant_id] = key
+                console.print(f"  {st.participant_id} ({st.device_id}): {words}", highlight=False)
+
+    console.print(f"Waiting for {len(specs)} strap(s): connected, skin contact, beats for {READY_BEATS_S:g} s "
+                  f"(at most {args.ready_timeout:g} s)")  # fmt: skip
+    try:
+        asyncio.run(wait_until_ready(bindings, clock, args.ready_timeout, on_update=update))
+    except NotReadyError as exc:
+        raise UserError(f"{exc}. Nothing was recorded.") from None
+    console.print("Every strap is ready: starting the protocol.")
+
+
 def cmd_session_run(args: argparse.Namespace) -> int:
-    from biofeedback.analysis import analyze_session
     from biofeedback.recorder import build_session, parse_device_specs, parse_sim_faults, run_session_blocking
     from protocols.library import get_protocol
 
@@ -201,6 +233,10 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         settings = {} if args.week is None else {"week": args.week}
         sims = [s.participant_id for s in specs if s.simulated]
         faults = parse_sim_faults(args.sim_faults or [], sims, args.seed)
+        if args.speed != 1.0 and not all(s.simulated for s in specs):
+            raise UserError("--speed other than 1 only makes sense with simulated straps")
+        if args.start_when_ready:
+            _wait_for_straps(args, specs, faults)
         session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
                                 acc=args.acc, settings=settings, faults=faults, on_alert=_alert)  # fmt: skip
         who = ", ".join(f"{st.binding.participant_id} (week {store.session(st.session_id).week})"
@@ -240,6 +276,8 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         finally:
             if outlets is not None:
                 outlets.close()
+        from biofeedback.analysis import analyze_session  # neurokit2 takes seconds to load: not before it is needed
+
         if session.failure:  # already told, at the moment it happened (the alert line)
             return 1
         for sid in ids:
@@ -1034,6 +1072,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faults of simulated straps, events per hour: disconnect=N, contact=N (contact loss), "
                         "malformed=N (bursts of malformed packets); prefix ID: for one participant only")  # fmt: skip
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
+    p.add_argument("--start-when-ready", action="store_true",
+                   help="start the protocol only once every strap is connected with skin contact and beats "
+                        "arriving for 10 s; otherwise stop with the reason, recording nothing")  # fmt: skip
+    p.add_argument("--ready-timeout", type=float, default=120.0, metavar="S",
+                   help="with --start-when-ready: give up after S seconds (session seconds: --speed applies)")
     p.add_argument("--week", type=_positive_int,
                    help="study week of this session (default: the participant's next week); links it to that "
                         "week's diary")  # fmt: skip

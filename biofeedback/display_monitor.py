@@ -31,6 +31,7 @@ ECG_GROUP_STEP_S = 0.1
 MARKER_LABELS = FIXED_MARKER_LABELS  # exported without --include-text; a typed label is free text
 
 BACKGROUND = "#1b1f24"
+STALE_COLOUR = "#5c6570"
 PANEL = "#232930"
 FOREGROUND = "#c9d1d9"
 MUTED = "#8b949e"
@@ -38,7 +39,31 @@ ECG_PEN = pg.mkPen("#7ec8e3", width=1)
 RR_PEN = pg.mkPen("#e6edf3", width=1.5)
 CORRECTED_BRUSH = pg.mkBrush("#f0a95b")
 GAP_BRUSH = pg.mkBrush(214, 96, 88, 60)
+CONTACT_GAP_BRUSH = pg.mkBrush(210, 153, 34, 55)
+STALE_AFTER_S = 4.0
+"""A panel whose last beat is older than this greys its numbers and says how old they are and why."""
+LINK_WORDS = {
+    "connected": "connected, but no beats are arriving",
+    "connecting": "connecting to the strap",
+    "reconnecting": "link lost — reconnecting",
+    "disconnected": "link lost",
+    "closed": "strap closed",
+    "failed": "strap failed — see the event log",
+}
 MARKER_PEN = pg.mkPen("#b392f0", width=1, style=QtCore.Qt.PenStyle.DashLine)
+EVENT_PENS = {  # lines in the tachogram: phase boundaries solid, prompts dotted, markers dashed, pauses dash-dot
+    "phase_start": pg.mkPen("#9fb3c8", width=1.5),
+    "prompt": pg.mkPen("#6e7f91", width=1, style=QtCore.Qt.PenStyle.DotLine),
+    "manual": MARKER_PEN,
+    "participant": pg.mkPen("#e3b341", width=1.5, style=QtCore.Qt.PenStyle.DashDotLine),
+    "pause": pg.mkPen("#e3b341", width=1, style=QtCore.Qt.PenStyle.DashDotLine),
+}
+ALERT_STYLE = (
+    "background: #9e6a03; color: #ffffff; font-size: 17px; font-weight: 600; border-radius: 6px; padding: 8px 12px;"
+)
+REPLAY_STYLE = "background: #30363d; color: #e6edf3; font-size: 15px; font-weight: 700; padding: 2px 10px;"
+PANEL_STYLE = f"#strapPanel {{ background: {PANEL}; border-radius: 6px; }}"
+SELECTED_STYLE = f"#strapPanel {{ background: {PANEL}; border-radius: 6px; border: 2px solid #b392f0; }}"
 
 LINK_COLOURS = {
     "connected": "#3fb950",
@@ -47,7 +72,10 @@ LINK_COLOURS = {
     "disconnected": "#f85149",
     "closed": "#8b949e",
 }
-CONTACT_TEXT = {
+CONTACT_TEXT = {  # the session's words (from the Heart Rate Measurement flags) and short ones
+    "detected": ("skin contact", "#3fb950"),
+    "supported not detected": ("no skin contact", "#d29922"),
+    "not supported": ("contact n/a", "#8b949e"),
     "ok": ("skin contact", "#3fb950"),
     "lost": ("no skin contact", "#d29922"),
     "unsupported": ("contact n/a", "#8b949e"),
@@ -80,16 +108,32 @@ def format_mmss(seconds: float) -> str:
     return f"{s // 60:02d}:{s % 60:02d}"
 
 
+def stale_text(s: StrapView, t: float) -> str:
+    """Why the strap's numbers are not live ("" when they are): seconds since the last beat and the link in words."""
+    link_live = s.link_state == "connected"
+    last = s.last_beat_t if s.last_beat_t is not None else (float(s.rr_t[-1]) if len(s.rr_t) else None)
+    age = None if last is None else max(0.0, t - last)
+    if link_live and age is not None and age < STALE_AFTER_S:
+        return ""
+    if link_live and age is None:
+        return "waiting for the first beat"
+    words = LINK_WORDS.get(s.link_state, s.link_state)
+    if link_live and s.contact in ("supported not detected", "lost"):
+        words = "no skin contact"
+    since = "no beat yet" if age is None else f"no beat for {age:.0f} s"
+    return f"{since} — {words}"
+
+
 def _fmt(value: float | None, fmt: str) -> str:
     return "–" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
 def rr_connect(rr_t: np.ndarray, gaps: list[tuple[float, float]]) -> np.ndarray:
-    """`connect` array for the tachogram: False between two beats that have a gap between them."""
+    """`connect` array for the tachogram: False between two beats that have a gap (any kind) between them."""
     connect = np.ones(len(rr_t), dtype=bool)
     if len(rr_t) < 2 or not gaps:
         return connect
-    starts = np.array([g[0] for g in gaps])
+    starts = np.sort(np.array([g[0] for g in gaps]))
     # a gap lies between beats i and i+1 when some gap start falls in [rr_t[i], rr_t[i+1])
     before = np.searchsorted(starts, rr_t, side="right")
     connect[:-1] = before[1:] == before[:-1]
@@ -160,13 +204,18 @@ def _signature(t: np.ndarray) -> tuple[int, float, float]:
 
 
 class StrapPanel(QtWidgets.QFrame):
-    """One strap: header (participant, device, link, contact), metrics, ECG (when present) and tachogram."""
+    """One strap: header (participant, device, link, contact), metrics, ECG (when present) and tachogram.
+
+    A click anywhere on the panel calls `on_click` (the monitor makes its participant the marker target)."""
 
     def __init__(self, device_id: str, compact: bool, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.device_id = device_id
+        self.participant_id = ""
+        self.on_click: Callable[[StrapPanel], None] | None = None
+        self.selected = False
         self.setObjectName("strapPanel")
-        self.setStyleSheet(f"#strapPanel {{ background: {PANEL}; border-radius: 6px; }}")
+        self.setStyleSheet(PANEL_STYLE)
         base = 12 if compact else 14
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(8, 6, 8, 6)
@@ -216,6 +265,7 @@ class StrapPanel(QtWidgets.QFrame):
         self.corrected = pg.ScatterPlotItem(size=7, pen=None, brush=CORRECTED_BRUSH, symbol="o")
         self.rr_plot.addItem(self.corrected)
         self.gap_regions: list[pg.LinearRegionItem] = []
+        self.contact_regions: list[pg.LinearRegionItem] = []
         self.marker_lines: list[pg.InfiniteLine] = []
         self.plots.ci.layout.setRowStretchFactor(0, 2)
         self.plots.ci.layout.setRowStretchFactor(1, 3)
@@ -226,35 +276,63 @@ class StrapPanel(QtWidgets.QFrame):
         self._ecg_step = ECG_GROUP_STEP_S if compact else 0.0
         self._has_ecg: bool | None = None
         self._text: tuple[str, str, str] | None = None
+        self.stale = ""
 
-    def _gap_region(self, i: int) -> pg.LinearRegionItem:
-        while len(self.gap_regions) <= i:
-            region = pg.LinearRegionItem(movable=False, brush=GAP_BRUSH, pen=pg.mkPen(None))
+    def _gap_region(self, i: int, pool: list[pg.LinearRegionItem] | None = None) -> pg.LinearRegionItem:
+        pool = self.gap_regions if pool is None else pool
+        while len(pool) <= i:
+            brush = GAP_BRUSH if pool is self.gap_regions else CONTACT_GAP_BRUSH
+            region = pg.LinearRegionItem(movable=False, brush=brush, pen=pg.mkPen(None))
             region.setZValue(-10)
             self.rr_plot.addItem(region)
-            self.gap_regions.append(region)
-        return self.gap_regions[i]
+            pool.append(region)
+        return pool[i]
 
     def _marker_line(self, i: int) -> pg.InfiniteLine:
         while len(self.marker_lines) <= i:
             line = pg.InfiniteLine(angle=90, movable=False, pen=MARKER_PEN)
+            line.kind = "manual"
             self.rr_plot.addItem(line)
             self.marker_lines.append(line)
         return self.marker_lines[i]
 
-    def set_strap(self, s: StrapView, t: float, markers: list[tuple[float, str]]) -> None:
+    def mousePressEvent(self, event: QtGui.QMouseEvent) -> None:
+        if self.on_click is not None:
+            self.on_click(self)
+        super().mousePressEvent(event)
+
+    def set_selected(self, selected: bool) -> None:
+        if selected != self.selected:
+            self.selected = selected
+            self.setStyleSheet(SELECTED_STYLE if selected else PANEL_STYLE)
+
+    def set_strap(self, s: StrapView, t: float, markers: list[tuple[float, str]], alert: str = "") -> None:
+        """Show strap `s` at time `t`; `markers` are (t, kind) lines for the tachogram, `alert` a participant's
+        own pause or stop ("paused", "stopped") shown in the header."""
+        self.participant_id = s.participant_id
         title = f"{s.participant_id or '—'} <span style='color:{MUTED}; font-weight:400'>{s.device_id}</span>"
+        if alert:
+            title += f" <span style='color:#e3b341'>— {alert} by {s.participant_id}</span>"
         link_colour = LINK_COLOURS.get(s.link_state, MUTED)
         link = f"<span style='color:{link_colour}'>● {s.link_state}</span>"
-        contact_text, contact_colour = CONTACT_TEXT.get(s.contact, (s.contact, MUTED))
+        # skin contact is only known over a live link: a reconnecting strap's last word is not shown as current
+        contact_key = s.contact if s.link_state == "connected" else "unknown"
+        contact_text, contact_colour = CONTACT_TEXT.get(contact_key, (contact_key, MUTED))
         contact = f"<span style='color:{contact_colour}'>{contact_text}</span>"
         big = self._base + 6
+        stale = stale_text(s, t)
         metrics = (
             f"HR <b style='font-size:{big}px'>{_fmt(s.hr_bpm, '.0f')}</b> bpm &nbsp;&nbsp; "
             f"RMSSD <b style='font-size:{big}px'>{_fmt(s.rmssd_ms, '.0f')}</b> ms &nbsp;&nbsp; "
             f"coherence <b>{_fmt(s.coherence, '.2f')}</b> &nbsp;&nbsp; "
             f"artifacts <b>{s.artifacts}</b>"
         )
+        if stale:  # never shown as live: the last numbers greyed, and how old they are and why
+            metrics = (
+                f"<span style='color:{STALE_COLOUR}'>{metrics}</span><br>"
+                f"<span style='color:#d29922; font-weight:600'>{stale}</span>"
+            )
+        self.stale = stale
         if self._text != (title, link + contact, metrics):
             self.title.setText(title)
             self.link.setText(link)
@@ -276,14 +354,15 @@ class StrapPanel(QtWidgets.QFrame):
                 self._ecg_sig = sig
 
         # The tachogram changes once a beat: redraw it on new data, and scroll it only every RR_SCROLL_S.
-        rr_sig = (*_signature(s.rr_t), len(s.gaps), s.gaps[-1] if s.gaps else None, len(markers))
+        rr_sig = (*_signature(s.rr_t), len(s.gaps), s.gaps[-1] if s.gaps else None, len(markers),
+                  len(s.contact_gaps), s.contact_gaps[-1] if s.contact_gaps else None)  # fmt: skip
         if rr_sig == self._rr_sig and abs(t - self._rr_t0) < RR_SCROLL_S:
             return
         self._rr_sig, self._rr_t0 = rr_sig, t
         lo = t - RR_WINDOW_S
         i0 = int(np.searchsorted(s.rr_t, lo))
         rr_t, rr_ms, fixed = s.rr_t[i0:], s.rr_ms[i0:], s.rr_corrected[i0:]
-        self.rr_curve.setData(rr_t - t, rr_ms, connect=rr_connect(rr_t, s.gaps))
+        self.rr_curve.setData(rr_t - t, rr_ms, connect=rr_connect(rr_t, [*s.gaps, *s.contact_gaps]))
         self.corrected.setData(rr_t[fixed] - t, rr_ms[fixed])
         visible_gaps = [g for g in s.gaps if g[1] >= lo]
         for i, (g0, g1) in enumerate(visible_gaps):
@@ -292,13 +371,64 @@ class StrapPanel(QtWidgets.QFrame):
             region.setVisible(True)
         for region in self.gap_regions[len(visible_gaps) :]:
             region.setVisible(False)
+        no_contact = [g for g in s.contact_gaps if g[1] >= lo]
+        for i, (g0, g1) in enumerate(no_contact):
+            region = self._gap_region(i, self.contact_regions)
+            region.setRegion((g0 - t, g1 - t))
+            region.setVisible(True)
+        for region in self.contact_regions[len(no_contact) :]:
+            region.setVisible(False)
         visible_markers = [m for m in markers if m[0] >= lo]
-        for i, (mt, _label) in enumerate(visible_markers):
+        for i, (mt, kind) in enumerate(visible_markers):
             line = self._marker_line(i)
+            kind = "pause" if kind in ("resume", "skip", "stop") else kind
+            if line.kind != kind:
+                line.setPen(EVENT_PENS.get(kind, MARKER_PEN))
+                line.kind = kind
             line.setValue(mt - t)
             line.setVisible(True)
         for line in self.marker_lines[len(visible_markers) :]:
             line.setVisible(False)
+
+
+SINGLE_KEYS = frozenset(
+    {QtCore.Qt.Key.Key_M, QtCore.Qt.Key.Key_Space, QtCore.Qt.Key.Key_N}
+    | {QtCore.Qt.Key(QtCore.Qt.Key.Key_0.value + n) for n in range(10)}
+)
+
+
+class ShortcutKeys(QtCore.QObject):
+    """Lets the window's single-key shortcuts act whatever widget in it has focus (but the note being typed).
+
+    Qt first offers a key to the focused widget as a ShortcutOverride; a text field, combo box or view that
+    accepts it takes the key and the shortcut never fires. This filter (on the application) withholds that
+    offer for `keys` inside `window`, except from `typing`, where the key is text. It removes itself with
+    the window.
+    """
+
+    def __init__(self, window: QtWidgets.QWidget, keys: frozenset, typing: QtWidgets.QWidget) -> None:
+        super().__init__(window)
+        self.window = window
+        self.keys = keys
+        self.typing = typing
+        self.on_typing_focus: Callable[[], None] | None = None
+        app = QtWidgets.QApplication.instance()
+        app.installEventFilter(self)
+
+    def eventFilter(self, obj: QtCore.QObject, event: QtCore.QEvent) -> bool:
+        kind = event.type()
+        if obj is self.typing and kind == QtCore.QEvent.Type.FocusIn and self.on_typing_focus is not None:
+            self.on_typing_focus()
+            return False
+        # True without accepting the offer: the shortcut gets the key
+        return (
+            kind == QtCore.QEvent.Type.ShortcutOverride
+            and isinstance(obj, QtWidgets.QWidget)
+            and obj is not self.typing
+            and obj.window() is self.window
+            and event.key() in self.keys  # type: ignore[attr-defined]
+            and not (event.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier)  # type: ignore[attr-defined]
+        )
 
 
 class MonitorWindow(QtWidgets.QMainWindow):
@@ -317,7 +447,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.view: MonitorView | None = None
         self.panels: dict[str, StrapPanel] = {}
         self.confirm_end: Callable[[], bool] = self._ask_end
+        self.target: str | None = None  # the participant markers and notes are for (None: the whole group)
+        self._dismissed: set[tuple[str, str, float]] = set()
         self._marker_t: float | None = None
+        self._marker_open = False
         self._last_error = ""
         self.setWindowTitle("Session monitor")
         self.resize(1280, 800)
@@ -345,6 +478,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.phase_label.setStyleSheet("font-size: 15px;")
         self.clock_label = QtWidgets.QLabel()
         self.clock_label.setStyleSheet(f"font-size: 15px; color: {MUTED};")
+        self.replay_label = QtWidgets.QLabel("REPLAY — watching a stored session; nothing is recorded")
+        self.replay_label.setStyleSheet(REPLAY_STYLE)
+        self.replay_label.setVisible(False)
+        top.addWidget(self.replay_label)
         top.addWidget(self.protocol_label)
         top.addSpacing(16)
         top.addWidget(self.phase_label, 1)
@@ -358,23 +495,33 @@ class MonitorWindow(QtWidgets.QMainWindow):
         root.addWidget(self.alert_label)
         self.timeline = TimelineWidget()
         root.addWidget(self.timeline)
+        self.alert_banner = QtWidgets.QPushButton()  # a participant paused or stopped: never only a log line
+        self.alert_banner.setStyleSheet(f"QPushButton {{ {ALERT_STYLE} text-align: left; }}")
+        self.alert_banner.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.alert_banner.setToolTip("Click when you have seen to it")
+        self.alert_banner.setVisible(False)
+        self.alert_banner.clicked.connect(self.dismiss_alerts)
+        root.addWidget(self.alert_banner)
 
         bar = QtWidgets.QHBoxLayout()
-        self.pause_button = QtWidgets.QPushButton("Pause  [Space]")
+        self.pause_button = QtWidgets.QPushButton("Pause group  [Space]")
         self.skip_button = QtWidgets.QPushButton("Skip phase  [N]")
         self.marker_button = QtWidgets.QPushButton("Marker  [M]")
         self.end_button = QtWidgets.QPushButton("End session  [Ctrl+Q]")
+        # The label is picked, not typed: an editable box would swallow M, Space and N. Free text goes in the note.
         self.marker_label = QtWidgets.QComboBox()
-        self.marker_label.setEditable(True)
         self.marker_label.addItems(MARKER_LABELS)
         self.marker_edit = QtWidgets.QLineEdit()
         self.marker_edit.setPlaceholderText("marker note — M to start, Enter to save, Esc to cancel")
-        for b in (self.pause_button, self.skip_button, self.marker_button, self.end_button):
+        for b in (self.pause_button, self.skip_button, self.marker_button, self.end_button, self.marker_label):
             b.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
         bar.addWidget(self.pause_button)
         bar.addWidget(self.skip_button)
         bar.addSpacing(16)
+        self.target_label = QtWidgets.QLabel()
+        self.target_label.setToolTip("Click a participant's panel (or press 1–9) for them, again (or 0) for the group")
         bar.addWidget(self.marker_button)
+        bar.addWidget(self.target_label)
         bar.addWidget(self.marker_label)
         bar.addWidget(self.marker_edit, 1)
         bar.addSpacing(16)
@@ -405,32 +552,81 @@ class MonitorWindow(QtWidgets.QMainWindow):
         )
         for key, slot in shortcuts:
             QtGui.QShortcut(QtGui.QKeySequence(key), self, slot)
+        for n in range(10):  # 1-9: that panel's participant, 0: the whole group
+            QtGui.QShortcut(QtGui.QKeySequence(str(n)), self, lambda n=n: self.select_panel(n))
         QtGui.QShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Escape), self.marker_edit, self.cancel_marker)
+        self._keys = ShortcutKeys(self, SINGLE_KEYS, typing=self.marker_edit)
+        self._keys.on_typing_focus = self._note_focused  # clicking into the note starts a marker too
+        central.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)  # focus rests somewhere harmless
 
         self.timer = start_frame_timer(self, fps, self.refresh)
         self.refresh()
+        self.select_target(None)
 
     # --- controls -------------------------------------------------------------------------------------------
+    def _live(self) -> bool:
+        """False while replaying: the controls then do nothing (a replay records nothing)."""
+        return self.view is None or not self.view.replay
+
+    def select_target(self, participant_id: str | None) -> None:
+        """Markers and notes from now on are for this participant only (None: for the whole group)."""
+        self.target = participant_id
+        for panel in self.panels.values():
+            panel.set_selected(participant_id is not None and panel.participant_id == participant_id)
+        self.target_label.setText(f"for <b>{participant_id}</b>" if participant_id else "for the whole group")
+
+    def select_panel(self, n: int) -> None:
+        """Key 1–9: the n-th panel's participant (again: the group); 0: the whole group."""
+        panels = list(self.panels.values())
+        if n == 0 or n > len(panels):
+            self.select_target(None)
+        else:
+            pid = panels[n - 1].participant_id
+            self.select_target(None if self.target == pid else pid)
+
+    def _panel_clicked(self, panel: StrapPanel) -> None:
+        self.select_target(None if self.target == panel.participant_id else panel.participant_id)
+
+    def dismiss_alerts(self) -> None:
+        """The experimenter has seen the alerts shown now (new ones show again)."""
+        if self.view is not None:
+            self._dismissed |= {(a.participant_id, a.state, a.t) for a in self.view.participant_alerts}
+        self.alert_banner.setVisible(False)
+
     def begin_marker(self) -> None:
         """Start a marker at this moment: focus the note field (Enter saves, Esc cancels)."""
+        if not self._live():
+            return
         self._marker_t = None if self.view is None else self.view.t  # the marker is for when M was pressed
+        self._marker_open = True
         self.marker_edit.setFocus(QtCore.Qt.FocusReason.ShortcutFocusReason)
         self.marker_edit.selectAll()
 
+    def _note_focused(self) -> None:
+        if not self._marker_open:  # clicked into the note: the marker is for this moment
+            self._marker_t = None if self.view is None else self.view.t
+            self._marker_open = True
+
     def commit_marker(self) -> None:
         label = self.marker_label.currentText().strip() or MARKER_LABELS[0]
-        self.controls.add_marker(label, self.marker_edit.text().strip(), self._marker_t)
+        if self._live():
+            self.controls.add_marker(label, self.marker_edit.text().strip(), self._marker_t, participant_id=self.target)
         self._marker_t = None
+        self._marker_open = False
         self.marker_edit.clear()
         self.marker_edit.clearFocus()
-        self.setFocus()
+        self.centralWidget().setFocus()
 
     def cancel_marker(self) -> None:
+        self._marker_t = None
+        self._marker_open = False
         self.marker_edit.clear()
         self.marker_edit.clearFocus()
-        self.setFocus()
+        self.centralWidget().setFocus()
 
     def toggle_pause(self) -> None:
+        if not self._live():
+            return
         try:
             paused = self.source.monitor_view().paused
         except Exception:
@@ -442,6 +638,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.refresh()
 
     def skip_phase(self) -> None:
+        if not self._live():
+            return
         self.controls.skip_phase()
         self.refresh()
 
@@ -449,6 +647,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.confirm_end():
             self.controls.end_session()
             self.refresh()
+        else:  # cancelled: take the keyboard back (without a window manager nobody else gives it back)
+            self.activateWindow()
+            self.centralWidget().setFocus(QtCore.Qt.FocusReason.OtherFocusReason)
 
     def _ask_end(self) -> bool:
         answer = QtWidgets.QMessageBox.question(
@@ -475,12 +676,33 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._update_header(view)
         self.timeline.set_view(view)
         self._ensure_panels([s.device_id for s in view.straps])
+        alerts = {a.participant_id: a.state for a in view.participant_alerts}
         for s in view.straps:
-            self.panels[s.device_id].set_strap(s, view.t, view.markers)
-        if len(view.markers) != self._markers_shown:
-            for mt, label in view.markers[self._markers_shown :]:
-                self.marker_list.insertItem(0, f"{format_mmss(mt)}  {label}")
-            self._markers_shown = len(view.markers)
+            if view.events:
+                lines = [(e.t, e.kind) for e in view.events if e.kind != "phase_end" and e.applies_to(s.participant_id)]
+            else:
+                lines = [(mt, "manual") for mt, _label in view.markers]
+            self.panels[s.device_id].set_strap(s, view.t, lines, alerts.get(s.participant_id, ""))
+        self._update_alerts(view)
+        log_entries = view.events or view.markers
+        if len(log_entries) != self._markers_shown:
+            for entry in log_entries[self._markers_shown :]:
+                if isinstance(entry, tuple):
+                    self.marker_list.insertItem(0, f"{format_mmss(entry[0])}  marker: {entry[1]}")
+                else:
+                    self.marker_list.insertItem(0, f"{format_mmss(entry.t)}  {entry.describe()}")
+            self._markers_shown = len(log_entries)
+
+    def _update_alerts(self, v: MonitorView) -> None:
+        shown = [a for a in v.participant_alerts if (a.participant_id, a.state, a.t) not in self._dismissed]
+        text = "   ·   ".join(
+            f"⚠ {a.participant_id} {a.state} their display at {format_mmss(a.t)}" for a in shown
+        )
+        if shown:
+            text += "   — they were told you have been let know (click when seen to)"
+        if self.alert_banner.text() != text:
+            self.alert_banner.setText(text)
+        self.alert_banner.setVisible(bool(shown))
 
     def _update_header(self, v: MonitorView) -> None:
         self.protocol_label.setText(v.protocol_name)
@@ -504,9 +726,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if alerts and self.alert_label.text() != alerts:
             self.alert_label.setText(alerts)
             self.alert_label.show()
-        label = "Resume  [Space]" if v.paused else "Pause  [Space]"
+        label = "Resume group  [Space]" if v.paused else "Pause group  [Space]"
         if self.pause_button.text() != label:
             self.pause_button.setText(label)
+        if self.replay_label.isVisible() != v.replay:
+            self.replay_label.setVisible(v.replay)
+            self.setWindowTitle("Session monitor — REPLAY" if v.replay else "Session monitor")
+            for b in (self.pause_button, self.skip_button, self.marker_button, self.marker_edit, self.marker_label):
+                b.setEnabled(not v.replay)
 
     def _ensure_panels(self, device_ids: list[str]) -> None:
         if list(self.panels) == device_ids:
@@ -519,5 +746,6 @@ class MonitorWindow(QtWidgets.QMainWindow):
         cols = 1 if n <= 1 else 2 if n <= 4 else 3 if n <= 9 else 4
         for i, dev in enumerate(device_ids):
             panel = StrapPanel(dev, compact=n > 1)
+            panel.on_click = self._panel_clicked
             self.grid.addWidget(panel, i // cols, i % cols)
             self.panels[dev] = panel

@@ -18,7 +18,7 @@ from pathlib import Path
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from biofeedback.display_common import start_frame_timer
-from biofeedback.view_model import ParticipantView, SessionControls, ViewSource
+from biofeedback.view_model import ParticipantControls, ParticipantView, ViewSource
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,8 @@ GLOW_TAU_S = 2.5
 NEUTRAL_LEVEL = 0.0
 
 DEFAULT_PAUSED_MESSAGE = "Paused. Take all the time you need."
-PAUSE_MARKER = "participant_pause"
-RESUME_MARKER = "participant_resume"
-STOP_MARKER = "participant_stop"
+REPLAY_TEXT = "REPLAY"
+PARTICIPANT_CONTROLS = ("participant_pause", "participant_resume", "participant_stop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +93,7 @@ def glow_colour(level: float, alpha: float) -> QtGui.QColor:
 
 def _scene(v: ParticipantView) -> tuple[object, ...]:
     """Everything but the pacer that changes what a frame shows."""
-    return (v.phase_name, v.prompt, v.feedback, v.paused, v.finished, v.message, v.pacer_size is None)
+    return (v.phase_name, v.prompt, v.feedback, v.paused, v.finished, v.message, v.pacer_size is None, v.replay)
 
 
 class ParticipantState:
@@ -205,6 +204,11 @@ def paint_participant(
     p.setRenderHint(QtGui.QPainter.RenderHint.TextAntialiasing, True)
 
     p.drawImage(0, 0, _backdrop(round(width), round(height), round(state.glow_level * GLOW_STEPS)))
+    if view.replay:  # a stored session being watched, never mistaken for a live one
+        p.setPen(TEXT_SOFT)
+        p.setFont(_font(max(14.0, min(height, width * 9 / 16) * 0.035), QtGui.QFont.Weight.DemiBold))
+        corner = QtCore.QRectF(width * 0.02, height * 0.015, width * 0.5, height * 0.08)
+        p.drawText(corner, QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignTop, REPLAY_TEXT)
 
     if view.pacer_size is not None and not view.finished and not view.paused:  # paused: just the glow
         center = QtCore.QPointF(lay.center_x, lay.center_y)
@@ -303,21 +307,23 @@ class ParticipantWindow(QtWidgets.QWidget):
     """Full-screen participant display pulling `source.participant_view(participant_id)` at `fps`.
 
     The "Pause"/"Continue" and "Stop" buttons are always there. They call `controls` (default: `source`,
-    when the session object implements both protocols) and add a neutral marker (`participant_pause`,
-    `participant_resume`, `participant_stop`). "Stop" pauses and marks; ending the session stays the
-    experimenter's decision. Space toggles pause too.
+    when the session object implements both protocols) for this participant only: their own display pauses,
+    the session records it neutrally in their session with who did it, and the experimenter is alerted.
+    "Continue" ends only the participant's own pause, never the experimenter's; "Stop" pauses and alerts,
+    ending the session stays the experimenter's decision. Space toggles pause too. In a replay the buttons
+    do nothing (nothing is recorded) and the screen says REPLAY.
     """
 
     def __init__(
         self,
         source: ViewSource,
         participant_id: str | None = None,
-        controls: SessionControls | None = None,
+        controls: ParticipantControls | None = None,
         fps: float = 60.0,
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
-        if controls is None and all(hasattr(source, m) for m in ("pause", "resume", "add_marker")):
+        if controls is None and all(hasattr(source, m) for m in PARTICIPANT_CONTROLS):
             controls = source  # type: ignore[assignment]
         if controls is None:
             raise ValueError(
@@ -372,9 +378,12 @@ class ParticipantWindow(QtWidgets.QWidget):
         step = round(self.state.glow_level * GLOW_STEPS)
         self.view = view
         self.state.update(view)
-        label = "Continue" if view.paused else "Pause"
+        label = "Continue" if view.self_paused else "Pause"
         if self.pause_button.text() != label:
             self.pause_button.setText(label)
+            self._place_buttons()  # a longer word gets a wider button: never clipped
+        for b in (self.pause_button, self.stop_button):
+            b.setEnabled(not view.replay)
         if (
             previous is None
             or _scene(previous) != _scene(view)
@@ -393,36 +402,51 @@ class ParticipantWindow(QtWidgets.QWidget):
         return square.united(lay.label_rect).toAlignedRect()
 
     def toggle_pause(self) -> None:
-        if self.view is not None and self.view.paused:
-            self.controls.add_marker(RESUME_MARKER, "")
-            self.controls.resume()
+        if self.view is not None and self.view.replay:
+            return
+        if self.view is not None and self.view.self_paused:
+            self.controls.participant_resume(self.participant_id)
         else:
-            self.controls.add_marker(PAUSE_MARKER, "")
-            self.controls.pause()
+            self.controls.participant_pause(self.participant_id)
         self.refresh()
 
     def stop(self) -> None:
-        self.controls.add_marker(STOP_MARKER, "")
-        if self.view is None or not self.view.paused:
-            self.controls.pause()
+        if self.view is not None and self.view.replay:
+            return
+        self.controls.participant_stop(self.participant_id)
         self.refresh()
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
-        h = self.height()
-        f = max(12, round(h * 0.024))
+        self._place_buttons()
+        super().resizeEvent(event)
+
+    def _place_buttons(self) -> None:
+        """Size the buttons to their words (the longest either can show) and put them bottom right."""
+        h, w = self.height(), self.width()
+        f = max(12, round(min(h * 0.024, w * 0.03)))
         py, px = round(f * 0.5), round(f * 1.4)
         # Qt ignores a radius above half the height: height = font line (~1.2 f) + 2 py + borders
         self.setStyleSheet(
             _BUTTON_STYLE % {"r": round((f * 1.2 + 2 * py) / 2) - 1, "f": f, "py": py, "px": px}
         )
-        margin = round(h * 0.035)
-        x = self.width() - margin
-        for b in (self.stop_button, self.pause_button):
+        margin = round(min(h, w) * 0.035)
+        gap = round(margin * 0.4)
+        buttons = ((self.stop_button, ("Stop",)), (self.pause_button, ("Pause", "Continue")))
+        for b, words in buttons:
+            b.ensurePolished()
+            b.setMinimumWidth(0)
+            wide = max(b.fontMetrics().horizontalAdvance(word) for word in words)
+            b.adjustSize()  # the style's own size for the current word, padding included
+            b.setMinimumWidth(b.width() + max(0, wide - b.fontMetrics().horizontalAdvance(b.text())))
             b.adjustSize()
-            x -= b.width()
-            b.move(x, h - margin - b.height())
-            x -= round(margin * 0.4)
-        super().resizeEvent(event)
+        side_by_side = sum(b.width() for b, _ in buttons) + gap + 2 * margin <= w
+        x, y = w - margin, h - margin
+        for b, _ in buttons:  # right to left, or stacked bottom up on a narrow screen
+            b.move(max(0, x - b.width()), y - b.height())
+            if side_by_side:
+                x -= b.width() + gap
+            else:
+                y -= b.height() + gap
 
     def paintEvent(self, event: QtGui.QPaintEvent) -> None:
         p = QtGui.QPainter(self)

@@ -55,7 +55,7 @@ HR_COLOUR = "#3d6e9e"
 RR_COLOUR = "#4a8f7b"
 RMSSD_COLOUR = "#4f7fae"
 HF_COLOUR = "#86b8a5"
-MARKER_KINDS = {"manual", "pause", "resume", "skip", "stop"}
+MARKER_KINDS = {"manual", "pause", "resume", "skip", "stop", "participant"}
 
 
 @dataclass(frozen=True)

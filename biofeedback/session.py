@@ -52,7 +52,15 @@ from recordings.store import Store, StoreError, StoreWriteError
 
 from .live_metrics import LiveMetrics
 from .sham import sham_level
-from .view_model import MonitorView, ParticipantView, StrapView, soothing_level
+from .view_model import (
+    EXPERIMENTER,
+    MonitorView,
+    ParticipantAlert,
+    ParticipantView,
+    SessionEvent,
+    StrapView,
+    soothing_level,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,13 @@ DIARY_SUBMITTED = "diary submitted"
 DIARY_SKIPPED = "diary skipped"
 DIARY_THANKS = "Thank you. We will go on in a moment."
 DIARY_EVERYONE = "everyone has sent or set aside the diary"
+PARTICIPANT = "participant"
+"""Marker kind of a participant's own pause, continue or stop: stored in their session only, `detail["by"]` says who."""
+SELF_PAUSED_MESSAGE = "Paused. Take all the time you need. The experimenter has been let know."
+SELF_STOPPED_MESSAGE = (
+    "You have stopped, and that is completely fine. The experimenter has been let know and will be with you soon."
+)
+GROUP_PAUSED_MESSAGE = "The session is paused for a moment. Take all the time you need."
 
 
 @dataclass
@@ -108,6 +123,26 @@ class _StrapState:
     """Why this strap's recording stopped before the end (its session ends `incomplete`); empty while it runs."""
     last_packet_t: float = -1.0
     ecg_clock: DeviceClockMap = field(default_factory=DeviceClockMap)
+    own_pause: str = ""  # "paused" or "stopped" by the participant themselves, since `own_pause_t`
+    own_pause_t: float = 0.0
+    contact_gaps: list = field(default_factory=list)  # [t0, t1 | None] while the strap reported no skin contact
+    last_beat_t: float | None = None
+
+
+NO_CONTACT = "supported not detected"
+
+
+def _track_contact(strap: _StrapState, t: float) -> None:
+    """Open a contact gap when the strap reports no skin contact, close it when contact is back."""
+    gaps = strap.contact_gaps
+    open_gap = bool(gaps) and gaps[-1][1] is None
+    if strap.contact == NO_CONTACT and not open_gap:
+        oldest = strap.rr[0][0] if strap.rr else t
+        while gaps and gaps[0][1] is not None and gaps[0][1] < oldest:
+            gaps.pop(0)  # closed before the oldest beat still shown
+        gaps.append([t, None])
+    elif strap.contact != NO_CONTACT and open_gap:
+        gaps[-1][1] = t
 
 
 
@@ -202,6 +237,7 @@ class LiveSession:
         self._done: asyncio.Event | None = None
         self._end_state = "completed"
         self.markers: list[tuple[float, str]] = []
+        self.events: list[SessionEvent] = []
         self._prompt = ""
         self._phase_starts: dict[int, float] = {}
         self._phase_ends: dict[int, float] = {}
@@ -271,6 +307,9 @@ class LiveSession:
             m = strap.decoder.last_measurement
             if m is not None:
                 strap.contact = m.contact.name.lower().replace("_", " ")
+                _track_contact(strap, packet.t)
+            if rows:
+                strap.last_beat_t = rows[-1].t
             in_baseline = self.runner.state.phase_index == self._baseline_index
             for r in rows:
                 snap = strap.metrics.add_beat(r.t, r.rr_ms, r.gap_before)
@@ -310,8 +349,11 @@ class LiveSession:
                 strap.gaps[-1][1] = event.t
 
     # -- markers ---------------------------------------------------------------------------------------------
-    def _record_markers(self, markers: Sequence[Marker]) -> None:
+    def _record_markers(self, markers: Sequence[Marker], by: str = "") -> None:
+        """Store protocol markers in every participant's session; `by` (the experimenter) for their actions."""
         for mk in markers:
+            if by and mk.kind in ("pause", "resume", "skip", "stop"):
+                mk = Marker(mk.t, mk.kind, mk.phase_index, mk.phase_name, mk.label, {**mk.detail, "by": by})
             for strap in self.straps:
                 self.store.add_marker(
                     strap.session_id,
@@ -324,6 +366,7 @@ class LiveSession:
                 )
             with self._lock:
                 self.markers.append((mk.t, mk.label))
+                self.events.append(SessionEvent(mk.t, mk.kind, mk.label, by=str(mk.detail.get("by", ""))))
                 if mk.kind == "phase_start":
                     self._phase_starts[mk.phase_index] = mk.t
                     self._prompt = self.protocol.phases[mk.phase_index].prompt
@@ -352,36 +395,89 @@ class LiveSession:
         else:
             guarded()
 
-    def add_marker(self, label: str, note: str = "", t: float | None = None) -> None:
-        """A manual marker at session time `t` (default: now); the note is stored as private free text."""
+    def add_marker(self, label: str, note: str = "", t: float | None = None, participant_id: str | None = None) -> None:
+        """A manual marker at session time `t` (default: now) in `participant_id`'s session only (None: in
+        everyone's); the note is stored beside it as private free text, in the same sessions only."""
+        targets = self.straps if participant_id is None else [self._strap_for(participant_id)]
+        label = label or "marker"
+        target = "group" if participant_id is None else targets[0].binding.participant_id
 
         def do() -> None:
             now = self.clock.now()
             at = now if t is None else min(t, now)
-            for strap in self.straps:
-                self.store.add_marker(strap.session_id, at, "manual", label or "marker")
+            for strap in targets:
+                self.store.add_marker(strap.session_id, at, "manual", label, detail={"by": EXPERIMENTER,
+                                                                                     "target": target})
                 if note:
                     self.store.add_note(strap.session_id, at, note)
             self.store.flush()
+            pids = () if participant_id is None else (target,)
             with self._lock:
-                self.markers.append((at, label or "marker"))
-            self._notify("marker", Marker(at, "manual", None, None, label or "marker"))  # type: ignore[arg-type]
+                self.markers.append((at, label if participant_id is None else f"{label} ({target})"))
+                self.events.append(SessionEvent(at, "manual", label, pids, EXPERIMENTER))
+            detail = {"by": EXPERIMENTER, "target": target}
+            self._notify("marker", Marker(at, "manual", None, None, label, detail))  # type: ignore[arg-type]
 
         self._call(do)
 
     def pause(self) -> None:
-        self._call(lambda: self._record_markers(self.runner.pause(self.clock.now())))
+        """The experimenter pauses the whole group (recorded in every session, by the experimenter)."""
+        self._call(lambda: self._record_markers(self.runner.pause(self.clock.now()), by=EXPERIMENTER))
 
     def resume(self) -> None:
-        self._call(lambda: self._record_markers(self.runner.resume(self.clock.now())))
+        """The experimenter resumes the group; a participant's own pause stays until they continue."""
+        self._call(lambda: self._record_markers(self.runner.resume(self.clock.now()), by=EXPERIMENTER))
 
     def skip_phase(self) -> None:
-        self._call(lambda: self._record_markers(self.runner.skip(self.clock.now())))
+        self._call(lambda: self._record_markers(self.runner.skip(self.clock.now()), by=EXPERIMENTER))
+
+    # -- a participant's own controls (thread-safe; their display only, recorded in their session only) ---------
+    def participant_pause(self, participant_id: str | None) -> None:
+        """This participant pauses their own display; the others and the protocol clock go on."""
+        self._participant_action(participant_id, "paused")
+
+    def participant_resume(self, participant_id: str | None) -> None:
+        """This participant continues after their own pause or stop (an experimenter's pause stays)."""
+        self._participant_action(participant_id, "continued")
+
+    def participant_stop(self, participant_id: str | None) -> None:
+        """This participant stops: their display pauses and the experimenter is alerted; the session goes on."""
+        self._participant_action(participant_id, "stopped")
+
+    def _participant_action(self, participant_id: str | None, action: str) -> None:
+        strap = self._strap_for(participant_id)
+        pid = strap.binding.participant_id
+
+        def do() -> None:
+            if self.runner.state.finished:
+                return
+            with self._lock:
+                before = strap.own_pause
+                unchanged = not before if action == "continued" else before in (action, "stopped")
+                if unchanged:
+                    return  # nothing changes (already paused, already stopped): nothing to record
+                t = self.clock.now()
+                strap.own_pause = "" if action == "continued" else action
+                strap.own_pause_t = t
+                self.events.append(SessionEvent(t, PARTICIPANT, action, (pid,), pid))
+            st = self.runner.state
+            self.store.add_marker(strap.session_id, t, PARTICIPANT, action, phase_index=st.phase_index,
+                                  phase_name=None if st.phase is None else st.phase.name, detail={"by": pid})
+            if action != "continued":
+                log.warning("%s %s their display at %.1f s", pid, action, t)
+            self._notify("marker", Marker(t, PARTICIPANT, st.phase_index, None, action, {"by": pid}))  # type: ignore[arg-type]
+
+        self._call(do)
+
+    @property
+    def replay(self) -> bool:
+        """True when this session replays a stored one (the displays then record nothing)."""
+        return "replay_of" in self.settings
 
     def end_session(self, reason: str = "ended by the experimenter") -> None:
         def do() -> None:
             if not self.runner.state.finished:
-                self._record_markers(self.runner.stop(self.clock.now(), reason))
+                self._record_markers(self.runner.stop(self.clock.now(), reason), by=EXPERIMENTER)
                 self._end_state = "stopped"
             if self._done is not None:
                 self._done.set()
@@ -494,6 +590,7 @@ class LiveSession:
         pid = strap.binding.participant_id
         with self._lock:
             self.markers.append((t, f"{label} ({pid})" if len(self.straps) > 1 else label))
+            self.events.append(SessionEvent(t, "diary", label, (pid,), pid))
         self._notify("marker", Marker(t, "diary", index, name, label, {"participant_id": pid}))  # type: ignore[arg-type]
 
     def _end_diary_if_all_responded(self, index: int) -> None:
@@ -522,7 +619,7 @@ class LiveSession:
         phase = st.phase
         if phase is None:
             message = "Thank you. The session has ended." if st.finished else "We will begin shortly."
-            return ParticipantView(t, "", "", "", 0.0, finished=st.finished, message=message)
+            return ParticipantView(t, "", "", "", 0.0, finished=st.finished, message=message, replay=self.replay)
         elapsed, left = self._position(t)
         size = label = None
         if phase.pacer is not None and not st.paused:
@@ -544,6 +641,12 @@ class LiveSession:
             with self._lock:
                 responded = strap.binding.participant_id in self._diary_done.get(st.phase_index, {})
             instrument, message = (None, DIARY_THANKS) if responded else (inst.name, None)
+        own = strap.own_pause
+        if own:
+            size = label = None
+            message = SELF_STOPPED_MESSAGE if own == "stopped" else SELF_PAUSED_MESSAGE
+        elif st.paused:
+            message = GROUP_PAUSED_MESSAGE
         return ParticipantView(
             t=t,
             phase_name=phase.name,
@@ -554,10 +657,12 @@ class LiveSession:
             pacer_label=label,
             feedback=feedback,
             soothing_level=level,
-            paused=st.paused,
+            paused=st.paused or bool(own),
             finished=False,
-            message="Paused. Take all the time you need." if st.paused else (message or ""),
+            message=message or "",
             instrument=instrument,
+            self_paused=bool(own),
+            replay=self.replay,
         )
 
     def _strap_for(self, participant_id: str | None) -> _StrapState:
@@ -590,6 +695,8 @@ class LiveSession:
                         rr_ms=rr[:, 1],
                         rr_corrected=rr[:, 2].astype(bool),
                         gaps=[(g0, t if g1 is None else g1) for g0, g1 in s.gaps],
+                        contact_gaps=[(g0, max(g0, t) if g1 is None else g1) for g0, g1 in s.contact_gaps],
+                        last_beat_t=s.last_beat_t,
                         ecg_t=np.concatenate([et for et, _ in recent]) if recent else np.zeros(0),
                         ecg_uv=np.concatenate([ev for _, ev in recent]).astype(float) if recent else np.zeros(0),
                     )
@@ -604,8 +711,11 @@ class LiveSession:
         with self._lock:
             markers = list(self.markers)
             alerts = tuple(self.alerts)
+            events = list(self.events)
             starts = dict(self._phase_starts)
             ends = dict(self._phase_ends)
+            participant_alerts = [ParticipantAlert(s.binding.participant_id, s.own_pause, s.own_pause_t)  # type: ignore[arg-type]
+                      for s in self.straps if s.own_pause and not st.finished]
         phases = []
         cursor = 0.0
         for i, ph in enumerate(self.protocol.phases):
@@ -623,7 +733,10 @@ class LiveSession:
             paused=st.paused,
             straps=self.strap_views(),
             markers=markers,
+            events=events,
             alerts=alerts,
+            participant_alerts=participant_alerts,
+            replay=self.replay,
         )
 
     # -- main loop -------------------------------------------------------------------------------------------

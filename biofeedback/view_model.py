@@ -36,6 +36,9 @@ class ParticipantView:
     (the session supplies the sham level), so the participant cannot tell them apart.
     `instrument` names the diary or questionnaire this participant is asked to fill in now (a diary phase they
     have not yet answered or set aside); None otherwise. Displays that know no forms may ignore it.
+    `paused` is true while this participant or the experimenter has paused; `self_paused` only for the
+    participant's own pause or stop (their Continue ends that, never the experimenter's pause).
+    `replay`: a stored session is being watched; nothing is recorded and the controls do nothing.
     """
 
     t: float
@@ -51,6 +54,8 @@ class ParticipantView:
     finished: bool = False
     message: str = ""
     instrument: str | None = None
+    self_paused: bool = False
+    replay: bool = False
 
     def __post_init__(self) -> None:
         _check_unit("pacer_size", self.pacer_size)
@@ -75,8 +80,10 @@ class StrapView:
     """One strap as the experimenter sees it: link and skin contact, live metrics, recent RR and ECG.
 
     `rr_t` are beat times (session clock) of the intervals `rr_ms`; `rr_corrected[i]` marks a corrected beat.
-    `gaps` are (t0, t1) spans without data (disconnects), never filled with invented beats. Metrics are None
-    while not yet computable. `ecg_t`/`ecg_uv` are empty for straps without ECG.
+    `gaps` are (t0, t1) spans without data (disconnects), never filled with invented beats; `contact_gaps` the
+    spans the strap reported no skin contact. Metrics are None while not yet computable; they are the last
+    computed values, so a display compares `last_beat_t` (None: no beat yet) with the time to tell stale from
+    live. `ecg_t`/`ecg_uv` are empty for straps without ECG.
     """
 
     device_id: str
@@ -93,6 +100,8 @@ class StrapView:
     gaps: list[tuple[float, float]] = field(default_factory=list)
     ecg_t: np.ndarray = field(default_factory=_empty)
     ecg_uv: np.ndarray = field(default_factory=_empty)
+    contact_gaps: list[tuple[float, float]] = field(default_factory=list)
+    last_beat_t: float | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.rr_t) == len(self.rr_ms) == len(self.rr_corrected)):
@@ -105,9 +114,56 @@ class StrapView:
                 f"strap {self.device_id}: ecg_t and ecg_uv differ in length "
                 f"({len(self.ecg_t)}, {len(self.ecg_uv)})"
             )
-        for t0, t1 in self.gaps:
+        for t0, t1 in (*self.gaps, *self.contact_gaps):
             if t1 < t0:
                 raise ValueError(f"strap {self.device_id}: gap ends before it starts ({t0}, {t1})")
+
+
+EXPERIMENTER = "experimenter"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """One entry of the experimenter's event log: what happened at `t`, in whose records, and who did it.
+
+    `kind` is the stored marker kind (phase_start, prompt, pause, manual, participant, diary ...); `participants`
+    are the sessions it was stored in (empty: every participant's); `by` is `EXPERIMENTER`, a participant code,
+    or empty for the protocol itself.
+    """
+
+    t: float
+    kind: str
+    label: str
+    participants: tuple[str, ...] = ()
+    by: str = ""
+
+    def applies_to(self, participant_id: str) -> bool:
+        return not self.participants or participant_id in self.participants
+
+    def describe(self) -> str:
+        """The log line's words, e.g. "marker: distress, for P03" or "P03 paused (their own display)"."""
+        who = ", ".join(self.participants) if self.participants else "the whole group"
+        if self.kind == "participant":
+            return f"{self.by} {self.label} (their own display)"
+        if self.kind == "manual":
+            return f"marker: {self.label}, for {who}"
+        if self.kind in ("pause", "resume", "skip", "stop"):
+            by = f" by the {self.by}" if self.by == EXPERIMENTER else (f" by {self.by}" if self.by else "")
+            return f"group {self.label}{by}"
+        if self.kind == "diary":
+            return f"diary {self.label.removeprefix('diary ')} by {who}"
+        words = {"phase_start": "phase start", "phase_end": "phase end", "prompt": "prompt",
+                 "session_start": "session start", "session_end": "session end"}
+        return f"{words.get(self.kind, self.kind)}: {self.label}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantAlert:
+    """A participant who has paused or stopped their own display, since `t`: the experimenter must see it."""
+
+    participant_id: str
+    state: Literal["paused", "stopped"]
+    t: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +171,10 @@ class MonitorView:
     """The experimenter's view of the whole session at time `t`.
 
     `phases` are (name, kind, start_s, end_s) on the session clock; `current_phase_index` is -1 before the
-    first and len(phases) after the last phase. `markers` are (t, label). `alerts` are lines the experimenter
-    must see at once: a strap or the store stopped recording (empty while all is well).
+    first and len(phases) after the last phase. `markers` are (t, label); `events` the same moments and more
+    (per-participant ones) with their kind, targets and author; `participant_alerts` the participants paused
+    or stopped now; `alerts` lines the experimenter must see at once: a strap or the store stopped recording.
+    `replay`: a stored session is being watched; nothing is recorded and the controls do nothing.
     """
 
     t: float
@@ -128,22 +186,38 @@ class MonitorView:
     straps: list[StrapView]
     markers: list[tuple[float, str]] = field(default_factory=list)
     alerts: tuple[str, ...] = ()
+    events: list[SessionEvent] = field(default_factory=list)
+    participant_alerts: list[ParticipantAlert] = field(default_factory=list)
+    replay: bool = False
 
 
 class SessionControls(Protocol):
-    """What the displays may ask of the session. Calls return at once; the session records them."""
+    """What the experimenter's monitor may ask of the session. Calls return at once; the session records them."""
 
-    def add_marker(self, label: str, note: str, t: float | None = None) -> None:
-        """A marker at session time `t` (None: now); the note is private free text."""
+    def add_marker(self, label: str, note: str, t: float | None = None, participant_id: str | None = None) -> None:
+        """A marker at session time `t` (None: now) in one participant's session (None: everyone's); the note
+        is private free text."""
         ...
 
-    def pause(self) -> None: ...
+    def pause(self) -> None:
+        """The experimenter pauses the whole group (only the experimenter resumes it)."""
+        ...
 
     def resume(self) -> None: ...
 
     def skip_phase(self) -> None: ...
 
     def end_session(self) -> None: ...
+
+
+class ParticipantControls(Protocol):
+    """What a participant's display may ask: about this participant only, never the group."""
+
+    def participant_pause(self, participant_id: str | None) -> None: ...
+
+    def participant_resume(self, participant_id: str | None) -> None: ...
+
+    def participant_stop(self, participant_id: str | None) -> None: ...
 
 
 class ViewSource(Protocol):

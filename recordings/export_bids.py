@@ -92,18 +92,21 @@ EVENT_LEVELS = {
     "session_start": "The protocol started",
     "session_end": "The protocol ended (completed or stopped)",
     "prompt": "A scripted prompt was shown or spoken to the participant; `label` holds the protocol's text",
-    "pause": "The participant or experimenter paused the session",
+    "pause": "The experimenter paused the whole session",
     "resume": "The session resumed after a pause",
     "skip": "The rest of the phase was skipped",
     "stop": "The session was stopped early (recorded neutrally; not a failure)",
     "manual": "A marker set by the experimenter during the session",
+    "participant": "The participant paused, continued or stopped their own display (the others went on)",
     "diary": "The participant sent or set aside the diary form (the answers themselves stay in the store)",
     "note": "A free-text note by the experimenter (exported only when asked for)",
     "disconnected": "The strap's link dropped; no data until the next `connected`",
     "connected": "The strap's link was (re-)established",
     "ecg_gap": "No ECG samples in this interval (duration); the physio file holds n/a rows",
 }
-_POINT_KINDS = {"session_start", "session_end", "prompt", "pause", "resume", "skip", "stop", "manual", "diary"}
+_POINT_KINDS = {
+    "session_start", "session_end", "prompt", "pause", "resume", "skip", "stop", "manual", "diary", "participant"
+}
 
 
 class BidsExportError(ValueError):

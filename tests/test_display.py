@@ -79,6 +79,7 @@ class FakeSession:
     def __init__(self, straps: list[StrapView] | None = None, t: float = 300.0) -> None:
         self.t = t
         self.paused = False
+        self.self_paused = False
         self.feedback = "live"
         self.level: float | None = 0.6
         self.phase_index = 1
@@ -105,6 +106,7 @@ class FakeSession:
             feedback=self.feedback,
             soothing_level=self.level,
             paused=self.paused,
+            self_paused=self.self_paused,
         )
 
     def monitor_view(self) -> MonitorView:
@@ -119,8 +121,20 @@ class FakeSession:
             markers=self.markers,
         )
 
-    def add_marker(self, label: str, note: str, t: float | None = None) -> None:
+    def add_marker(self, label: str, note: str, t: float | None = None, participant_id: str | None = None) -> None:
         self.calls.append(("add_marker", label, note) if t is None else ("add_marker", label, note, t))
+
+    def participant_pause(self, pid: str | None) -> None:
+        self.calls.append(("participant_pause", pid))
+        self.paused = self.self_paused = True
+
+    def participant_resume(self, pid: str | None) -> None:
+        self.calls.append(("participant_resume", pid))
+        self.paused = self.self_paused = False
+
+    def participant_stop(self, pid: str | None) -> None:
+        self.calls.append(("participant_stop", pid))
+        self.paused = self.self_paused = True
 
     def pause(self) -> None:
         self.calls.append(("pause",))
@@ -297,13 +311,13 @@ def test_participant_can_always_pause_and_stop_neutrally(qtbot):
     win.show()
     assert win.pause_button.isVisible() and win.stop_button.isVisible()
     qtbot.mouseClick(win.pause_button, QtCore.Qt.MouseButton.LeftButton)
-    assert session.calls == [("add_marker", dp.PAUSE_MARKER, ""), ("pause",)]
+    assert session.calls == [("participant_pause", "P01")]  # their own display only, never the group's
     assert win.pause_button.text() == "Continue"
     qtbot.mouseClick(win.pause_button, QtCore.Qt.MouseButton.LeftButton)
-    assert session.calls[-2:] == [("add_marker", dp.RESUME_MARKER, ""), ("resume",)]
+    assert session.calls[-1] == ("participant_resume", "P01")
     qtbot.mouseClick(win.stop_button, QtCore.Qt.MouseButton.LeftButton)
-    assert session.calls[-2:] == [("add_marker", dp.STOP_MARKER, ""), ("pause",)]
-    assert ("end_session",) not in session.calls
+    assert session.calls[-1] == ("participant_stop", "P01")
+    assert not {("end_session",), ("pause",), ("resume",)} & set(session.calls)
 
 
 def test_participant_window_needs_controls_and_survives_a_failing_source(qtbot):
