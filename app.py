@@ -159,6 +159,13 @@ def _print_notes(analysis) -> None:
     for p in analysis.phases:
         for note in p.notes:
             console.print(Text.assemble("  ", (f"{p.name}:", "dim"), f" {note}"))
+    for st in analysis.quality.get("beat_stretches", []):
+        drift = "unknown (too short)" if st["drift_ppm"] is None else f"{st['drift_ppm']:+.1f} ppm"
+        console.print(Text.assemble("  ", ("beat timing:", "dim"),
+                                    f" stretch {st['idx'] + 1} ({st['reason']}, {st['n_beats']} beats from "
+                                    f"{st['t_first']:.1f} s): strap clock drift {drift}, first notification "
+                                    f"{st['anchor_delay_s'] * 1000:.0f} ms late, median delay "
+                                    f"{st['median_delay_s'] * 1000:.0f} ms"))  # fmt: skip
 
 
 # -- commands --------------------------------------------------------------------------------------------------
@@ -392,6 +399,19 @@ def cmd_sessions_set_week(args: argparse.Namespace) -> int:
         old = store.set_week(args.session, args.week, by=_who(args), reason=args.reason)
     was = "no week" if old is None else f"week {old}"
     console.print(f"session {args.session} is now in week {args.week} (was {was})")
+    return 0
+
+
+def cmd_sessions_redecode(args: argparse.Namespace) -> int:
+    from recordings.decode import redecode_session
+
+    with _open_store(args) as store:
+        info = store.session(args.session)
+        if info.state == "running":
+            raise UserError(f"session {info.id} is still recording; re-decode it once it has ended")
+        counts = redecode_session(store, info.id)
+    console.print(f"session {args.session} re-decoded from its {counts.packets} raw packets: {counts.beats} beats, "
+                  f"{counts.malformed} malformed packets")  # fmt: skip
     return 0
 
 
@@ -1070,7 +1090,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pacer-rate", type=_positive_float, help="breathing pacer rate for paced phases (breaths/min)")
     p.add_argument("--sim-faults", action="append", metavar="[ID:]KIND=N,...",
                    help="faults of simulated straps, events per hour: disconnect=N, contact=N (contact loss), "
-                        "malformed=N (bursts of malformed packets); prefix ID: for one participant only")  # fmt: skip
+                        "malformed=N (bursts of malformed packets); BLE timing: latency=MAX_S (default 0.3), "
+                        "bunch=SHARE held back (default 0.05), drift=PPM of the strap clock (default: drawn "
+                        "within ±50); prefix ID: for one participant only")  # fmt: skip
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
     p.add_argument("--start-when-ready", action="store_true",
                    help="start the protocol only once every strap is connected with skin contact and beats "
@@ -1111,6 +1133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sessions, "restore", cmd_sessions_restore, "include an excluded session again")
     p.add_argument("session", type=int)
     p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(sessions, "redecode", cmd_sessions_redecode,
+                "rebuild a session's decoded layer (beats, heart rate, ECG) from its raw packets; the raw layer is "
+                "never changed")  # fmt: skip
+    p.add_argument("session", type=int)
     p = command(sessions, "set-week", cmd_sessions_set_week,
                 "record a session's study week (imports have none; or correct one); audited")  # fmt: skip
     p.add_argument("session", type=int)

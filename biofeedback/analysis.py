@@ -170,5 +170,8 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
         "disconnects": sum(1 for e in store.link_events(session_id) if e[2] == "disconnected"),
         "median_arrival_lag_s": float(np.median(lags)) if len(lags) else None,
         "acc_seconds": float(len(acc.t) / acc.fs_hz) if acc else 0.0,
+        # per gap-free stretch: why it starts, the strap clock's drift (None: too short to tell), how late its first
+        # notification arrived over the fitted line (the live anchor's initial error) and the median delay
+        "beat_stretches": store.beat_stretches(session_id),
     }
     return SessionAnalysis(info, correction, phases, windows, quality)

@@ -66,32 +66,50 @@ _FAULT_KEYS = {
     "contact": "contact_loss_rate_per_hour",
     "malformed": "malformed_rate_per_hour",
 }
+_TIMING_KEYS = {"latency": "latency_s", "bunch": "bunch_fraction", "drift": "drift_ppm"}
+_FAULT_HELP = ("expected disconnect=N, contact=N, malformed=N (per hour), latency=MAX_S, bunch=SHARE (0-1) or "
+               "drift=PPM")
 
 
 def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: int = 0) -> dict[str, SimFaults]:
-    """`[PID:]disconnect=N,contact=N,malformed=N` (events per hour of the simulated strap), per participant."""
+    """`[PID:]disconnect=N,contact=N,malformed=N,latency=S,bunch=F,drift=PPM` per participant.
+
+    Rates are events per hour of the simulated strap; `latency` the largest BLE delivery delay (uniform from 0, s),
+    `bunch` the share of packets held back and delivered with the next, `drift` the strap clock's error (ppm).
+    """
     out: dict[str, SimFaults] = {}
     for value in values:
         target, sep, body = value.rpartition(":")
         pids = [target] if sep else list(participants)
         if sep and target not in participants:
             raise DeviceSpecError(f"--sim-faults {value!r}: no simulated strap is bound to {target!r}")
-        rates = {}
+        kwargs: dict[str, object] = {}
         for item in body.split(","):
-            key, eq, number = item.partition("=")
-            if key.strip() not in _FAULT_KEYS or not eq:
-                raise DeviceSpecError(
-                    f"--sim-faults {value!r}: expected disconnect=N, contact=N or malformed=N (per hour), got {item!r}"
-                )
+            key, eq, number = (part.strip() for part in item.partition("="))
+            if (key not in _FAULT_KEYS and key not in _TIMING_KEYS) or not eq:
+                raise DeviceSpecError(f"--sim-faults {value!r}: {_FAULT_HELP}, got {item!r}")
             try:
-                rate = float(number)
+                x = float(number)
             except ValueError:
-                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a number (per hour)") from None
-            if rate < 0:
-                raise DeviceSpecError(f"--sim-faults {value!r}: rates cannot be negative")
-            rates[_FAULT_KEYS[key.strip()]] = rate
+                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a number") from None
+            if key in _FAULT_KEYS:
+                if not x >= 0:
+                    raise DeviceSpecError(f"--sim-faults {value!r}: rates cannot be negative")
+                kwargs[_FAULT_KEYS[key]] = x
+            elif key == "latency":
+                if not 0 <= x <= 30:
+                    raise DeviceSpecError(f"--sim-faults {value!r}: latency must be 0-30 s, got {x:g}")
+                kwargs["latency_s"] = (0.0, x)
+            elif key == "bunch":
+                if not 0 <= x < 1:
+                    raise DeviceSpecError(f"--sim-faults {value!r}: bunch is a share in [0, 1), got {x:g}")
+                kwargs["bunch_fraction"] = x
+            else:
+                if not abs(x) <= 1000:
+                    raise DeviceSpecError(f"--sim-faults {value!r}: drift must be within ±1000 ppm, got {x:g}")
+                kwargs["drift_ppm"] = x
         for i, pid in enumerate(pids):
-            out[pid] = SimFaults(seed=seed + 101 * (i + 1), **rates)
+            out[pid] = SimFaults(seed=seed + 101 * (i + 1), **kwargs)  # type: ignore[arg-type]
     return out
 
 

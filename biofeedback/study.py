@@ -37,7 +37,7 @@ from scipy import stats as sps
 from protocols.instruments import DIARY_NAME, InstrumentKind
 from recordings.answers import AnswerStore, parse_time_point
 from recordings.files import OutputExistsError, open_private_for_write, write_private_text
-from recordings.store import SESSION_STATES, SOURCE_CHOICES, Store, source_matches
+from recordings.store import SESSION_STATES, SOURCE_CHOICES, BeatOrderError, Store, source_matches
 
 from .analysis import analyze_session
 from .stats import WilcoxonResult, wilcoxon_spss
@@ -298,8 +298,8 @@ def collect_physiology(store: Store, weeks: dict[int, int]) -> tuple[list[dict[s
         info = store.session(sid)
         try:
             analysis = analyze_session(store, sid)
-        except (ValueError, IndexError) as exc:
-            notes.append(f"session {sid} ({info.participant_id}) could not be analysed: {exc}")
+        except (ValueError, IndexError, BeatOrderError) as exc:
+            notes.append(f"left out session {sid} ({info.participant_id}): it could not be analysed: {exc}")
             continue
         base = dict(participant=info.participant_id, time_point=f"week {week}", week=week, session_id=sid)
         baseline = breathing = None

@@ -20,12 +20,13 @@ from test_export_bids import validate
 from test_exports_sessions import make_session
 
 import app
-from recordings.capture import export_capture, import_rr
+from recordings.capture import export_capture
 from recordings.export_bids import export_bids
 from recordings.export_csv import export_csv
 from recordings.export_edf import export_edf
 from recordings.export_kubios import export_kubios
 from recordings.files import OutputExistsError
+from recordings.import_rr import import_rr
 from recordings.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
