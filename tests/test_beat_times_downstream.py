@@ -1,0 +1,92 @@
+"""Beat times downstream: agreement with the ECG's R-peaks, RR spacing in exports, every interval of an RR file."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+
+import neurokit2 as nk
+import numpy as np
+import pytest
+
+import app
+from biofeedback.analysis import analyze_session
+from biofeedback.recorder import build_session, parse_device_specs
+from devices.physiology import SimParticipant
+from devices.virtual_time import LoopClock, run_virtual
+from protocols.model import Phase, PhaseKind, Protocol
+from recordings.ecg_time import map_ecg_chunks
+from recordings.export_bids import export_bids
+from recordings.import_rr import import_rr
+from recordings.store import Store
+
+TEN_MIN = Protocol("ten", "rest", (Phase("baseline", PhaseKind.REST, 600.0),))
+
+
+@pytest.fixture(scope="module")
+def ecg_session(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ecg") / "store.sqlite"
+    store = Store(path)
+    session = build_session(store, TEN_MIN, parse_device_specs(["sim"], "P01"), clock=LoopClock(), ecg=True,
+                            participants={"P01": SimParticipant(seed=3)})  # fmt: skip
+    (sid,) = run_virtual(session.run())
+    yield store, sid
+    store.close()
+
+
+def test_beat_times_agree_with_the_r_peaks_of_the_mapped_ecg(ecg_session):
+    store, sid = ecg_session
+    beats = store.beats(sid)
+    tl = map_ecg_chunks(store.ecg_chunks(sid))
+    t0, grid = tl.regular_grid()
+    signal = np.nan_to_num(grid - np.nanmedian(grid))
+    _, info = nk.ecg_peaks(signal, sampling_rate=tl.fs_hz)
+    peaks = t0 + np.asarray(info["ECG_R_Peaks"]) / tl.fs_hz
+    inside = beats.t[(beats.t > peaks[0] + 1) & (beats.t < peaks[-1] - 1)]
+    nearest = np.abs(inside[:, None] - peaks[None, :]).min(axis=1)
+    median, p95 = np.median(nearest), np.percentile(nearest, 95)
+    print(f"beat time vs ECG R-peak: median {median * 1e3:.1f} ms, p95 {p95 * 1e3:.1f} ms over {inside.size} beats")
+    # the strap's beats come from the same simulated heart as the ECG: within the anchoring bias and the ECG's
+    # 7.7 ms sample spacing (a beat the strap missed makes one interval, never a misplaced time)
+    assert median < 0.025 and p95 < 0.05
+
+
+def test_bids_physioevents_and_csv_beats_are_spaced_by_their_rr(ecg_session, tmp_path):
+    store, sid = ecg_session
+    beats = store.beats(sid)
+    (stretch,) = store.beat_stretches(sid)
+    b = 1 + (stretch["drift_ppm"] or 0.0) * 1e-6
+    root = tmp_path / "bids"
+    export_bids(store, root, [sid])
+    (events,) = root.glob("sub-*/ses-*/beh/*_physioevents.tsv.gz")
+    with gzip.open(events, "rt") as fh:
+        rows = [r for r in csv.reader(fh, delimiter="\t")]
+    onset = np.array([float(r[0]) for r in rows if r[-1] in ("0", "1", "n/a") and r[0] != "n/a"])
+    assert onset.size == beats.t.size
+    np.testing.assert_allclose(np.diff(onset), b * beats.rr_ms[1:] / 1000.0, atol=2e-6)  # TSV rounding only
+    out = tmp_path / "csv"
+    assert app.main(["export", str(sid), "--format", "csv", "--out", str(out), "--store", str(store.path)]) == 0
+    with open(out / "beats.csv") as fh:
+        table = list(csv.DictReader(fh))
+    t = np.array([float(r["t_s"]) for r in table])
+    rr = np.array([float(r["rr_ms"]) for r in table])
+    np.testing.assert_allclose(np.diff(t), b * rr[1:] / 1000.0, atol=2e-6)
+
+
+@pytest.mark.parametrize(("name", "column"), [("polar_h10_dhyb_ibi.csv", "ibi_ms"), ("formats/hrv_real_rri.txt", None)])
+def test_an_imported_rr_file_keeps_every_interval_and_equals_neurokit2(name, column, shared_data, tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        sid = import_rr(store, shared_data / name, "P02", column=column)
+        beats = store.beats(sid)
+        (phase,) = analyze_session(store, sid, correction="none").phases
+    rr = beats.rr_ms
+    assert phase.n_beats == rr.size  # the first and the last interval too
+    peaks = np.concatenate([[0.0], np.cumsum(rr)])
+    ref = nk.hrv_time(np.round(peaks).astype(int), sampling_rate=1000)
+    if beats.gap_before.sum() == 1:  # one stretch: the whole file, exactly as neurokit2 computes it
+        assert phase.rmssd_ms == pytest.approx(float(ref["HRV_RMSSD"].iloc[0]), abs=0.01)
+        assert phase.sdnn_ms == pytest.approx(float(ref["HRV_SDNN"].iloc[0]), abs=0.01)
+        assert phase.mean_hr_bpm == pytest.approx(60000.0 / float(ref["HRV_MeanNN"].iloc[0]), abs=1e-3)
+        assert phase.pnn50_pct == pytest.approx(float(ref["HRV_pNN50"].iloc[0]), abs=0.01)
+    else:  # the file's own times showed gaps: the intervals all count, differences across a gap do not
+        assert phase.sdnn_ms == pytest.approx(float(np.std(rr, ddof=1)), abs=0.01)
