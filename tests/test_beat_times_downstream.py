@@ -90,3 +90,77 @@ def test_an_imported_rr_file_keeps_every_interval_and_equals_neurokit2(name, col
         assert phase.pnn50_pct == pytest.approx(float(ref["HRV_pNN50"].iloc[0]), abs=0.01)
     else:  # the file's own times showed gaps: the intervals all count, differences across a gap do not
         assert phase.sdnn_ms == pytest.approx(float(np.std(rr, ddof=1)), abs=0.01)
+
+
+def test_the_store_refuses_a_beat_that_does_not_follow_and_never_resorts(tmp_path):
+    from recordings.store import BeatOrderError
+
+    with Store(tmp_path / "s.sqlite") as store:
+        sid = store.create_session("P01", "x", {}, "sim-1", source="simulated")
+        store.add_beats(sid, [(1.0, 800.0, True, 0.1, None), (1.8, 800.0, False, 0.1, None)])
+        with pytest.raises(BeatOrderError, match=f"session {sid}: beat at 1.7"):
+            store.add_beats(sid, [(2.6, 800.0, False, 0.1, None), (1.7, 800.0, False, 0.1, None)])
+        assert store.beats(sid).t.tolist() == [1.0, 1.8]  # nothing of the refused write was stored
+
+
+@pytest.mark.parametrize("command", [["analyze", "{sid}"], ["report", "{sid}", "--out", "{out}/r.html"],
+                                     ["export", "{sid}", "--format", "csv", "--out", "{out}/csv"],
+                                     ["export", "{sid}", "--format", "bids", "--out", "{out}/bids"]])
+def test_unanalysable_stored_beats_give_one_line_naming_the_session_and_beat(command, ecg_session, tmp_path, capsys):
+    import shutil
+    import sqlite3
+
+    store, sid = ecg_session
+    store.flush()
+    path = tmp_path / "old.sqlite"
+    shutil.copy(store.path, path)
+    db = sqlite3.connect(path)  # what an older version could leave: two beats out of order
+    rows = db.execute("SELECT rowid, t FROM beats WHERE session_id=? ORDER BY rowid LIMIT 2 OFFSET 100",
+                      (sid,)).fetchall()  # fmt: skip
+    db.execute("UPDATE beats SET t=? WHERE rowid=?", (rows[1][1], rows[0][0]))
+    db.execute("UPDATE beats SET t=? WHERE rowid=?", (rows[0][1], rows[1][0]))
+    db.commit()
+    db.close()
+    args = [a.format(sid=sid, out=tmp_path) for a in command]
+    code = app.main([*args, "--store", str(path)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err
+    assert f"session {sid}: beat 101 at" in err and "redecode" in err
+
+
+def test_edf_rr_channel_steps_at_the_beats_spaced_by_their_rr(ecg_session, tmp_path):
+    import edfio
+
+    from recordings.export_edf import export_edf
+
+    store, sid = ecg_session
+    beats = store.beats(sid)
+    path = export_edf(store, sid, tmp_path / "s.edf")
+    edf = edfio.read_edf(path)
+    (rr_signal,) = [s for s in edf.signals if s.label.startswith("MISC")]
+    fs = rr_signal.sampling_frequency
+    values = rr_signal.data
+    steps = np.flatnonzero(np.abs(np.diff(values)) > 0.5) + 1  # where a new RR value begins
+    step_t = steps / fs
+    # the channel holds each interval's RR while it runs: from beat k-1 to beat k it reads RR_k
+    t_prev, rr_k = beats.t[:-1], beats.rr_ms[1:]
+    changes = np.concatenate([[False], np.abs(np.diff(rr_k)) > 1.0])
+    keep = (t_prev > 2.0) & (t_prev < beats.t[-1] - 2.0) & ~beats.gap_before[1:]
+    nearest = np.abs(t_prev[keep & changes][:, None] - step_t[None, :]).min(axis=1)
+    assert np.max(nearest) <= 1.0 / fs + 1e-9  # every beat is a step of the RR channel, to within a sample
+    got = np.interp(t_prev[keep] + 1.5 / fs, np.arange(values.size) / fs, values)
+    assert np.median(np.abs(got - rr_k[keep])) < 0.5
+
+
+def test_sim_faults_take_ble_timing():
+    from biofeedback.recorder import DeviceSpecError, parse_sim_faults
+
+    faults = parse_sim_faults(["P02:latency=1.5,bunch=0.2,drift=-40,disconnect=3"], ["P01", "P02"])
+    f = faults["P02"]
+    assert f.latency_s == (0.0, 1.5) and f.bunch_fraction == 0.2 and f.drift_ppm == -40.0
+    assert f.disconnect_rate_per_hour == 3.0 and "P01" not in faults
+    bad_values = (("bunch=1.5", "share"), ("latency=-1", "0-30 s"), ("drift=5000", "ppm"), ("wobble=2", "drift=PPM"))
+    for bad, words in bad_values:
+        with pytest.raises(DeviceSpecError, match=words):
+            parse_sim_faults([bad], ["P01"])
