@@ -250,18 +250,19 @@ def test_decoder_uses_the_stored_factor_for_compressed_frames_and_keeps_raw_with
         assert len(again) == 4 and all(np.array_equal(a[3], c[3]) for a, c in zip(again, chunks, strict=True))
 
 
-def test_unusable_factor_is_reported_not_used(tmp_path):
+@pytest.mark.parametrize("factor", [0.0, 1e37, -1e5])
+def test_unusable_factor_is_reported_not_used(tmp_path, factor):
     with Store(tmp_path / "s.sqlite") as store:
         sid = store.create_session("P01", "test", {}, "sim-1")
         frame = bytearray(encode_acc_frame(7_000, [[1, 2, 3], [2, 3, 4]], compressed=True))
         frame[9] = 0x80
-        packets = [(1, 0.1, PMD_CONTROL_POINT_UUID, _acc_start_response(0.0)), (2, 0.2, PMD_DATA_UUID, bytes(frame))]
+        packets = [(1, 0.1, PMD_CONTROL_POINT_UUID, _acc_start_response(factor)), (2, 0.2, PMD_DATA_UUID, bytes(frame))]
         for _pid, t, uuid, data in packets:
             store.add_packet(sid, t, uuid, data)
         decode_packets(store, sid, packets)
         store.flush()
         errors = [e for _p, e in store.packet_errors(sid)]
-        assert any("FACTOR 0.0 is unusable" in e for e in errors)
+        assert any("ACC start response FACTOR" in e and "is unusable" in e for e in errors)  # refused there
         assert any("needs the FACTOR" in e for e in errors)
         assert store.acc_chunks(sid) == []
 
