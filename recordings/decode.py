@@ -18,6 +18,7 @@ without one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +47,34 @@ __all__ = ["BeatRow", "DecodeCounts", "SessionDecoder", "decode_packets", "rebui
 
 ACC_FS_HZ = 50.0
 """Polar H10 accelerometer: nominal samples per second as started by `BleStrapLink` and the simulator."""
+
+
+RR_RANGE_ENV = "CMT_RR_RANGE_MS"
+DEFAULT_RR_RANGE_MS = (200.0, 3000.0)
+
+
+def rr_range_ms() -> tuple[float, float]:
+    """Plausible RR (ms) from a strap: 200–3000 (300–20 beats/min), or `$CMT_RR_RANGE_MS` as `MIN-MAX`."""
+    value = os.environ.get(RR_RANGE_ENV, "").strip()
+    if not value:
+        return DEFAULT_RR_RANGE_MS
+    try:
+        lo, hi = (float(x) for x in value.split("-", 1))
+    except ValueError:
+        raise ValueError(f"${RR_RANGE_ENV}={value!r}: expected MIN-MAX in ms, e.g. 200-3000") from None
+    if not 0 < lo < hi:
+        raise ValueError(f"${RR_RANGE_ENV}={value!r}: needs 0 < MIN < MAX")
+    return lo, hi
+
+
+def implausible_rr(rr_1024: Sequence[int]) -> str | None:
+    """Why a notification's RR values cannot be used (one outside `rr_range_ms`), else None."""
+    lo, hi = rr_range_ms()
+    bad = [v * 1000.0 / 1024.0 for v in rr_1024 if not lo <= v * 1000.0 / 1024.0 <= hi]
+    if not bad:
+        return None
+    return (f"RR {bad[0]:.0f} ms outside the plausible {lo:g}-{hi:g} ms (${RR_RANGE_ENV} overrides): the "
+            "notification's RR kept raw, not used; the next beat starts a new stretch")
 
 
 MAX_ACC_FACTOR = 1e3
@@ -111,6 +140,10 @@ class SessionDecoder:
         if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
             self.timeline.mark_gap("contact")  # RR during lost contact cannot be trusted to join the previous beats
         self.store.add_heart_rate(self.session_id, t, m.heart_rate_bpm, m.contact.name.lower())
+        if reason := implausible_rr(m.rr_1024):
+            self.store.add_packet_error(self.session_id, packet_id, reason)
+            self.timeline.mark_gap("implausible RR")
+            return []
         rows = self.timeline.add(t, m.rr_1024, packet_id)
         if rows:
             self.store.add_beats(
@@ -190,6 +223,9 @@ def heart_rate_notifications(store: Store, session_id: int) -> list[Notification
             continue
         if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
             pending = pending or "contact"
+        if implausible_rr(m.rr_1024):
+            pending = pending or "implausible RR"
+            continue
         notes.append(Notification(p.id, p.t, tuple(m.rr_1024), pending))
         if m.rr_1024:
             pending = None

@@ -164,3 +164,29 @@ def test_sim_faults_take_ble_timing():
     for bad, words in bad_values:
         with pytest.raises(DeviceSpecError, match=words):
             parse_sim_faults([bad], ["P01"])
+
+
+def test_implausible_rr_is_kept_raw_explained_and_starts_a_new_stretch(tmp_path, monkeypatch):
+    from devices.heart_rate import encode_heart_rate
+    from devices.link import HEART_RATE_MEASUREMENT_UUID
+    from recordings.decode import decode_packets
+
+    def run(name: str):
+        with Store(tmp_path / name) as store:
+            sid = store.create_session("P01", "x", {}, "sim-1", source="simulated")
+            packets = []
+            for i in range(40):
+                rr = [102] if i == 20 else [820]  # 100 ms: no heart beats that fast
+                data = encode_heart_rate(73, rr)
+                pid = store.add_packet(sid, 1.0 + 0.8 * i, HEART_RATE_MEASUREMENT_UUID, data)
+                packets.append((pid, 1.0 + 0.8 * i, HEART_RATE_MEASUREMENT_UUID, data))
+            decode_packets(store, sid, packets)
+            return store.beats(sid), [e for _p, e in store.packet_errors(sid)], store.beat_stretches(sid)
+
+    beats, errors, stretches = run("a.sqlite")
+    assert beats.t.size == 39 and np.all(beats.rr_ms > 700)
+    assert len(errors) == 1 and "RR 100 ms outside the plausible 200-3000 ms" in errors[0]
+    assert [s["reason"] for s in stretches] == ["start", "implausible RR"]
+    monkeypatch.setenv("CMT_RR_RANGE_MS", "80-3000")  # the documented override (e.g. for animal work)
+    beats, errors, _ = run("b.sqlite")
+    assert beats.t.size == 40 and errors == []
