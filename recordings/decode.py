@@ -77,6 +77,9 @@ def implausible_rr(rr_1024: Sequence[int]) -> str | None:
             "notification's RR kept raw, not used; the next beat starts a new stretch")
 
 
+DEVICE_BYTE_ERRORS = (DecodeError, ValueError, ArithmeticError, IndexError, KeyError, TypeError)
+"""What decoding device bytes may raise; live and in the rebuild each becomes a recorded packet error, never fatal."""
+
 MAX_ACC_FACTOR = 1e3
 """Largest |FACTOR| accepted from an ACC start response (real straps send 1.0; larger values overflow samples)."""
 
@@ -125,7 +128,7 @@ class SessionDecoder:
                 self._control(packet_id, data)
             else:
                 self.counts.unknown += 1
-        except (DecodeError, ValueError, OverflowError, ArithmeticError, IndexError, KeyError, TypeError) as exc:
+        except DEVICE_BYTE_ERRORS as exc:
             # device bytes must never stop a strap: whatever the decoders raise is recorded against the packet
             self.counts.malformed += 1
             reason = str(exc) if isinstance(exc, DecodeError) else f"undecodable ({type(exc).__name__}: {exc})"
@@ -218,7 +221,7 @@ def heart_rate_notifications(store: Store, session_id: int) -> list[Notification
             gi += 1
         try:
             m = decode_heart_rate(p.data)
-        except (DecodeError, ValueError, OverflowError, IndexError, TypeError):
+        except DEVICE_BYTE_ERRORS:
             pending = pending or "malformed"
             continue
         if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
