@@ -1127,8 +1127,7 @@ class Store:
         self._begin()
         self._db.execute("DELETE FROM beats WHERE session_id=?", (session_id,))
         self._db.execute("DELETE FROM beat_stretches WHERE session_id=?", (session_id,))
-        self._last_beat_t.pop(session_id, None)
-        self._last_beat_t[session_id] = -math.inf
+        self._last_beat_t[session_id] = -math.inf  # the rows start afresh
         self.add_beats(session_id, rows)
         self._db.executemany(
             "INSERT INTO beat_stretches(session_id, idx, reason, t_first, t_last, n_beats, n_notifications, "
