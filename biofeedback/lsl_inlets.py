@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import pylsl
 from pylsl.util import TimeoutError as LslTimeoutError
 
+from recordings.store import StoreWriteError
+
 from .session import LiveSession, SessionListener
 
 log = logging.getLogger(__name__)
@@ -107,11 +109,18 @@ class LslInlets(SessionListener):
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         next_correction = loop.time() + CORRECTION_REFRESH_S
+        warned = False
         while True:
             try:
                 self._pull_all()
+            except StoreWriteError as exc:  # the store is gone: the whole recording stops, loudly
+                self._session._store_failed(exc)
+                return
             except Exception as exc:  # a broken inlet must not end the recording; the next poll tries again
                 log.warning("LSL inlets: pull failed (%s: %s)", type(exc).__name__, exc)
+                if not warned:  # the experimenter sees it at once (terminal line, monitor), not only a log
+                    warned = True
+                    self._session._alert(f"LSL input: pull failed ({type(exc).__name__}: {exc}); retrying")
             if loop.time() >= next_correction:
                 next_correction = loop.time() + CORRECTION_REFRESH_S
                 for rec in self.streams:

@@ -117,3 +117,33 @@ def test_cli_refuses_a_stream_that_is_not_there_in_one_line(tmp_path, capsys):
     assert f"no LSL stream named '{name}' found within 5 s" in err and "Traceback" not in err
     with Store(store) as st:
         assert [s.state for s in st.sessions()] == ["stopped"]
+
+
+def test_a_failing_pull_is_alerted_and_a_store_failure_stops_the_recording():
+    import asyncio
+
+    from biofeedback.lsl_inlets import LslInlets
+    from recordings.store import StoreFullError
+
+    class FakeSession:
+        def __init__(self) -> None:
+            self.alerts: list[str] = []
+            self.failed: list[Exception] = []
+
+        def _alert(self, line: str) -> None:
+            self.alerts.append(line)
+
+        def _store_failed(self, exc: Exception) -> None:
+            self.failed.append(exc)
+
+    inlets = LslInlets.__new__(LslInlets)  # no streams to resolve: only the pump's failure handling
+    inlets._session, inlets.poll_s, inlets.streams = FakeSession(), 0.0, []
+    failures = iter([OSError("inlet lost"), OSError("inlet lost"), StoreFullError("disk full")])
+
+    def pull() -> int:
+        raise next(failures)
+
+    inlets._pull_all = pull
+    asyncio.run(asyncio.wait_for(inlets._pump(), timeout=5.0))  # returns: it never dies silently nor loops on
+    assert len(inlets._session.alerts) == 1 and "inlet lost" in inlets._session.alerts[0]
+    assert [str(e) for e in inlets._session.failed] == ["disk full"]
