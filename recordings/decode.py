@@ -77,6 +77,13 @@ def implausible_rr(rr_1024: Sequence[int]) -> str | None:
             "notification's RR kept raw, not used; the next beat starts a new stretch")
 
 
+def heart_rate_break(m: HeartRateMeasurement) -> tuple[str | None, str | None]:
+    """The break rules the live decoder and the rebuild share: (why a new stretch starts before this notification's
+    RR, why its RR cannot be used). No skin contact: its RR cannot be trusted to join the previous beats."""
+    before = "contact" if m.contact is SensorContact.SUPPORTED_NOT_DETECTED else None
+    return before, implausible_rr(m.rr_1024)
+
+
 DEVICE_BYTE_ERRORS = (DecodeError, ValueError, ArithmeticError, IndexError, KeyError, TypeError)
 """What decoding device bytes may raise; live and in the rebuild each becomes a recorded packet error, never fatal."""
 
@@ -140,11 +147,12 @@ class SessionDecoder:
     def _heart_rate(self, packet_id: int, t: float, data: bytes) -> list[BeatRow]:
         m = decode_heart_rate(data)
         self.last_measurement = m
-        if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
-            self.timeline.mark_gap("contact")  # RR during lost contact cannot be trusted to join the previous beats
+        before, unusable = heart_rate_break(m)
+        if before:
+            self.timeline.mark_gap(before)
         self.store.add_heart_rate(self.session_id, t, m.heart_rate_bpm, m.contact.name.lower())
-        if reason := implausible_rr(m.rr_1024):
-            self.store.add_packet_error(self.session_id, packet_id, reason)
+        if unusable:
+            self.store.add_packet_error(self.session_id, packet_id, unusable)
             self.timeline.mark_gap("implausible RR")
             return []
         rows = self.timeline.add(t, m.rr_1024, packet_id)
@@ -224,9 +232,9 @@ def heart_rate_notifications(store: Store, session_id: int) -> list[Notification
         except DEVICE_BYTE_ERRORS:
             pending = pending or "malformed"
             continue
-        if m.contact is SensorContact.SUPPORTED_NOT_DETECTED:
-            pending = pending or "contact"
-        if implausible_rr(m.rr_1024):
+        before, unusable = heart_rate_break(m)
+        pending = pending or before
+        if unusable:
             pending = pending or "implausible RR"
             continue
         notes.append(Notification(p.id, p.t, tuple(m.rr_1024), pending))
