@@ -196,9 +196,9 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
     """--start-when-ready: wait (on links of its own, recording nothing) until every strap is ready, or fail."""
     import asyncio
 
-    from biofeedback.readiness import READY_BEATS_S, NotReadyError, wait_until_ready
-    from biofeedback.recorder import make_links
-    from biofeedback.session import StrapBinding
+    from biofeedback.live.readiness import READY_BEATS_S, NotReadyError, wait_until_ready
+    from biofeedback.live.recorder import make_links
+    from biofeedback.live.session import StrapBinding
     from devices.clock import ScaledClock
 
     if args.ready_timeout <= 0:
@@ -226,7 +226,7 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
 
 
 def cmd_session_run(args: argparse.Namespace) -> int:
-    from biofeedback.recorder import build_session, parse_device_specs, parse_sim_faults, run_session_blocking
+    from biofeedback.live.recorder import build_session, parse_device_specs, parse_sim_faults, run_session_blocking
     from protocols.library import get_protocol
 
     specs = parse_device_specs(args.device or ["sim"], args.participant)
@@ -252,7 +252,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
                                     f"min) for {who} at speed ×{args.speed:g} into {store.path}"))  # fmt: skip
         outlets = None
         if args.lsl:
-            from biofeedback.lsl_outlets import LslOutlets
+            from biofeedback.live.lsl_outlets import LslOutlets
 
             outlets = LslOutlets(session, include_text=args.include_text)
             session.add_listener(outlets)
@@ -261,7 +261,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             if args.lsl_wait:
                 _wait_for_lsl_consumers(store, session, outlets, args.lsl_wait, args.lsl_wait_timeout)
         if args.lsl_in:
-            from biofeedback.lsl_inlets import LslInError, LslInlets
+            from biofeedback.live.lsl_inlets import LslInError, LslInlets
 
             try:
                 inlets = LslInlets(session, args.lsl_in)
@@ -277,13 +277,15 @@ def cmd_session_run(args: argparse.Namespace) -> int:
                     console.print(note, highlight=False, soft_wrap=True)
                 ids = run_session_blocking(session, view=sys.stdout.isatty())
             else:
-                from biofeedback.display_app import run_with_displays
+                from biofeedback.display.app import run_with_displays
 
                 ids = run_with_displays(session)
         finally:
             if outlets is not None:
                 outlets.close()
-        from biofeedback.analysis import analyze_session  # neurokit2 takes seconds to load: not before it is needed
+        from biofeedback.analysis.analyze import (
+            analyze_session,  # neurokit2 takes seconds to load: not before it is needed
+        )
 
         if session.failure:  # already told, at the moment it happened (the alert line)
             return 1
@@ -321,8 +323,8 @@ def _wait_for_lsl_consumers(store, session, outlets, n: int, timeout_s: float) -
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from biofeedback.recorder import run_session_blocking
-    from biofeedback.replay import build_replay
+    from biofeedback.live.recorder import run_session_blocking
+    from biofeedback.live.replay import build_replay
 
     if args.speed <= 0:
         raise UserError(f"--speed must be > 0, got {args.speed:g}")
@@ -335,7 +337,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.headless:
         run_session_blocking(session, view=sys.stdout.isatty())
     else:
-        from biofeedback.display_app import run_with_displays
+        from biofeedback.display.app import run_with_displays
 
         run_with_displays(session)
     console.print(f"Replay finished: {session.link.delivered} of {len(session.link.packets)} packets played")
@@ -469,7 +471,7 @@ def _print_resonance(assessment) -> None:
 
 def _save_resonance(store, assessment, machine: bool = False) -> None:
     """Store the named rate; the message goes to stderr when stdout carries JSON or CSV (`machine`)."""
-    from biofeedback.resonance import NotAnAssessmentError, save_resonance_rate
+    from biofeedback.analysis.resonance import NotAnAssessmentError, save_resonance_rate
 
     try:
         rate = save_resonance_rate(store, assessment)
@@ -481,8 +483,8 @@ def _save_resonance(store, assessment, machine: bool = False) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from biofeedback.analysis import analyze_session
-    from biofeedback.resonance import assess_session, is_resonance_assessment
+    from biofeedback.analysis.analyze import analyze_session
+    from biofeedback.analysis.resonance import assess_session, is_resonance_assessment
 
     with _open_store(args, readonly=not args.save_resonance) as store:
         analysis = analyze_session(store, args.session, correction=args.correction)
@@ -510,7 +512,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_resonance_save(args: argparse.Namespace) -> int:
-    from biofeedback.resonance import NotAnAssessmentError, assess_session
+    from biofeedback.analysis.resonance import NotAnAssessmentError, assess_session
 
     with _open_store(args) as store:
         try:
@@ -535,7 +537,7 @@ def _export_sessions(args: argparse.Namespace, store) -> list[int]:
     if args.session is not None:
         store.session(args.session)  # raises a clear error when it does not exist
         return [args.session]
-    from biofeedback.study import SelectionReport, session_reason
+    from biofeedback.study.prepost import SelectionReport, session_reason
 
     selection = _study_selection(args)
     report = SelectionReport(selection)
@@ -587,7 +589,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                           f"({len(result.written)} files, index files updated)")  # fmt: skip
             return 0
         if args.format == "table":
-            from biofeedback.long_table import write_long_table
+            from biofeedback.study.long_table import write_long_table
 
             path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force)
             console.print(f"wrote {path} (sessions {ids}, one row per session × phase × index)")
@@ -605,7 +607,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from biofeedback.report import REPORT_STEPS, write_report
+    from biofeedback.analysis.report import REPORT_STEPS, write_report
 
     with _open_store(args, readonly=True) as store, Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("report", total=len(REPORT_STEPS))
@@ -626,7 +628,7 @@ def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Pa
 
         return [export_capture(store, sid, out, overwrite=args.force)]
     if args.format == "csv":
-        from biofeedback.analysis import analyze_session
+        from biofeedback.analysis.analyze import analyze_session
         from recordings.export_csv import export_csv
 
         phases = analyze_session(store, sid, args.correction).phase_rows()
@@ -719,7 +721,7 @@ def cmd_protocols_show(args: argparse.Namespace) -> int:
 
 
 def cmd_protocols_preview(args: argparse.Namespace) -> int:
-    from biofeedback.preview import render_preview
+    from biofeedback.display.preview import render_preview
     from protocols.library import get_protocol
 
     protocol = get_protocol(args.name)
@@ -771,7 +773,7 @@ def _key_values(pairs: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def _enter_answers(args: argparse.Namespace, instrument_name: str, time_point: str | None) -> int:
-    from biofeedback.answer_entry import ask_answers, confirm, summary_table
+    from biofeedback.study.answer_entry import ask_answers, confirm, summary_table
     from protocols.instruments import get_instrument
     from recordings.answers import AnswerStore, PendingAnswers, parse_time_point, read_answer_file
 
@@ -950,7 +952,7 @@ def cmd_answers_edit(args: argparse.Namespace) -> int:
 
 def _study_selection(args: argparse.Namespace):
     """The `StudySelection` of `--source`, `--include-simulated`, `--protocol`, `--state`, `--include-excluded`."""
-    from biofeedback.study import FINISHED_STATES, StudySelection
+    from biofeedback.study.prepost import FINISHED_STATES, StudySelection
 
     sources = list(dict.fromkeys(getattr(args, "source", None) or ["live"]))
     if args.include_simulated and "simulated" not in sources:
@@ -962,7 +964,7 @@ def _study_selection(args: argparse.Namespace):
 
 
 def cmd_study_analyze(args: argparse.Namespace) -> int:
-    from biofeedback.study import analyze_study, markdown, table_csv, write_outputs
+    from biofeedback.study.prepost import analyze_study, markdown, table_csv, write_outputs
 
     with _open_store(args) as store:
         result = analyze_study(store, first=args.first, last=args.last, include_text=args.include_text,
@@ -985,7 +987,7 @@ def cmd_study_analyze(args: argparse.Namespace) -> int:
 def cmd_study_simulate(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from biofeedback.study_sim import SHORT_PROTOCOL, simulate_study_into
+    from biofeedback.study.simulate import SHORT_PROTOCOL, simulate_study_into
     from protocols.library import get_protocol
     from recordings.store import default_store_path
 
@@ -1319,9 +1321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from biofeedback.answer_entry import EntryAborted
-    from biofeedback.recorder import DeviceSpecError
-    from biofeedback.study import StudySelectionError
+    from biofeedback.live.recorder import DeviceSpecError
+    from biofeedback.study.answer_entry import EntryAborted
+    from biofeedback.study.prepost import StudySelectionError
     from devices.errors import DecodeError
     from protocols.instruments import AnswerError, InstrumentError, UnknownInstrumentError
     from protocols.library import UnknownProtocolError

@@ -6,9 +6,9 @@ A 2-hour session is generated straight into a temporary store (beats from `devic
 130 Hz from `devices.ecg_synth`, protocol phase markers), without running the live loop. Then it times:
 
 * R-peak detection on the stored ECG (`neurokit2.ecg_peaks`),
-* our artifact correction + per-phase HRV (`biofeedback.analysis.analyze_session`),
+* our artifact correction + per-phase HRV (`biofeedback.analysis.analyze.analyze_session`),
 * BIDS and EDF+ export (`recordings.export_bids`, `recordings.export_edf`),
-* the report (`biofeedback.report.render_report`),
+* the report (`biofeedback.analysis.report.render_report`),
 
 and compares with neurokit2's stock `ecg_process` + `hrv` on the same ECG (whole recording, and once per phase).
 It prints times and ratios; nothing is asserted (this is not a test).
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import neurokit2 as nk
 
-from biofeedback.analysis import analyze_session
-from biofeedback.report import render_report
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.analysis.report import render_report
 from devices.ecg_synth import ecg_samples
 from devices.physiology import BeatModel, GuideSegment, PacerSetting, ScheduledGuide, SimParticipant
 from protocols.model import Pacer, Phase, PhaseKind, Protocol

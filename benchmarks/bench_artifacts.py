@@ -8,7 +8,7 @@ by up to 75 %) and would make the reference wrong, so they only enter the false-
 record ``--reps`` times per cell, artifacts are injected at 1, 3 and 5 % of intervals (`artifacts.inject`:
 ectopic, missed, extra, mixed) and RMSSD is compared with the record's own RMSSD:
 
-- ours: `biofeedback.artifacts.correct_rr` and `artifacts.rmssd` (what `hrv.analyze_phases` reports);
+- ours: `biofeedback.analysis.artifacts.correct_rr` and `artifacts.rmssd` (what `hrv.analyze_phases` reports);
 - kubios: ``neurokit2.signal_fixpeaks(method="kubios", iterative=True)`` and RMSSD of the corrected intervals
   (what the recorder did before).
 
@@ -32,7 +32,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from biofeedback import artifacts
+from biofeedback.analysis import artifacts
 
 KINDS = ("ectopic", "missed", "extra", "mixed")
 RATES = (0.01, 0.03, 0.05)

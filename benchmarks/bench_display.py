@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from biofeedback.display_monitor import MonitorWindow
-from biofeedback.display_participant import ParticipantWindow
-from biofeedback.view_model import MonitorView, ParticipantView, StrapView
+from biofeedback.display.monitor import MonitorWindow
+from biofeedback.display.participant import ParticipantWindow
+from biofeedback.live.view_model import MonitorView, ParticipantView, StrapView
 
 FS = 130.0
 PHASES = [("Settling in", "baseline", 0.0, 600.0), ("Soothing rhythm", "breathing", 600.0, 1200.0)]

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from biofeedback.live_metrics import LiveMetrics
+from biofeedback.live.metrics import LiveMetrics
 
 
 def simulate_rr(duration_s: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ def _file_size(path: Path) -> int:
 
 def child(hours: float, speed: float | None, ecg: bool) -> dict:
     """One recorded session in this process; returns what the parent prints."""
-    from biofeedback.recorder import build_session, parse_device_specs
+    from biofeedback.live.recorder import build_session, parse_device_specs
     from devices.clock import ScaledClock
     from devices.virtual_time import LoopClock, VirtualTimeLoop
     from protocols.model import Phase, PhaseKind, Protocol

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _child_recorder(store_path: str, participant: str, protocol: str, speed: float, seed: int) -> None:
-    from biofeedback.recorder import build_session, parse_device_specs
+    from biofeedback.live.recorder import build_session, parse_device_specs
     from protocols.library import get_protocol
     from recordings.store import Store
 

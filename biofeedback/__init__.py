@@ -1,1 +1,1 @@
-"""Floor 3: live session wiring, beat timeline, HRV analysis, live metrics, reports and displays."""
+"""Floor 3: running sessions (live/), one session's analysis (analysis/), studies (study/), Qt windows (display/)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biofeedback.acc_breathing import breathing_rate_from_acc, chest_movement
+from biofeedback.analysis.acc_breathing import breathing_rate_from_acc, chest_movement
 from devices.physiology import breath_waveform
 from devices.polar_pmd import AccFrame, decode_pmd_frame, encode_acc_frame
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biofeedback.analysis import acc_timeline, analyze_session, phase_acc_rate, phase_windows
-from biofeedback.hrv import analyze_phases
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.analysis.analyze import acc_timeline, analyze_session, phase_acc_rate, phase_windows
+from biofeedback.analysis.hrv import analyze_phases
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.ble import ACC_SAMPLE_RATE_HZ
 from devices.link import PMD_CONTROL_POINT_UUID, PMD_DATA_UUID
 from devices.physiology import SimParticipant

@@ -1,4 +1,4 @@
-"""Artifact correction (biofeedback.artifacts): unbiased RMSSD on real RR series with injected artifacts."""
+"""Artifact correction (biofeedback.analysis.artifacts): unbiased RMSSD on real RR series with injected artifacts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biofeedback import artifacts
-from biofeedback.hrv import analyze_phases
+from biofeedback.analysis import artifacts
+from biofeedback.analysis.hrv import analyze_phases
 
 # a handful of real records per cell: GUDB chest strap (rest, stress, movement) and the Polar H10 IBI stream
 RECORDS = [(3, "sitting"), (5, "maths"), (9, "walking"), (14, "hand_bike"), (17, "sitting"), (12, "maths"),

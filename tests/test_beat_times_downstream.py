@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import app
-from biofeedback.analysis import analyze_session
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.physiology import SimParticipant
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.model import Phase, PhaseKind, Protocol
@@ -154,7 +154,7 @@ def test_edf_rr_channel_steps_at_the_beats_spaced_by_their_rr(ecg_session, tmp_p
 
 
 def test_sim_faults_take_ble_timing():
-    from biofeedback.recorder import DeviceSpecError, parse_sim_faults
+    from biofeedback.live.recorder import DeviceSpecError, parse_sim_faults
 
     faults = parse_sim_faults(["P02:latency=1.5,bunch=0.2,drift=-40,disconnect=3"], ["P01", "P02"])
     f = faults["P02"]

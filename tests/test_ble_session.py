@@ -10,7 +10,7 @@ import pytest
 from bluez_mock import BLUEZ_MOCK_SKIP_REASON, HR_MEASUREMENT, PMD_DATA, dbus_daemon_available
 
 import app
-from biofeedback.session import LiveSession, StrapBinding
+from biofeedback.live.session import LiveSession, StrapBinding
 from devices.ble import BleStrapLink
 from devices.clock import ScaledClock
 from devices.polar_pmd import encode_ecg_frame

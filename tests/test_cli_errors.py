@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 
 import app
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol
 from recordings.store import Store

@@ -1,6 +1,6 @@
 """Diary phases: the protocol field, the session storing a participant's form answers, and the form on screen.
 
-Sessions run on simulated straps (a scaled clock) in a background thread, as `display_app.run_with_displays`
+Sessions run on simulated straps (a scaled clock) in a background thread, as `biofeedback.display.app.run_with_displays`
 runs them; the Qt test drives the real windows offscreen and fills the form by clicking its widgets.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import app
-from biofeedback.lsl_outlets import marker_text
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.session import DIARY_SKIPPED, DIARY_SUBMITTED, LiveSession, SessionListener
+from biofeedback.live.lsl_outlets import marker_text
+from biofeedback.live.recorder import build_session, parse_device_specs
+from biofeedback.live.session import DIARY_SKIPPED, DIARY_SUBMITTED, LiveSession, SessionListener
 from protocols.instruments import DIARY_NAME, AnswerError, get_instrument, score
 from protocols.library import get_protocol
 from protocols.loader import ProtocolError, load_protocol, parse_protocol
@@ -312,9 +312,9 @@ def test_headless_run_says_the_diary_phase_just_waits(tmp_path, capsys):
 def test_form_over_the_participant_windows_during_a_group_session(qtbot, tmp_path):
     from pyqtgraph.Qt import QtCore, QtGui, QtTest, QtWidgets
 
-    from biofeedback.display_app import run_with_displays
-    from biofeedback.display_form import InstrumentForm
-    from biofeedback.display_participant import ParticipantWindow
+    from biofeedback.display.app import run_with_displays
+    from biofeedback.display.form import InstrumentForm
+    from biofeedback.display.participant import ParticipantWindow
 
     store = Store(tmp_path / "s.sqlite")
     session = _group(store, week=4)

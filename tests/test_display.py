@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from biofeedback import display_participant as dp
-from biofeedback.display_monitor import MonitorWindow, rr_connect
-from biofeedback.display_participant import (
+from biofeedback.display import participant as dp
+from biofeedback.display.monitor import MonitorWindow, rr_connect
+from biofeedback.display.participant import (
     ParticipantState,
     ParticipantWindow,
     pacer_radius,
@@ -21,7 +21,7 @@ from biofeedback.display_participant import (
     render_participant_image,
     render_participant_png,
 )
-from biofeedback.view_model import MonitorView, ParticipantView, StrapView, soothing_level
+from biofeedback.live.view_model import MonitorView, ParticipantView, StrapView, soothing_level
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 BREATH_PERIOD_S = 10.0  # 6 breaths/min

@@ -1,5 +1,5 @@
 """Both windows against a REAL LiveSession on simulated straps, the session in its background thread as in
-`display_app.run_with_displays` (offscreen Qt): disconnect gaps, markers, replay, and a stalled display."""
+`biofeedback.display.app.run_with_displays` (offscreen Qt): disconnect gaps, markers, replay, and a stalled display."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from biofeedback.display_app import SessionThread
-from biofeedback.display_monitor import MonitorWindow
-from biofeedback.display_participant import ParticipantWindow
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.replay import build_replay
+from biofeedback.display.app import SessionThread
+from biofeedback.display.monitor import MonitorWindow
+from biofeedback.display.participant import ParticipantWindow
+from biofeedback.live.recorder import build_session, parse_device_specs
+from biofeedback.live.replay import build_replay
 from devices.simulator import RR_UNITS_PER_S, SimFaults
 from protocols.model import Pacer, Phase, Protocol
 from recordings.store import Store

@@ -16,15 +16,15 @@ import pytest
 from pyqtgraph.Qt import QtCore, QtTest, QtWidgets
 
 import app
-from biofeedback import session as session_mod
-from biofeedback.display_app import SessionThread
-from biofeedback.display_monitor import STALE_COLOUR, MonitorWindow, rr_connect
-from biofeedback.display_participant import ParticipantWindow, render_participant_image
-from biofeedback.readiness import NotReadyError, wait_until_ready
-from biofeedback.recorder import build_session, make_links, parse_device_specs
-from biofeedback.replay import build_replay
-from biofeedback.session import StrapBinding
-from biofeedback.view_model import MonitorView, ParticipantAlert, ParticipantView, StrapView
+from biofeedback.display.app import SessionThread
+from biofeedback.display.monitor import STALE_COLOUR, MonitorWindow, rr_connect
+from biofeedback.display.participant import ParticipantWindow, render_participant_image
+from biofeedback.live import session as session_mod
+from biofeedback.live.readiness import NotReadyError, wait_until_ready
+from biofeedback.live.recorder import build_session, make_links, parse_device_specs
+from biofeedback.live.replay import build_replay
+from biofeedback.live.session import StrapBinding
+from biofeedback.live.view_model import MonitorView, ParticipantAlert, ParticipantView, StrapView
 from devices.simulator import SimFaults
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.model import Pacer, Phase, Protocol
@@ -160,7 +160,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from pyqtgraph.Qt import QtCore, QtWidgets
 from test_group_control import FakeGroup
-from biofeedback.display_monitor import STALE_COLOUR, MonitorWindow, rr_connect
+from biofeedback.display.monitor import STALE_COLOUR, MonitorWindow, rr_connect
 app = QtWidgets.QApplication([])
 session = FakeGroup()
 win = MonitorWindow(session, session)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biofeedback.analysis import analyze_session
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.simulator import SimFaults
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biofeedback.hrv import PhaseMetrics, analyze_phases
+from biofeedback.analysis.hrv import PhaseMetrics, analyze_phases
 
 EXPECTED_KEYS = {
     "name", "kind", "start_s", "end_s", "n_beats", "corrected_pct", "mean_hr_bpm", "rmssd_ms", "sdnn_ms",
@@ -285,7 +285,7 @@ def test_bad_options_are_rejected() -> None:
 
 
 def test_breathing_rate_is_a_true_peak_not_the_edge_of_a_slower_one():
-    from biofeedback.hrv import _respiratory_peak_hz
+    from biofeedback.analysis.hrv import _respiratory_peak_hz
 
     f = np.linspace(0.0, 0.5, 501)
     mayer = 120.0 * np.exp(-(((f - 0.10) / 0.04) ** 2))  # a broad 0.1 Hz wave, higher at 0.13 Hz than the RSA peak

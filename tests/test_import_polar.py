@@ -69,7 +69,7 @@ def test_polar_sensor_logger_round_trip(store_path, psl_files):
 
 
 def test_analysis_of_imported_session(store_path, psl_files):
-    analysis = pytest.importorskip("biofeedback.analysis", reason="HRV analysis lands with the analysis branch")
+    analysis = pytest.importorskip("biofeedback.analysis.analyze", reason="HRV analysis lands with the analysis branch")
     ecg, rr, _, rr_ms = psl_files
     with Store(store_path) as store:
         sid = import_polar(store, [ecg, rr], "P-01")

@@ -1,4 +1,4 @@
-"""Per-phase indices (biofeedback/indices.py), each against an independent numpy computation."""
+"""Per-phase indices (biofeedback/analysis/indices.py), each against an independent numpy computation."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import neurokit2 as nk
 import numpy as np
 import pytest
 
-from biofeedback import indices as ix
-from biofeedback.hrv import analyze_phases
-from biofeedback.live_metrics import coherence_index, hann_periodogram
+from biofeedback.analysis import indices as ix
+from biofeedback.analysis.hrv import analyze_phases
+from biofeedback.live.metrics import coherence_index, hann_periodogram
 
 # -- independent references ---------------------------------------------------------------------------------------
 
@@ -198,8 +198,8 @@ def test_export_all_as_one_long_table_read_back_by_pandas(tmp_path, capsys) -> N
     import pandas as pd
 
     import app
-    from biofeedback.analysis import analyze_session
-    from biofeedback.long_table import COLUMNS, INDICES
+    from biofeedback.analysis.analyze import analyze_session
+    from biofeedback.study.long_table import COLUMNS, INDICES
     from recordings.store import Store
 
     store = ["--store", str(tmp_path / "s.sqlite")]

@@ -18,7 +18,7 @@ import pytest
 import scipy.interpolate
 import scipy.signal
 
-from biofeedback.live_metrics import LF_BAND, LiveMetrics, LiveSnapshot, coherence_index
+from biofeedback.live.metrics import LF_BAND, LiveMetrics, LiveSnapshot, coherence_index
 
 
 def simulate_rr(

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.session import RunningStats
+from biofeedback.live.recorder import build_session, parse_device_specs
+from biofeedback.live.session import RunningStats
 from devices.ecg_synth import EcgStream, ecg_samples
 from devices.link import LinkEvent, Packet
 from devices.physiology import BREATH_STEP_S, BeatModel, ScheduledGuide, SimParticipant

@@ -10,8 +10,8 @@ import uuid
 import numpy as np
 import pytest
 
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.session import SessionListener
+from biofeedback.live.recorder import build_session, parse_device_specs
+from biofeedback.live.session import SessionListener
 from protocols.model import Pacer, Phase, PhaseKind, Protocol
 from recordings.beat_timeline import LIVE_SLEW_FRACTION
 from recordings.ecg_time import map_ecg_chunks
@@ -46,7 +46,7 @@ def streamed(tmp_path_factory):
     """A 60 s protocol at ×10 with ECG, and what LSL inlets received of it."""
     import pylsl
 
-    from biofeedback.lsl_outlets import LslOutlets
+    from biofeedback.live.lsl_outlets import LslOutlets
 
     store = Store(tmp_path_factory.mktemp("store") / "store.sqlite")
     session = build_session(store, PROTOCOL, parse_device_specs(["sim"], "P07"), speed=10, seed=5, ecg=True)
@@ -271,7 +271,7 @@ class _LateConsumer(threading.Thread):
 
 
 def _run_short(store, pid: str, *, wait: int | None, include_text: bool = False, speed: float = 20):
-    from biofeedback.lsl_outlets import LslOutlets
+    from biofeedback.live.lsl_outlets import LslOutlets
 
     session = build_session(store, SHORT, parse_device_specs(["sim"], pid), speed=speed, seed=2)
     outlets = LslOutlets(session, include_text=include_text)
@@ -301,7 +301,7 @@ def _run_short(store, pid: str, *, wait: int | None, include_text: bool = False,
 
 
 def test_lsl_wait_holds_the_clock_until_late_consumers_subscribe_and_every_marker_arrives(tmp_path):
-    from biofeedback.lsl_outlets import marker_text
+    from biofeedback.live.lsl_outlets import marker_text
 
     pid = _unique_pid()
     with Store(tmp_path / "s.sqlite") as store:
@@ -343,7 +343,7 @@ def test_cli_lsl_wait_without_consumers_fails_in_one_line_and_stops_the_sessions
 def test_ecg_metadata_carries_the_rate_measured_in_the_straps_last_session(tmp_path):
     import pylsl
 
-    from biofeedback.lsl_outlets import LslOutlets
+    from biofeedback.live.lsl_outlets import LslOutlets
 
     pid = _unique_pid()
     with Store(tmp_path / "s.sqlite") as store:

@@ -12,7 +12,7 @@ import mne
 import numpy as np
 import pytest
 
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.live.recorder import build_session, parse_device_specs
 from protocols.model import Phase, PhaseKind, Protocol
 from recordings.export_csv import export_csv
 from recordings.export_edf import export_edf
@@ -59,7 +59,7 @@ class _Sender(threading.Thread):
 
 
 def test_streams_are_recorded_raw_on_the_session_clock_and_exported(tmp_path):
-    from biofeedback.lsl_inlets import LslInlets
+    from biofeedback.live.lsl_inlets import LslInlets
 
     tag = uuid.uuid4().hex[:8]
     speed = 5.0
@@ -122,7 +122,7 @@ def test_cli_refuses_a_stream_that_is_not_there_in_one_line(tmp_path, capsys):
 def test_a_failing_pull_is_alerted_and_a_store_failure_stops_the_recording():
     import asyncio
 
-    from biofeedback.lsl_inlets import LslInlets
+    from biofeedback.live.lsl_inlets import LslInlets
     from recordings.store import StoreFullError
 
     class FakeSession:

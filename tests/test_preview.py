@@ -9,8 +9,8 @@ import pytest
 from pyqtgraph.Qt import QtGui
 
 import app
-from biofeedback.display_participant import render_participant_image
-from biofeedback.preview import phase_view, preview_views
+from biofeedback.display.participant import render_participant_image
+from biofeedback.display.preview import phase_view, preview_views
 from protocols.library import get_protocol
 from protocols.model import Pacer, Phase, Protocol, TimedPrompt
 from protocols.pacer import pacer_size
@@ -73,7 +73,7 @@ def test_cli_writes_one_png_per_phase_and_will_not_overwrite(tmp_path, capsys, q
 def test_no_builtin_prompt_is_clipped_on_the_participant_screen(qapp):
     from pyqtgraph.Qt import QtCore, QtGui
 
-    from biofeedback.display_participant import _fitting_font, participant_layout
+    from biofeedback.display.participant import _fitting_font, participant_layout
     from protocols.library import builtin_protocols
 
     flags = int(QtCore.Qt.AlignmentFlag.AlignCenter | QtCore.Qt.TextFlag.TextWordWrap)

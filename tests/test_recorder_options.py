@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from biofeedback.recorder import DeviceSpecError, parse_device_specs, parse_sim_faults
+from biofeedback.live.recorder import DeviceSpecError, parse_device_specs, parse_sim_faults
 
 
 def test_device_specs_bind_straps_to_participants():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import app
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.replay import build_replay
+from biofeedback.live.recorder import build_session, parse_device_specs
+from biofeedback.live.replay import build_replay
 from devices.clock import ManualClock, ScaledClock
 from devices.link import HEART_RATE_MEASUREMENT_UUID, LinkEvent, LinkState, Packet
 from devices.replay import ReplayLink

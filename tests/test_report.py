@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import app
-from biofeedback.analysis import analyze_session
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.report import relative_to_baseline, render_report, write_report
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.analysis.report import relative_to_baseline, render_report, write_report
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.simulator import SimFaults
 from protocols.library import get_protocol
 from recordings.files import OutputExistsError
@@ -196,7 +196,7 @@ def test_headless_chromium_renders_the_report_with_its_plots(recorded, tmp_path)
 
 
 def test_rmssd_over_time_follows_the_batch_rmssd_and_breaks_at_the_disconnect(recorded):
-    from biofeedback.report import load_report_data
+    from biofeedback.analysis.report import load_report_data
 
     store, sid, _ = recorded
     data = load_report_data(store, sid)

@@ -10,8 +10,8 @@ import pytest
 
 import app
 import devices.physiology as physiology
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.resonance import RateResult, assess_resonance, assess_session, choose_resonance
+from biofeedback.analysis.resonance import RateResult, assess_resonance, assess_session, choose_resonance
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.physiology import BeatModel, GuideSegment, PacerSetting, ScheduledGuide, SimParticipant
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import app
-from biofeedback.analysis import analyze_session
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol
 from recordings.store import Store
@@ -211,7 +211,7 @@ def test_every_command_has_help():
 def test_terminal_view_shows_phase_pacer_and_live_metrics(tmp_path):
     from rich.console import Console
 
-    from biofeedback.terminal_view import render
+    from biofeedback.live.terminal_view import render
 
     frames: list[str] = []
     with Store(tmp_path / "s.sqlite") as store:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from biofeedback.hrv import analyze_phases
-from biofeedback.stats import describe, wilcoxon_spss
+from biofeedback.analysis.hrv import analyze_phases
+from biofeedback.study.stats import describe, wilcoxon_spss
 
 
 def test_hand_worked_case_with_a_zero_difference() -> None:

@@ -22,8 +22,8 @@ import pytest
 
 import app
 import recordings.store as store_mod
-from biofeedback.analysis import analyze_session
-from biofeedback.recorder import build_session, parse_device_specs
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.clock import ScaledClock
 from devices.heart_rate import encode_heart_rate
 from devices.simulator import SimulatedStrap
@@ -408,7 +408,7 @@ def _full_error(tmp_path: Path) -> sqlite3.OperationalError:
 
 
 def test_the_monitor_shows_the_alert(tmp_path, monkeypatch, qtbot):
-    from biofeedback.display_monitor import MonitorWindow
+    from biofeedback.display.monitor import MonitorWindow
 
     _dying_strap(monkeypatch, who="sim-2")
     with Store(tmp_path / "store.sqlite") as store:

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 import app
-from biofeedback.study import (
+from biofeedback.study.prepost import (
     DIARY_CRITICISM,
     DIARY_SOOTHING,
     SOOTHING_RESPONSE,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import app
-import biofeedback.study_sim as study_sim
-from biofeedback.recorder import build_session, parse_device_specs
-from biofeedback.study import StudySelection, analyze_study, session_weeks
-from biofeedback.study_sim import SHORT_PROTOCOL, is_simulation_store, simulate_study_into
+import biofeedback.study.simulate as study_sim
+from biofeedback.live.recorder import build_session, parse_device_specs
+from biofeedback.study.prepost import StudySelection, analyze_study, session_weeks
+from biofeedback.study.simulate import SHORT_PROTOCOL, is_simulation_store, simulate_study_into
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.instruments import DIARY_NAME, get_instrument
 from recordings.answers import AnswerStore

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PySide6 import QtGui
 
-from biofeedback.display_form import InstrumentForm, render_form_png
+from biofeedback.display.form import InstrumentForm, render_form_png
 from protocols.instruments import get_instrument, parse_instrument, score
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from biofeedback.display_common import start_frame_timer
-from biofeedback.view_model import ParticipantControls, ParticipantView, ViewSource
+from biofeedback.display.common import start_frame_timer
+from biofeedback.live.view_model import ParticipantControls, ParticipantView, ViewSource
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Optional free-text boxes follow. "Done" calls `on_submit(values, texts)` (skippe
 `on_cancel()`. Nothing is scored or judged on screen, and the colours are the participant display's calm palette.
 
 How a session opens it: a protocol phase of kind `diary` names its `instrument`; during that phase
-`display_diary.host_diary_forms` lays this form over each participant window and sends the answers to
+`biofeedback.display.diary.host_diary_forms` lays this form over each participant window and sends the answers to
 `LiveSession.submit_answers` (stored with the session id and week, source "form"); "Not now" calls
 `LiveSession.skip_diary` (recorded neutrally, never as a failure). The phase ends once everyone has responded.
 """

@@ -20,13 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from biofeedback.live.session import LiveSession, StrapBinding
 from devices.clock import Clock, ScaledClock
 from devices.link import LinkEvent, LinkState, Packet
 from devices.replay import ReplayLink
 from recordings.protocol_json import protocol_from_dict
 from recordings.store import Store, StoreError
-
-from .session import LiveSession, StrapBinding
 
 CONTROL_KINDS = ("pause", "resume", "skip", "stop")
 

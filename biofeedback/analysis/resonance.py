@@ -6,7 +6,7 @@ A participant breathes with a pacer at several rates (the built-in `resonance-as
 - **RSA amplitude** (bpm): mean peak-to-trough heart rate per breath cycle. The artifact-corrected NN series of the
   phase's longest gap-free stretch is interpolated at 4 Hz on its RR-sum time axis (the same tachogram as the batch
   spectrum, `neurokit2.intervals_process`), turned into heart rate (60000 / RR) and cut into complete pacer
-  cycles counted back from the end; each cycle gives max - min (`live_metrics.rsa_peak_to_trough`, which is
+  cycles counted back from the end; each cycle gives max - min (`biofeedback.live.metrics.rsa_peak_to_trough`, which is
   phase-independent because each cycle spans one full period).
 - **LF peak** of the phase's spectrum: a Hann-windowed, linearly detrended periodogram of that tachogram over the
   whole stretch, zero-padded to a grid finer than 0.001 Hz (`scipy.signal.periodogram`), so rates 0.5/min apart
@@ -38,11 +38,10 @@ import neurokit2 as nk
 import numpy as np
 from scipy.signal import periodogram
 
+from biofeedback.analysis import hrv
+from biofeedback.analysis.analyze import phase_windows
+from biofeedback.live.metrics import rsa_peak_to_trough
 from recordings.store import Store
-
-from . import hrv
-from .analysis import phase_windows
-from .live_metrics import rsa_peak_to_trough
 
 RESONANCE_PROTOCOL = "resonance-assessment"
 LF_BAND_HZ = hrv.LF_BAND_HZ

@@ -16,10 +16,9 @@ from typing import Protocol
 
 from pyqtgraph.Qt import QtCore, QtWidgets
 
+from biofeedback.display.form import InstrumentForm, Texts, Values
+from biofeedback.display.participant import ParticipantWindow
 from protocols.instruments import Instrument
-
-from .display_form import InstrumentForm, Texts, Values
-from .display_participant import ParticipantWindow
 
 log = logging.getLogger(__name__)
 

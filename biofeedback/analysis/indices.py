@@ -19,8 +19,9 @@ Definitions and settings (also in `INDEX_SETTINGS`, which every table export rec
   gap-free runs, the highest spectral bin in 0.04–0.26 Hz is found; peak power = power within ± 0.015 Hz of it
   (a 0.030 Hz window); coherence ratio = peak power / (total power − peak power), total = 0.0033–0.40 Hz (the
   papers say "the entire spectrum"; this range is ours). The phase value is the mean over its windows. The
-  project's own index (`live_metrics.coherence_index`, peak / total in [0, 1]) is reported beside it from the same
-  spectra: linear-detrended Hann periodogram, zero-padded to 1024 points (`live_metrics.hann_periodogram`).
+  project's own index (`biofeedback.live.metrics.coherence_index`, peak / total in [0, 1]) is reported beside it
+  from the same spectra: linear-detrended Hann periodogram, zero-padded to 1024 points
+  (`biofeedback.live.metrics.hann_periodogram`).
 - **RMSSD over time**: 60 s windows every 10 s; a window has a value only when it lies inside one gap-free segment.
 
 Window rules (a value is None with a note saying why): SD1/SD2 need ≥ 60 s of data (as RMSSD); DFA α1 ≥ 100 NN
@@ -37,7 +38,7 @@ import neurokit2 as nk
 import numpy as np
 from scipy.signal import periodogram
 
-from .live_metrics import COHERENCE_PEAK_SEARCH, NARROW_HALF_WIDTH_HZ, TOTAL_BAND
+from biofeedback.live.metrics import COHERENCE_PEAK_SEARCH, NARROW_HALF_WIDTH_HZ, TOTAL_BAND
 
 MIN_POINCARE_S = 60.0
 MIN_DFA_BEATS = 100

@@ -12,7 +12,7 @@ Method, in order:
    (the strap measured it from a beat before the gap, which is placed at `t − RR` as the segment's anchor);
    only a missing/NaN RR is not an interval.
 2. **Artifact correction** (``correction="kubios"``): Lipponen & Tarvainen (2019) detection by neurokit2 with
-   our own correction (`biofeedback.artifacts`: an ectopic beat and its compensatory pause are one artifact,
+   our own correction (`biofeedback.analysis.artifacts`: an ectopic beat and its compensatory pause are one artifact,
    corrected intervals are the smoothest fill between clean neighbours on both sides, recorded beats outside
    an artifact never move and untouched RR keep the strap's exact value), run once per gap-free segment over
    the whole recording (the method needs context), then cut per phase. ``corrected_pct`` is artifact events /
@@ -44,7 +44,8 @@ Method, in order:
    both rates.
 
 7. **Further indices** (SD1/SD2, DFA α1, sample entropy, Baevsky's stress index, LF/HF in normalised units,
-   HeartMath coherence ratio and the project's coherence index): `biofeedback.indices`, with their own window rules.
+   HeartMath coherence ratio and the project's coherence index): `biofeedback.analysis.indices`, with their own
+   window rules.
 
 Window rules: RMSSD/SDNN/pNN50 and HF need >= 60 s of data in the phase, LF needs >= 120 s; otherwise the
 value is None and a note says why. "Data in the phase" is the phase time covered by gap-free segments (a
@@ -63,9 +64,8 @@ import neurokit2 as nk
 import numpy as np
 from scipy.signal import find_peaks
 
-from biofeedback import artifacts
-
-from .indices import phase_indices
+from biofeedback.analysis import artifacts
+from biofeedback.analysis.indices import phase_indices
 
 Phase = tuple[str, str, float, float, float | None]
 
@@ -289,7 +289,7 @@ def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: 
 def _corrected_segment(
     seg_t: np.ndarray, seg_rr: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Correct one gap-free segment (`biofeedback.artifacts`); returns new times, new RR, placed-beat times,
+    """Correct one gap-free segment (`biofeedback.analysis.artifacts`); returns new times, new RR, placed-beat times,
     replaced-beat times and artifact times. Recorded beats keep their time and untouched RR their value."""
     fix = artifacts.correct_rr(seg_rr[1:])
     src = fix.beat_source
@@ -376,7 +376,7 @@ def _phase_metrics(
 
 
 def _add_indices(m: PhaseMetrics, runs: list[tuple[np.ndarray, np.ndarray]], duration: float) -> None:
-    """SD1/SD2, DFA α1, sample entropy, stress index, LF/HF nu and coherence (`biofeedback.indices`)."""
+    """SD1/SD2, DFA α1, sample entropy, stress index, LF/HF nu and coherence (`biofeedback.analysis.indices`)."""
     ix = phase_indices(runs, duration, m.lf_ms2, m.hf_ms2)
     for name in ("sd1_ms", "sd2_ms", "dfa_alpha1", "sample_entropy", "stress_index", "lf_nu", "hf_nu",
                  "coherence_ratio", "coherence_index"):  # fmt: skip

@@ -14,12 +14,11 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from biofeedback.live.session import StrapBinding
 from devices.clock import Clock
 from devices.errors import DecodeError
 from devices.heart_rate import SensorContact, decode_heart_rate
 from devices.link import HEART_RATE_MEASUREMENT_UUID, LinkEvent, LinkState, Packet
-
-from .session import StrapBinding
 
 READY_BEATS_S = 10.0
 """Beats must arrive without a break (no gap, skin contact throughout) for this long before a strap is ready."""

@@ -16,8 +16,8 @@ estimate, for a window of samples (n, 3) in mG:
    (±10 % is usual), and the count gives its mean where the spectrum gives only its most common value; with fewer
    than three breaths found, the spectral peak is the rate (`method` says which).
 
-Unlike the RSA-based rate (biofeedback.hrv), this does not depend on heart-rate variability, so it also works when
-RSA is weak, and gives the breathing rate needed to decide whether HF power can be read as vagal.
+Unlike the RSA-based rate (biofeedback.analysis.hrv), this does not depend on heart-rate variability, so it also
+works when RSA is weak, and gives the breathing rate needed to decide whether HF power can be read as vagal.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ import threading
 
 from PySide6 import QtCore, QtWidgets
 
-from .display_diary import host_diary_forms
-from .display_monitor import MonitorWindow
-from .display_participant import ParticipantWindow
-from .session import LiveSession
+from biofeedback.display.diary import host_diary_forms
+from biofeedback.display.monitor import MonitorWindow
+from biofeedback.display.participant import ParticipantWindow
+from biofeedback.live.session import LiveSession
 
 
 class SessionThread(threading.Thread):

@@ -30,14 +30,13 @@ from typing import TypeVar
 
 import numpy as np
 
+from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.physiology import SimParticipant
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.instruments import DIARY_NAME, Instrument, get_instrument
 from protocols.model import FeedbackMode, Pacer, Phase, PhaseKind, Protocol
 from recordings.answers import AnswerStore
 from recordings.store import Store, StoreError
-
-from .recorder import build_session, parse_device_specs
 
 T = TypeVar("T")
 

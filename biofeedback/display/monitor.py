@@ -16,8 +16,8 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from biofeedback.display_common import start_frame_timer
-from biofeedback.view_model import MonitorView, SessionControls, StrapView, ViewSource
+from biofeedback.display.common import start_frame_timer
+from biofeedback.live.view_model import MonitorView, SessionControls, StrapView, ViewSource
 from recordings.privacy import FIXED_MARKER_LABELS
 
 log = logging.getLogger(__name__)

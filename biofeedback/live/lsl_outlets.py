@@ -32,13 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 import pylsl
 
+from biofeedback.live.session import LiveSession, SessionListener
 from devices.polar_pmd import EcgFrame
 from protocols.runner import Marker
 from recordings.decode import BeatRow
 from recordings.ecg_time import ECG_FS_HZ, EcgTimeError, map_ecg_chunks
 from recordings.store import Store
-
-from .session import LiveSession, SessionListener
 
 SOURCE_PREFIX = "cmt-biofeedback"
 LINGER_S = 3.0

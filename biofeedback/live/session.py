@@ -34,6 +34,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from biofeedback.live.metrics import LiveMetrics
+from biofeedback.live.sham import sham_level
+from biofeedback.live.view_model import (
+    EXPERIMENTER,
+    MonitorView,
+    ParticipantAlert,
+    ParticipantView,
+    SessionEvent,
+    StrapView,
+    soothing_level,
+)
 from devices.clock import Clock, sleep_unless
 from devices.link import LinkEvent, LinkState, Packet, StrapLink
 from devices.physiology import PacerSetting
@@ -49,18 +60,6 @@ from recordings.decode import ECG_FS_HZ, BeatRow, SessionDecoder, rebuild_beats
 from recordings.ecg_time import DeviceClockMap
 from recordings.protocol_json import protocol_to_dict
 from recordings.store import Store, StoreError, StoreWriteError
-
-from .live_metrics import LiveMetrics
-from .sham import sham_level
-from .view_model import (
-    EXPERIMENTER,
-    MonitorView,
-    ParticipantAlert,
-    ParticipantView,
-    SessionEvent,
-    StrapView,
-    soothing_level,
-)
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from biofeedback.analysis.analyze import SessionAnalysis, analyze_session
+from biofeedback.analysis.hrv import SLOW_BREATHING_BPM, PhaseMetrics, corrected_beats
+from biofeedback.analysis.indices import RMSSD_STEP_S, RMSSD_WINDOW_S, rmssd_over_time
 from recordings.files import open_private_for_write
 from recordings.privacy import exportable_label, fixed_labels
 from recordings.store import Store
-
-from .analysis import SessionAnalysis, analyze_session
-from .hrv import SLOW_BREATHING_BPM, PhaseMetrics, corrected_beats
-from .indices import RMSSD_STEP_S, RMSSD_WINDOW_S, rmssd_over_time
 
 REPORT_STEPS = ("analysing", "heart rate plot", "RMSSD plot", "breathing plot", "soothing plot", "writing")
 """The steps `render_report` reports through `on_step` (for a progress bar)."""
@@ -471,7 +470,7 @@ def _date(utc: str) -> str:
 
 def _correction_text(correction: str) -> str:
     if correction == "kubios":
-        return "Lipponen & Tarvainen (2019) detection (neurokit2), correction by biofeedback.artifacts"
+        return "Lipponen & Tarvainen (2019) detection (neurokit2), correction by biofeedback.analysis.artifacts"
     return "none (raw RR intervals)"
 
 

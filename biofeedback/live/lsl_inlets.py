@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import pylsl
 from pylsl.util import TimeoutError as LslTimeoutError
 
+from biofeedback.live.session import LiveSession, SessionListener
 from recordings.store import StoreWriteError
-
-from .session import LiveSession, SessionListener
 
 log = logging.getLogger(__name__)
 

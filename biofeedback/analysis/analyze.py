@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from biofeedback.analysis.acc_breathing import breathing_rate_from_acc
+from biofeedback.analysis.hrv import PhaseMetrics, analyze_phases
+from biofeedback.analysis.indices import INDEX_SETTINGS
 from recordings.ecg_time import EcgTimeError, EcgTimeline, map_ecg_chunks
 from recordings.store import SessionInfo, Store
-
-from .acc_breathing import breathing_rate_from_acc
-from .hrv import PhaseMetrics, analyze_phases
-from .indices import INDEX_SETTINGS
 
 MIN_ACC_WINDOW_S = 60.0
 """Gap-free accelerometer seconds a phase needs for a chest-movement breathing rate."""

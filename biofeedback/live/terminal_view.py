@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .session import LiveSession
+from biofeedback.live.session import LiveSession
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:

@@ -14,7 +14,7 @@ linked to it; a session with neither is left out, never placed by its order. `Se
 included and what was left out and why. Several sessions in one week are averaged.
 
 `analyze_study` compares the first and last time point of every measure with the Wilcoxon signed-rank test as SPSS
-reports it (`biofeedback.stats.wilcoxon_spss`), with mean (SD) and median over the complete pairs, and correlates
+reports it (`biofeedback.study.stats.wilcoxon_spss`), with mean (SD) and median over the complete pairs, and correlates
 the diary's self-soothing with the physiological soothing response across sessions (Spearman). Free text never
 enters a result unless `include_text=True`.
 """
@@ -34,13 +34,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.study.stats import WilcoxonResult, wilcoxon_spss
 from protocols.instruments import DIARY_NAME, InstrumentKind
 from recordings.answers import AnswerStore, parse_time_point
 from recordings.files import OutputExistsError, open_private_for_write, write_private_text
 from recordings.store import SESSION_STATES, SOURCE_CHOICES, BeatOrderError, Store, source_matches
-
-from .analysis import analyze_session
-from .stats import WilcoxonResult, wilcoxon_spss
 
 SOOTHING_RESPONSE = "soothing response: RMSSD breathing − baseline (ms)"
 DIARY_SOOTHING = "diary: self-soothing"

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from biofeedback.analysis.analyze import analyze_session
+from biofeedback.analysis.hrv import MIN_LF_WINDOW_S, MIN_SHORT_WINDOW_S
+from biofeedback.analysis.indices import INDEX_SETTINGS
 from recordings.files import write_private_text
 from recordings.store import Store
-
-from .analysis import analyze_session
-from .hrv import MIN_LF_WINDOW_S, MIN_SHORT_WINDOW_S
-from .indices import INDEX_SETTINGS
 
 _TIME = f"time domain over NN in gap-free runs; needs >= {MIN_SHORT_WINDOW_S:.0f} s"
 _FREQ = "Welch PSD of the 4 Hz tachogram, longest gap-free run, absolute"

@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from biofeedback.live.view_model import ParticipantView
 from protocols.model import Phase, Protocol
 from protocols.pacer import pacer_phase, pacer_size
 from recordings.files import OutputExistsError
-
-from .view_model import ParticipantView
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +65,7 @@ def render_preview(
     protocol: Protocol, out_dir: Path, *, size: tuple[int, int] = (1280, 720), overwrite: bool = False
 ) -> list[Path]:
     """Write one PNG per phase into `out_dir` (numbered by phase); refuses to replace files unless `overwrite`."""
-    from .display_participant import render_participant_png  # Qt only when rendering
+    from biofeedback.display.participant import render_participant_png  # Qt only when rendering
 
     out_dir = Path(out_dir)
     previews = preview_views(protocol)

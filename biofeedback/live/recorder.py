@@ -7,14 +7,13 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from biofeedback.live.session import GuideFromRunner, LiveSession, StrapBinding
 from devices.clock import Clock, ScaledClock
 from devices.link import StrapLink
 from devices.physiology import SimParticipant
 from devices.simulator import SimFaults, SimulatedStrap
 from protocols.model import Protocol
 from recordings.store import Store
-
-from .session import GuideFromRunner, LiveSession, StrapBinding
 
 
 class DeviceSpecError(ValueError):
@@ -211,7 +210,7 @@ def build_session(
 
 async def run_with_terminal_view(session: LiveSession, *, view: bool = True) -> list[int]:
     """Run a session to its end, with the rich terminal view redrawing beside it when `view` is true."""
-    from .terminal_view import run_terminal_view
+    from biofeedback.live.terminal_view import run_terminal_view
 
     view_task = asyncio.create_task(run_terminal_view(session)) if view else None
     try:

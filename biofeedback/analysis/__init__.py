@@ -1,0 +1,1 @@
+"""One recorded session to publishable numbers: artifact correction, HRV per phase, resonance, reports."""

@@ -1,0 +1,1 @@
+"""Across sessions and participants: pre/post statistics, the long table, answer entry, simulated studies."""
