@@ -667,7 +667,7 @@ def _print_import(store, sid: int, what: str) -> None:
     console.print(f"imported session {sid} ({info.settings.get('format', info.source)}): {counts['beats']} beats, "
                   f"{n_ecg} ECG samples, {counts['markers']} markers from {what} into {store.path}")  # fmt: skip
     for note in info.settings.get("import_notes", []):
-        console.print(f"  [dim]note:[/dim] {note}", highlight=False)
+        console.print(Text.assemble("  ", ("note:", "dim"), f" {note}"), highlight=False)
 
 
 def cmd_import_rr(args: argparse.Namespace) -> int:

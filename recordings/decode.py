@@ -18,7 +18,6 @@ without one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,30 +40,13 @@ from devices.polar_pmd import (
 
 from .beat_timeline import BeatRow, LiveBeatTimeline, Notification, StretchInfo, fit_beat_times
 from .ecg_time import ECG_FS_HZ
+from .limits import RR_RANGE_ENV, rr_range_ms
 from .store import Store
 
 __all__ = ["BeatRow", "DecodeCounts", "SessionDecoder", "decode_packets", "rebuild_beats", "redecode_session"]
 
 ACC_FS_HZ = 50.0
 """Polar H10 accelerometer: nominal samples per second as started by `BleStrapLink` and the simulator."""
-
-
-RR_RANGE_ENV = "CMT_RR_RANGE_MS"
-DEFAULT_RR_RANGE_MS = (200.0, 3000.0)
-
-
-def rr_range_ms() -> tuple[float, float]:
-    """Plausible RR (ms) from a strap: 200–3000 (300–20 beats/min), or `$CMT_RR_RANGE_MS` as `MIN-MAX`."""
-    value = os.environ.get(RR_RANGE_ENV, "").strip()
-    if not value:
-        return DEFAULT_RR_RANGE_MS
-    try:
-        lo, hi = (float(x) for x in value.split("-", 1))
-    except ValueError:
-        raise ValueError(f"${RR_RANGE_ENV}={value!r}: expected MIN-MAX in ms, e.g. 200-3000") from None
-    if not 0 < lo < hi:
-        raise ValueError(f"${RR_RANGE_ENV}={value!r}: needs 0 < MIN < MAX")
-    return lo, hi
 
 
 def implausible_rr(rr_1024: Sequence[int]) -> str | None:

@@ -12,7 +12,11 @@ Recognised:
 - XDF from LabRecorder (read with `pyxdf`): an RR stream (ms, LSL time stamps) and `Markers` streams.
 
 A value of 0 is not an interval (apps write it for "no beat" or as an end marker): it is skipped and starts a
-gap, and the notes say so; so do values outside 200–3000 ms. Units are milliseconds unless the format says
+gap, and the notes say so; so do values outside the plausible RR range (`limits.rr_range_ms`, 200–3000 ms unless
+`$CMT_RR_RANGE_MS` says otherwise) and, in a table without a time column, an empty RR cell (missing data; with
+a time column the times say where beats are missing). A UTF-8 byte-order mark is read as one; a text with NUL
+bytes is not text. Times must span at most `limits.MAX_RECORDING_S`, a start time lie within
+`limits.check_start`. Units are milliseconds unless the format says
 otherwise or `unit="s"` is given; values that look like seconds without that are refused with a hint. Anything not
 recognised is refused with one line saying what was expected.
 """
@@ -23,14 +27,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from .beat_stretches import Interval
+from .limits import LimitError, check_span, check_start, rr_range_ms, timestamp_utc
 
-RR_MIN_MS, RR_MAX_MS = 200.0, 3000.0
 RR_NAMES = ("rr", "rr_ms", "rr (ms)", "rr [ms]", "rr-interval", "rr-interval [ms]", "rr_interval", "ibi", "ibi_ms",
             "ibi (ms)", "ibi [ms]", "ibi_s", "rr_s", "nn", "interval", "pp-interval [ms]", "ppi")  # fmt: skip
 TIME_NAMES = ("t", "t_s", "time", "time_s", "time (s)", "time [s]", "timestamp", "timestamp_s", "seconds",
@@ -79,7 +83,18 @@ def sniff(data: bytes) -> str:
 
 
 def read_rr_file(path: Path, *, column: str | None = None, unit: str | None = None) -> RRFile:
-    """Recognise and parse one file; raises UnrecognisedFile/ValueError with one line naming the file."""
+    """Recognise and parse one file; raises UnrecognisedFile/ImportFormatError with one line naming the file."""
+    try:
+        rr = _read_rr_file(path, column=column, unit=unit)
+        check_start(rr.start_utc, f"{path}")
+        check_span((iv.t_s for iv in rr.intervals if iv.t_s is not None), f"{path}")
+        check_span((t for t, _ in rr.markers), f"{path}: markers")
+    except LimitError as exc:
+        raise ImportFormatError(str(exc)) from None
+    return rr
+
+
+def _read_rr_file(path: Path, *, column: str | None, unit: str | None) -> RRFile:
     data = Path(path).read_bytes()
     kind = sniff(data)
     source = str(path)
@@ -93,6 +108,9 @@ def read_rr_file(path: Path, *, column: str | None = None, unit: str | None = No
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UnrecognisedFile(f"{source}: not a text file and not FIT or XDF; {EXPECTED}") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise UnrecognisedFile(f"{source}: line {line}: a NUL byte, so not a text file; {EXPECTED}")
     if kind == "hrm":
         return parse_hrm(text, source)
     if kind == "empatica":
@@ -123,6 +141,7 @@ def to_intervals(
     """Values in `unit` → intervals in ms; 0 and out-of-range values become gaps (noted); seconds without the unit
     said are refused."""
     scale = 1000.0 if unit == "s" else 1.0
+    rr_min, rr_max = rr_range_ms()
     vals = np.asarray(values, dtype=float)
     if not len(vals):
         raise ImportFormatError(f"{source}: no RR intervals found; {EXPECTED}")
@@ -145,7 +164,7 @@ def to_intervals(
             zeros.append(line)
             pending_gap = True
             continue
-        if not RR_MIN_MS <= ms <= RR_MAX_MS:
+        if not rr_min <= ms <= rr_max:
             bad.append((line, ms))
             pending_gap = True
             continue
@@ -157,10 +176,11 @@ def to_intervals(
         notes.append(f"{len(zeros)} value(s) of 0 ({where}): not an interval, skipped as a gap")
     if bad:
         shown = ", ".join(f"line {ln}: {ms:g} ms" for ln, ms in bad[:3])
-        notes.append(f"{len(bad)} value(s) outside {RR_MIN_MS:g}–{RR_MAX_MS:g} ms skipped as gaps ({shown})")
+        notes.append(f"{len(bad)} value(s) outside the plausible {rr_min:g}–{rr_max:g} ms skipped as gaps ({shown})")
     if not out:
         raise ImportFormatError(
-            f"{source}: no valid RR intervals (all are 0 or outside {RR_MIN_MS:g}–{RR_MAX_MS:g} ms)"
+            f"{source}: no valid RR intervals (all are 0 or outside the plausible {rr_min:g}–{rr_max:g} ms; "
+            "$CMT_RR_RANGE_MS overrides)"
         )
     return out, notes
 
@@ -189,20 +209,29 @@ def _parse_time(cell: str, where: str) -> float | datetime:
 def _times_to_session(raw: list[float | datetime], source: str) -> tuple[list[float], datetime | None, str]:
     """Session-clock seconds from a time column, its absolute start if it has one, and what it was taken as."""
     if all(isinstance(x, datetime) for x in raw):
+        if len({x.tzinfo is None for x in raw}) > 1:  # type: ignore[union-attr]
+            raise ImportFormatError(f"{source}: the time column mixes times with and without a time zone")
         dts = [x if x.tzinfo else x.astimezone() for x in raw]  # type: ignore[union-attr]
         t0 = min(dts)
-        return [(d - t0).total_seconds() for d in dts], t0, "date-times (local time unless the file names a zone)"
+        check_start(t0, f"{source}: time column")
+        check_start(max(dts), f"{source}: time column")
+        out = [(d - t0).total_seconds() for d in dts]
+        check_span(out, f"{source}: time column")
+        return out, t0, "date-times (local time unless the file names a zone)"
     if any(isinstance(x, datetime) for x in raw):
         raise ImportFormatError(f"{source}: the time column mixes numbers and date-times")
     nums = [float(x) for x in raw]  # type: ignore[arg-type]
     big = min(nums)
     if big > 1e11:  # Unix time in ms
-        t0 = datetime.fromtimestamp(big / 1000.0, UTC)
-        return [(x - big) / 1000.0 for x in nums], t0, "Unix time in ms"
-    if big > 1e8:  # Unix time in s
-        t0 = datetime.fromtimestamp(big, UTC)
-        return [x - big for x in nums], t0, "Unix time in s"
-    return nums, None, "seconds"
+        t0 = timestamp_utc(big / 1000.0, f"{source}: time column")
+        out, how = [(x - big) / 1000.0 for x in nums], "Unix time in ms"
+    elif big > 1e8:  # Unix time in s
+        t0 = timestamp_utc(big, f"{source}: time column")
+        out, how = [x - big for x in nums], "Unix time in s"
+    else:
+        t0, out, how = None, nums, "seconds"
+    check_span(out, f"{source}: time column")
+    return out, t0, how
 
 
 def parse_rr_table(text: str, source: str = "<rr>", *, column: str | None = None, unit: str | None = None) -> RRFile:
@@ -215,8 +244,8 @@ def parse_rr_table(text: str, source: str = "<rr>", *, column: str | None = None
     first = rows[0][1]
     delim = next((d for d in (";", "\t", ",") if d in first), None)
     if delim == "," and all(_DEC_COMMA.match(r) for _, r in rows[1:] or rows) and (
-        _DEC_COMMA.match(first) or not any(c.isdigit() for c in first)
-    ):
+        _DEC_COMMA.match(first) or (not any(c.isdigit() for c in first) and "," not in first)
+    ):  # a header with commas names columns: then "0,812" is two cells, not a decimal
         delim = None  # one column of decimal-comma numbers
     if delim is None and column is None:
         return _single_column(rows, source, unit_, given)
@@ -284,13 +313,20 @@ def _table(rows: list[tuple[int, str]], source: str, delim: str, column: str | N
             unit, given = "s", True
         fmt = f"delimited table, RR column {header[rr_col]!r}" + (f", time column {header[t_col]!r}"
                                                                     if t_col is not None else "")  # fmt: skip
-    values, lines, raw_t = [], [], []
+    values, lines, raw_t, gaps = [], [], [], []
+    empty: list[int] = []
+    gap_next = False
     for ln, row in data_rows:
         cells = row.split(delim)
         if rr_col >= len(cells) or not cells[rr_col].strip():
-            continue  # a row without an interval (for example an HR-only row)
+            if t_col is None:  # missing data: the beats on either side are not neighbours
+                empty.append(ln)
+                gap_next = True
+            continue  # with a time column (e.g. an HR-only row), the times say whether beats are missing
         values.append(_number(cells[rr_col], f"{source}: line {ln}, column {rr_col + 1}", decimal_comma))
         lines.append(ln)
+        gaps.append(gap_next)
+        gap_next = False
         if t_col is not None:
             raw_t.append(_parse_time(cells[t_col], f"{source}: line {ln}, column {t_col + 1}"))
     notes: list[str] = []
@@ -300,7 +336,10 @@ def _table(rows: list[tuple[int, str]], source: str, delim: str, column: str | N
         t_s, start, how = _times_to_session(raw_t, source)
         times = list(t_s)
         notes.append(f"time column taken as {how}")
-    intervals, more = to_intervals(values, source, unit=unit, unit_given=given, times=times, lines=lines)
+    intervals, more = to_intervals(values, source, unit=unit, unit_given=given, times=times, lines=lines,
+                                   gap_flags=gaps)  # fmt: skip
+    if empty:
+        notes.append(f"{len(empty)} empty RR cell(s) (first on line {empty[0]}): missing data, kept as gaps")
     if decimal_comma and any("," in r.split(delim)[rr_col] for _, r in data_rows if rr_col < len(r.split(delim))):
         notes.insert(0, "decimal commas read as decimal points")
     return RRFile(fmt, intervals, start_utc=start, notes=notes + more)
@@ -312,7 +351,7 @@ def _table(rows: list[tuple[int, str]], source: str, delim: str, column: str | N
 def parse_empatica(text: str, source: str = "<IBI.csv>") -> RRFile:
     """Empatica E4 IBI.csv: `<Unix start>, IBI`, then `seconds since start, IBI (s)`; missing beats are gaps."""
     lines = text.splitlines()
-    start = datetime.fromtimestamp(float(lines[0].split(",")[0]), UTC)
+    start = timestamp_utc(_number(lines[0].split(",")[0], f"{source}: line 1, column 1"), f"{source}: line 1")
     values, times, nums = [], [], []
     for ln, row in enumerate(lines[1:], start=2):
         if not row.strip():

@@ -157,7 +157,12 @@ def test_ecg_stream_has_every_sample_at_130_hz_on_the_session_clock(streamed):
     np.testing.assert_array_equal(np.asarray(values)[:, 0], stored.astype(np.float32))
     dt = np.diff(stamps)
     assert np.all(dt > 0)
-    assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(130.0, rel=1e-3)
+    # samples are spaced by the strap's own clock (1/130 s) except where a better offset is slewed in, at most half a
+    # sample per 73-sample frame (a late first notification makes the first offset too large): the mean rate stays
+    # within that budget
+    assert np.median(dt) == pytest.approx(1 / 130.0, rel=1e-6)
+    slew_budget = 0.5 / 73
+    assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(130.0, rel=slew_budget)
     # each frame arrives after its last sample: stamps never run ahead of the arrival time
     last_per_frame = stamps[72::73]
     arrivals = np.array([t for t, _ns, _fs, _s in store.ecg_chunks(sid)])[: len(last_per_frame)]

@@ -7,6 +7,7 @@ text field; a value off the scale is asked again with a kind reminder. Nothing i
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from protocols.instruments import Instrument, score
@@ -25,16 +26,16 @@ def _read(console: Console, prompt: str) -> str:
 
 def ask_answers(instrument: Instrument, console: Console) -> tuple[dict[str, float | None], dict[str, str]]:
     """Ask every item and text field; returns (values, texts) or raises EntryAborted."""
-    console.print(f"[bold]{instrument.title}[/bold]")
+    console.print(f"[bold]{escape(instrument.title)}[/bold]")
     if instrument.instructions:
-        console.print(instrument.instructions, highlight=False)
+        console.print(escape(instrument.instructions), highlight=False)
     console.print("[dim]Press Enter without a number to skip a question.[/dim]\n")
     values: dict[str, float | None] = {}
     total = len(instrument.items)
     for n, item in enumerate(instrument.items, start=1):
         sc = item.scale
-        console.print(f"[bold]{n}/{total}[/bold] {item.text}", highlight=False)
-        console.print(f"   [dim]{sc.describe()}[/dim]", highlight=False)
+        console.print(f"[bold]{n}/{total}[/bold] {escape(item.text)}", highlight=False)
+        console.print(f"   [dim]{escape(sc.describe())}[/dim]", highlight=False)
         while True:
             raw = _read(console, f"   your answer ({sc.min}–{sc.max}, Enter to skip): ").strip()
             if raw == "":
@@ -71,7 +72,8 @@ def summary_table(instrument: Instrument, values: dict[str, float | None], texts
         table.add_row(field.id, f"free text, {len(texts[field.id])} characters" if field.id in texts else "–")
     for sc in score(instrument, values).values():
         value = "missing" if sc.value is None else f"{sc.value:g}"
-        table.add_row(f"[bold]score {sc.name}[/bold]", value + (f" [dim]({sc.note})[/dim]" if sc.note else ""))
+        note = f" [dim]({escape(sc.note)})[/dim]" if sc.note else ""
+        table.add_row(f"[bold]score {escape(sc.name)}[/bold]", value + note)
     return table
 
 
