@@ -103,9 +103,9 @@ def import_rr_with_events(
         "description": "imported RR intervals with phases from an events file",
         "phases": [{"name": p.trial_type, "kind": p.kind, "duration_s": p.duration} for p in phases],
     }
-    with store.transaction():
-        sid, _ = store_rr_file(store, rr, participant_id, rr_path, protocol=protocol,
-                               extra_settings={"events_from": Path(events_path).name})  # fmt: skip
+    with store_rr_file(store, rr, participant_id, rr_path, protocol=protocol,
+                       extra_settings={"events_from": Path(events_path).name}) as (batch, _):  # fmt: skip
+        sid = batch.sid
         for i, p in enumerate(phases):
             detail = {"kind": p.kind, "feedback": "n/a", "pacer_bpm": None}
             store.add_marker(sid, p.onset, "phase_start", p.trial_type, phase_index=i, phase_name=p.trial_type,
@@ -115,5 +115,4 @@ def import_rr_with_events(
         for e in events:
             if e.duration == 0:
                 store.add_marker(sid, e.onset, "manual", e.trial_type)
-    store.end_session(sid, "imported")
     return sid

@@ -37,6 +37,8 @@ import numpy as np
 
 from .beat_stretches import Interval, Stretches, place_beats
 from .import_formats import ImportFormatError
+from .import_session import importing_session
+from .limits import MAX_RECORDING_S, LimitError, check_span, check_start, rr_range_ms, rr_range_text
 from .store import Store
 
 PHONE = "Phone timestamp"
@@ -72,9 +74,13 @@ KINDS = {
 
 def _phone_time(cell: str, where: str) -> datetime:
     try:
-        return datetime.fromisoformat(cell.strip())
+        phone = datetime.fromisoformat(cell.strip())
     except ValueError:
         raise ImportFormatError(f"{where}: {PHONE!r} {cell!r} is not a date and time (YYYY-MM-DDTHH:MM:SS)") from None
+    try:
+        return check_start(phone, f"{where}: {PHONE!r}")  # type: ignore[return-value]
+    except LimitError as exc:
+        raise ImportFormatError(str(exc)) from None
 
 
 def _number(cell: str, where: str, what: str) -> float:
@@ -128,9 +134,8 @@ def _kind(header: list[str], source: str) -> str:
 def _rr_values(cell: str, where: str, what: str) -> list[float]:
     values = [_number(v, where, what) for v in cell.replace(",", " ").split()]
     for v in values:
-        if v != 0 and not 200.0 <= v <= 3000.0:
-            hint = " (seconds? RR must be in milliseconds)" if 0.2 <= v <= 3.0 else ""
-            raise ImportFormatError(f"{where}: RR {v:g} ms is outside 200–3000 ms{hint}")
+        if 0 < v <= 3.0:
+            raise ImportFormatError(f"{where}: RR {v:g} ms is no heartbeat interval: seconds? RR must be in ms")
     return values
 
 
@@ -172,6 +177,8 @@ def parse_polar_text(text: str, source: str = "<polar>") -> PolarFile:
         if kind in ("ecg", "acc", "ppi") and len(cells) <= needed:
             raise ImportFormatError(f"{where}: {len(cells)} fields, expected {len(header)} (truncated row?)")
         phone = _phone_time(cells[0], where)
+        if last_phone is not None and (phone.tzinfo is None) != (last_phone.tzinfo is None):
+            raise ImportFormatError(f"{where}: {PHONE!r} mixes times with and without a time zone")
         if last_phone is not None and phone < last_phone:
             backwards.append((lineno, (last_phone - phone).total_seconds()))
         last_phone = phone
@@ -179,7 +186,10 @@ def parse_polar_text(text: str, source: str = "<polar>") -> PolarFile:
             ns_cell = cells[ns_col].strip()
             if not ns_cell.lstrip("-").isdigit():
                 raise ImportFormatError(f"{where}: 'sensor timestamp [ns]' {ns_cell!r} is not an integer")
-            ns = int(ns_cell)
+            ns = int(ns_cell) if len(ns_cell) <= 20 else 2**63
+            if not -(2**63) <= ns < 2**63 or (out.sensor_ns and (ns - out.sensor_ns[0]) / 1e9 > MAX_RECORDING_S):
+                raise ImportFormatError(f"{where}: 'sensor timestamp [ns]' {ns_cell[:24]!r} is outside the "
+                                        f"{MAX_RECORDING_S / 86400:g} days a recording may span")  # fmt: skip
             if last_ns is not None and ns <= last_ns:
                 raise ImportFormatError(f"{where}: 'sensor timestamp [ns]' does not increase ({ns} after {last_ns})")
             if kind == "ecg":
@@ -227,6 +237,10 @@ def parse_polar_text(text: str, source: str = "<polar>") -> PolarFile:
         out.lines.append(lineno)
     if not out.phone:
         raise ImportFormatError(f"{source}: no data rows after the header")
+    try:
+        check_span(((p - out.phone[0]).total_seconds() for p in out.phone), f"{source}: {PHONE!r}")
+    except LimitError as exc:
+        raise ImportFormatError(str(exc)) from None
     name = Path(source).name
     for lineno, step in backwards:
         out.notes.append(f"{name}: line {lineno}: the phone timestamp steps back {step:.3f} s (tolerated)")
@@ -361,31 +375,35 @@ def import_polar(store: Store, paths: Sequence[Path], participant_id: str) -> in
     phases = [(a, b, f"marked {i + 1}") for i, (a, b) in enumerate(sorted(spans))] or [(0.0, t_end, "whole")]
     protocol = {"name": "marked" if spans else "whole", "description": "imported Polar Sensor Logger recording",
                 "phases": [{"name": n, "kind": "other", "duration_s": b - a} for a, b, n in phases if spans]}
-    with store.transaction():
-        sid = store.create_session(
-            participant_id,
-            protocol["name"],
-            protocol,
-            "Polar Sensor Logger",
-            source="polar-sensor-logger",
-            started_utc=started.astimezone(tz=None).isoformat(timespec="milliseconds"),
-            settings={"imported_from": [Path(p).name for p in paths], "format": "Polar Sensor Logger",
-                      "kinds": [f.kind for f in files], "import_notes": notes},
-        )  # fmt: skip
+    with importing_session(
+        store,
+        participant_id,
+        protocol["name"],
+        protocol,
+        "Polar Sensor Logger",
+        source="polar-sensor-logger",
+        started_utc=started.astimezone(tz=None).isoformat(timespec="milliseconds"),
+        settings={"imported_from": [Path(p).name for p in paths], "format": "Polar Sensor Logger",
+                  "kinds": [f.kind for f in files], "import_notes": notes},
+    ) as batch:  # fmt: skip
+        sid = batch.sid
         for f in files:
             if f.kind == "ecg":
                 for t, ns, fs, samples in _ecg_frames(f, t0):
                     store.add_ecg_chunk(sid, t, ns, fs, samples, None)
+                    batch.due()
             elif f.kind == "hr":
                 for phone, hr in zip(f.phone, f.hr, strict=True):
                     contact = "supported_not_detected" if hr == 0 else "unknown"
                     store.add_heart_rate(sid, (phone - t0).total_seconds(), round(hr), contact)
+                    batch.due()
         for f, fs in accs:
             for t, ns, fsn, samples in _acc_frames(f, t0, fs):
                 store.add_acc_chunk(sid, t, ns, fsn, samples, None)
+                batch.due()
         for st in beats:
-            store.add_beats(sid, [(float(t), float(v), bool(g), float(lag), None)
-                                  for t, v, g, lag in zip(st.t, st.rr_ms, st.gap_before, st.lag_s, strict=True)])
+            batch.beats((float(t), float(v), bool(g), float(lag), None)
+                        for t, v, g, lag in zip(st.t, st.rr_ms, st.gap_before, st.lag_s, strict=True))
         for i, (a, b, name) in enumerate(phases):
             kind = "other" if spans else "rest"
             store.add_marker(sid, a, "phase_start", name, phase_index=i, phase_name=name, detail={"kind": kind})
@@ -393,27 +411,36 @@ def import_polar(store: Store, paths: Sequence[Path], participant_id: str) -> in
                              detail={"ended": "completed"})  # fmt: skip
         for t, label in points:
             store.add_marker(sid, t, "manual", label)
-    store.end_session(sid, "imported")
     return sid
 
 
 def _place_rr(files: Sequence[PolarFile], t0: datetime) -> tuple[list[Stretches], list[str]]:
     """Beat times of each RR/PPI file: the RR chain per stretch, placed by the phone stamps; invalid rows are gaps."""
     beats, notes = [], []
+    lo, hi = rr_range_ms()
     for f in (f for f in files if f.kind in ("rr", "ppi")):
         intervals: list[Interval] = []
+        implausible: list[int] = []
         pending_gap, skipped = False, 0.0
         for phone, values, bad, line in zip(f.phone, f.rr_ms, f.rr_gap, f.lines, strict=True):
             t_row = (phone - t0).total_seconds()
             for k, v in enumerate(values):
+                if v and not lo <= v <= hi:  # not a heartbeat interval: a gap of unknown length
+                    implausible.append(line)
+                    pending_gap, skipped = True, 0.0
+                    continue
                 if v == 0 or bad:  # a flagged interval still tells how long it was; a 0 does not
                     skipped = skipped + v if v and (not pending_gap or skipped) else 0.0
                     pending_gap = True
                     continue
                 intervals.append(Interval(v, t_row if k == len(values) - 1 else None, pending_gap, line, skipped))
                 pending_gap, skipped = False, 0.0
+        if implausible:
+            notes.append(f"{Path(f.path).name}: {len(implausible)} interval(s) outside the plausible {rr_range_text()} "
+                         f"(first on line {implausible[0]}): not used, a gap")  # fmt: skip
         if not intervals:
-            raise ImportFormatError(f"{f.path}: no valid intervals (all are 0 or flagged invalid)")
+            raise ImportFormatError(f"{f.path}: no valid intervals (all are 0, flagged invalid or outside "
+                                    f"{rr_range_text()})")  # fmt: skip
         st = place_beats(intervals)
         notes += [f"{Path(f.path).name}: {n}" for n in st.notes]
         beats.append(st)

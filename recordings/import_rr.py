@@ -2,13 +2,16 @@
 
 The session clock's 0 is the start of the first interval, or the file's own 0 when its time column counts seconds
 from a start it names (Empatica's start time, a relative `t_s` column). The recording's start time (UTC) comes
-from the file when it has one, otherwise it is the import time (and the notes say so). Every interval is stored,
+from the file when it has one, otherwise it is the import time (and the notes say so). The session is written in
+short batches and is all or nothing (`import_session`). Every interval is stored,
 the first and the last included; gaps come from the file (0 values, missing beats in its time column). What was
 recognised and everything noticed on the way is kept in the session's settings (`format`, `import_notes`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import numpy as np
 
 from .beat_stretches import Stretches, place_beats
 from .import_formats import ImportFormatError, RRFile, read_rr_file, sniff
+from .import_session import ImportBatches, importing_session
 from .store import Store
 
 WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
@@ -54,31 +58,35 @@ def _utc(start: datetime | None) -> str | None:
     return start.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
+@contextmanager
 def store_rr_file(
     store: Store, rr: RRFile, participant_id: str, path: Path, *, protocol: dict[str, Any] | None = None,
     source: str = "rr", extra_settings: dict[str, Any] | None = None,
-) -> tuple[int, Stretches]:  # fmt: skip
-    """Create the session (inside the caller's transaction): beats, ECG, markers; without phases one phase `whole`."""
+) -> Iterator[tuple[ImportBatches, Stretches]]:  # fmt: skip
+    """Create the session in short batches (`import_session`): beats, ECG, markers; without phases one phase
+    `whole`. The caller adds what else it has inside the `with`; the session is `imported` when it ends."""
     st, start, notes, markers = rr_file_beats(rr)
     if start is None:
         notes.append("the file has no start time: the session's start is the import time")
     settings = {"imported_from": Path(path).name, "format": rr.format, "import_notes": rr.notes + notes,
                 **(extra_settings or {})}  # fmt: skip
-    sid = store.create_session(participant_id, (protocol or WHOLE_PHASE)["name"], protocol or WHOLE_PHASE,
-                               "rr-file", source=source, started_utc=_utc(start), settings=settings)  # fmt: skip
-    store.add_beats(sid, [(float(t), float(v), bool(g), float(lag), None)
-                          for t, v, g, lag in zip(st.t, st.rr_ms, st.gap_before, st.lag_s, strict=True)])  # fmt: skip
-    if rr.ecg is not None:
-        t_ecg, uv = rr.ecg
-        fs = 1.0 / float(np.median(np.diff(t_ecg))) if len(t_ecg) > 1 else 130.0
-        for s in range(0, len(uv), _ECG_CHUNK):
-            e = min(s + _ECG_CHUNK, len(uv))
-            store.add_ecg_chunk(sid, float(t_ecg[e - 1]), round(float(t_ecg[e - 1]) * 1e9), fs,
-                                np.round(uv[s:e]).astype(np.int32), None)  # fmt: skip
-    if protocol is None:
-        t_end = float(st.t[-1]) if len(st.t) else (float(rr.ecg[0][-1]) if rr.ecg is not None else 0.0)
-        _whole_and_file_markers(store, sid, markers, t_end)
-    return sid, st
+    with importing_session(store, participant_id, (protocol or WHOLE_PHASE)["name"], protocol or WHOLE_PHASE,
+                           "rr-file", source=source, started_utc=_utc(start), settings=settings) as batch:  # fmt: skip
+        sid = batch.sid
+        batch.beats((float(t), float(v), bool(g), float(lag), None)
+                    for t, v, g, lag in zip(st.t, st.rr_ms, st.gap_before, st.lag_s, strict=True))  # fmt: skip
+        if rr.ecg is not None:
+            t_ecg, uv = rr.ecg
+            fs = 1.0 / float(np.median(np.diff(t_ecg))) if len(t_ecg) > 1 else 130.0
+            for s in range(0, len(uv), _ECG_CHUNK):
+                e = min(s + _ECG_CHUNK, len(uv))
+                store.add_ecg_chunk(sid, float(t_ecg[e - 1]), round(float(t_ecg[e - 1]) * 1e9), fs,
+                                    np.round(uv[s:e]).astype(np.int32), None)  # fmt: skip
+                batch.due()
+        if protocol is None:
+            t_end = float(st.t[-1]) if len(st.t) else (float(rr.ecg[0][-1]) if rr.ecg is not None else 0.0)
+            _whole_and_file_markers(store, sid, markers, t_end)
+        yield batch, st
 
 
 def _whole_and_file_markers(store: Store, sid: int, markers: list[tuple[float, str]], t_end: float) -> None:
@@ -119,7 +127,5 @@ def import_rr(
     rr = read_rr_file(Path(path), column=column, unit=unit)
     if not rr.intervals and rr.ecg is None:
         raise ImportFormatError(f"{path}: no RR intervals found")
-    with store.transaction():
-        sid, _ = store_rr_file(store, rr, participant_id, path, protocol=protocol)
-    store.end_session(sid, "imported")
-    return sid
+    with store_rr_file(store, rr, participant_id, path, protocol=protocol) as (batch, _):
+        return batch.sid
