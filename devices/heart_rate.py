@@ -13,7 +13,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from devices.errors import DecodeError
+from devices.errors import DecodeError, check_notification_size
 
 _HR_UINT16 = 0x01
 _CONTACT_SHIFT = 1
@@ -67,6 +67,7 @@ def _uint16(data: bytes, offset: int, field: str) -> int:
 def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
     """Decode one Heart Rate Measurement notification. Raises `DecodeError` on malformed bytes."""
     data = bytes(data)
+    check_notification_size(data)
     if not data:
         raise DecodeError("empty notification", field="flags", offset=0, data=data)
     flags = data[0]

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from devices.errors import DecodeError
+from devices.errors import DecodeError, check_notification_size
 
 POLAR_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 FEATURES_CODE = 0x0F
@@ -232,6 +232,7 @@ def raise_for_response(resp: ControlResponse) -> ControlResponse:
 def decode_control_response(data: bytes) -> ControlResponse:
     """Decode a control-point notification ``F0 op type error [more] [parameters...]``."""
     data = bytes(data)
+    check_notification_size(data)
     for offset, field in enumerate(("response_code", "opcode", "measurement_type", "error_code")):
         if len(data) <= offset:
             raise DecodeError("control response truncated", field=field, offset=offset, data=data)
@@ -411,6 +412,7 @@ def decode_pmd_frame(data: bytes, *, acc_factor: float | None = None) -> EcgFram
     compressed type 1 is in mG, scaled by the factor when one other than 1 is given.
     """
     data = bytes(data)
+    check_notification_size(data)
     if len(data) < HEADER_SIZE:
         field = "measurement_type" if not data else "timestamp" if len(data) < 9 else "frame_type"
         raise DecodeError(f"frame header needs {HEADER_SIZE} bytes, {len(data)} present", field=field,

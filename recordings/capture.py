@@ -20,9 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from devices.errors import MAX_ATTRIBUTE_BYTES
+
 from .decode import DecodeCounts, decode_packets
 from .files import open_private_for_write
 from .import_formats import ImportFormatError
+from .limits import MAX_RECORDING_S
 from .store import IMPORT_BATCH_S, Store, StoreError
 
 WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
@@ -65,7 +68,10 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
             raise ImportFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         t = obj.get("t")
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
-            raise ImportFormatError(f'{where}: "t" must be a number of seconds, got {t!r}')
+            raise ImportFormatError(f'{where}: "t" must be a number of seconds, got {str(t)[:40]!r}')
+        if abs(t) > MAX_RECORDING_S or (lines and t - lines[0].t > MAX_RECORDING_S):
+            raise ImportFormatError(f'{where}: "t" {t:.6g} s is beyond the {MAX_RECORDING_S / 86400:g} days a '
+                                    "recording may span")  # fmt: skip
         if t < last_t:
             raise ImportFormatError(f'{where}: "t" goes backwards ({t} after {last_t})')
         last_t = t
@@ -87,10 +93,16 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
         hexstr = obj.get("hex")
         if not isinstance(hexstr, str):
             raise ImportFormatError(f'{where}: "hex" must be a string of payload bytes')
+        if len(hexstr) > 2 * MAX_ATTRIBUTE_BYTES + 1024:  # (spaces allowed between bytes)
+            raise ImportFormatError(f'{where}: "hex" is longer than the {MAX_ATTRIBUTE_BYTES} bytes a Bluetooth '
+                                    "notification can carry")  # fmt: skip
         try:
             data = bytes.fromhex(hexstr)
         except ValueError:
             raise ImportFormatError(f'{where}: "hex" is not hexadecimal bytes: {hexstr[:40]!r}') from None
+        if len(data) > MAX_ATTRIBUTE_BYTES:
+            raise ImportFormatError(f'{where}: "hex" holds {len(data)} bytes; a Bluetooth notification carries at '
+                                    f"most {MAX_ATTRIBUTE_BYTES}")  # fmt: skip
         lines.append(CaptureLine(float(t), uuid, data, device))
     if not any(line.uuid for line in lines):
         raise ImportFormatError(f"{source}: no notifications found")

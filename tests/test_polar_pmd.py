@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devices.errors import DecodeError
+from devices.heart_rate import decode_heart_rate
 from devices.polar_pmd import (
     POLAR_EPOCH,
     AccFrame,
@@ -313,13 +314,26 @@ def test_real_h10_ecg_round_trips_through_frames(shared_data) -> None:
 
 
 def test_compressed_acc_is_smaller_and_exact_on_smooth_signal() -> None:
-    t = np.arange(200) / 50
+    t = np.arange(36) / 50  # 36 raw samples: the most a 232-byte H10 notification carries
     acc = np.stack([np.rint(300 * np.sin(2 * np.pi * 0.1 * t)), np.rint(50 * np.cos(t)),
                     np.full_like(t, 1000)], axis=1).astype(int)
     raw, packed = encode_acc_frame(1, acc), encode_acc_frame(1, acc, compressed=True)
     assert len(packed) < len(raw) / 2
     assert np.array_equal(decode_pmd_frame(packed).samples_mg, acc)
     assert np.array_equal(decode_pmd_frame(raw).samples_mg, acc)
+
+
+def test_a_notification_longer_than_any_bluetooth_attribute_is_a_decode_error() -> None:
+    acc = np.zeros((200, 3), dtype=int)
+    big = encode_acc_frame(1, acc)
+    assert len(big) > 512
+    with pytest.raises(DecodeError, match="512 bytes a Bluetooth notification"):
+        decode_pmd_frame(big)
+    with pytest.raises(DecodeError, match="512 bytes"):
+        decode_heart_rate(bytes([0x10, 60]) + b"\x00\x04" * 300)
+    with pytest.raises(DecodeError) as refused:
+        decode_control_response(b"\xf0" * 100_000)
+    assert len(str(refused.value)) < 600  # the message shows the start of the bytes, not 100 kB of hex
 
 
 # ------------------------------------------------------------------ property-based
