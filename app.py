@@ -11,6 +11,7 @@ import dataclasses
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -1035,12 +1036,29 @@ def _positive_float(text: str) -> float:
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
+        value = int(text) if len(text) <= 30 else -1
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text[:30]}")
     return value
+
+
+def whole_number(lo: int, hi: int, what: str = "a whole number") -> Callable[[str], int]:
+    """An argparse type: a whole number from `lo` to `hi`, refused in one line otherwise."""
+
+    def parse(text: str) -> int:
+        value = int(text) if re.fullmatch(r"[+-]?\d{1,30}", text.strip()) else None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} from {lo} to {hi}, got {text[:30]!r}")
+        return value
+
+    parse.whole_number_range = (lo, hi)  # type: ignore[attr-defined]
+    return parse
+
+
+record_id = whole_number(1, 2**63 - 1, "an id")
+"""A session or answer-set id: a positive whole number a SQLite row id can hold."""
 
 
 def _add_store(p: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
@@ -1084,7 +1102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeat for a group: --device sim=P01 --device sim=P02)")  # fmt: skip
     p.add_argument("--speed", type=_positive_float, default=1.0,
                    help="simulated time per real second (simulator only)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated participant(s)")
+    p.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=0, help="seed of the simulated participant(s)")
     p.add_argument("--ecg", action="store_true", help="also record raw ECG (Polar H10 PMD, or simulated)")
     p.add_argument("--acc", action="store_true",
                    help="also record the chest strap's accelerometer (Polar H10 PMD, or simulated): phase "
@@ -1106,7 +1124,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "week's diary")  # fmt: skip
     p.add_argument("--lsl", action="store_true",
                    help="stream ECG, RR, heart rate and markers on Lab Streaming Layer (LabRecorder)")  # fmt: skip
-    p.add_argument("--lsl-wait", type=int, default=0, metavar="N",
+    p.add_argument("--lsl-wait", type=whole_number(0, 100), default=0, metavar="N",
                    help="with --lsl: start the session clock only once N of the streams have a consumer "
                         "(e.g. LabRecorder recording them), so session_start and the first phase are not "
                         "missed")  # fmt: skip
@@ -1129,25 +1147,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--week", type=_positive_int, help="only this study week")
     p = command(sessions, "exclude", cmd_sessions_exclude,
                 "leave a session out of study analyses and exports (kept; `sessions restore` undoes it)")  # fmt: skip
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     p.add_argument("--by", help="who (default: the operating-system user)")
     p = command(sessions, "restore", cmd_sessions_restore, "include an excluded session again")
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p.add_argument("--by", help="who (default: the operating-system user)")
     p = command(sessions, "redecode", cmd_sessions_redecode,
                 "rebuild a session's decoded layer (beats, heart rate, ECG) from its raw packets; the raw layer is "
                 "never changed")  # fmt: skip
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p = command(sessions, "set-week", cmd_sessions_set_week,
                 "record a session's study week (imports have none; or correct one); audited")  # fmt: skip
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p.add_argument("week", type=_positive_int)
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p.add_argument("--by", help="who (default: the operating-system user)")
     p = command(sessions, "delete", cmd_sessions_delete,
                 "delete a session and its data for good; an audit row keeps what it was, when and by whom")  # fmt: skip
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p.add_argument("--by", help="who (default: the operating-system user)")
@@ -1156,12 +1174,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_formats(p)
 
     p = command(sub, "replay", cmd_replay, "play a stored session's raw packets through the live displays")
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p.add_argument("--speed", type=_positive_float, default=1.0, help="playback speed (2 = twice as fast)")
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
 
     p = command(sub, "analyze", cmd_analyze, "per-phase HRV of a session")
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     _add_formats(p)
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--save-resonance", action="store_true",
@@ -1171,12 +1189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(resonance, "save", cmd_resonance_save,
                 "name the resonance rate of a resonance-assessment session and store it for the participant",
                 )  # fmt: skip
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     _add_formats(p)
 
     p = command(sub, "export", cmd_export, "export sessions to files (BIDS, EDF+, Kubios RR text, CSV, raw capture)")
-    p.add_argument("session", type=int, nargs="?", help="session id (or use --participant / --all)")
+    p.add_argument("session", type=record_id, nargs="?", help="session id (or use --participant / --all)")
     p.add_argument("--participant", metavar="ID", help="every session of this participant")
     p.add_argument("--all", action="store_true",
                    help="every session in the store (live, not excluded, unless --source / --include-...)")
@@ -1193,7 +1211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: dataset.toml beside the store file, when there")  # fmt: skip
 
     p = command(sub, "report", cmd_report, "write a session report: one self-contained HTML file")
-    p.add_argument("session", type=int)
+    p.add_argument("session", type=record_id)
     p.add_argument("--out", required=True, metavar="FILE.html")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--include-text", action="store_true",
@@ -1245,7 +1263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant", help="pseudonymous participant ID")
     p.add_argument("--week", type=_positive_int, help="week number (1, 2, ...)")
     p.add_argument("--from", dest="from_file", metavar="FILE", help="CSV or JSON file of answers (batch entry)")
-    p.add_argument("--session", type=int, help="the session these answers belong to")
+    p.add_argument("--session", type=record_id, help="the session these answers belong to")
     p.add_argument("--by", help="who enters the answers (default: the operating-system user)")
     p.add_argument("--instrument", default="cmt-weekly-diary", help="diary instrument name or TOML file")
 
@@ -1260,7 +1278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant")
     p.add_argument("--time", help="time point: pre, post, follow-up, week 3, ...")
     p.add_argument("--from", dest="from_file", metavar="FILE", help="CSV or JSON file of answers (batch entry)")
-    p.add_argument("--session", type=int)
+    p.add_argument("--session", type=record_id)
     p.add_argument("--by", help="who enters the answers (default: the operating-system user)")
 
     ans = sub.add_parser("answers", help="stored answers").add_subparsers(dest="sub", required=True)
@@ -1270,26 +1288,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_formats(p)
     p.add_argument("--include-text", action="store_true", help="include free-text answers (sensitive)")
     p = command(ans, "show", cmd_answers_show, "show one answer set and its edit history")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=record_id)
     p.add_argument("--json", action="store_true")
     p.add_argument("--include-text", action="store_true", help="include free-text answers (sensitive)")
     p = command(ans, "edit", cmd_answers_edit, "change answers; every change is kept in an audit trail")
-    p.add_argument("id", type=int, help="answer set id (see `answers list`)")
+    p.add_argument("id", type=record_id, help="answer set id (see `answers list`)")
     p.add_argument("--set", action="append", metavar="ITEM=VALUE", help="new answer (empty value: skipped)")
     p.add_argument("--text", action="append", metavar="FIELD=TEXT", help="new free text (empty: removed)")
     p.add_argument("--time", help="move the answers to another time point")
-    p.add_argument("--session", type=int, help="link the answers to a session")
+    p.add_argument("--session", type=record_id, help="link the answers to a session")
     p.add_argument("--by", help="who makes the change (default: the operating-system user)")
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p = command(ans, "exclude", cmd_answers_exclude, "leave an answer set out of study analyses (kept)")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=record_id)
     p.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     p.add_argument("--by", help="who (default: the operating-system user)")
     p = command(ans, "restore", cmd_answers_restore, "include an excluded answer set again")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=record_id)
     p.add_argument("--by", help="who (default: the operating-system user)")
     p = command(ans, "delete", cmd_answers_delete, "delete an answer set for good; an audit row keeps what it was")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=record_id)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p.add_argument("--by", help="who (default: the operating-system user)")
@@ -1307,11 +1325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-text", action="store_true", help="also output free-text answers (sensitive)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p = command(study, "simulate", cmd_study_simulate, "record a simulated weekly group study")
-    p.add_argument("--participants", type=int, default=6)
-    p.add_argument("--weeks", type=int, default=12)
+    p.add_argument("--participants", type=whole_number(1, 50), default=6)
+    p.add_argument("--weeks", type=whole_number(1, 104), default=12)
     p.add_argument("--speed", type=_positive_float,
                    help="run at this multiple of real time (default: as fast as possible)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=0)
     p.add_argument("--miss-rate", type=float, default=0.1, help="chance a participant misses a week's session")
     p.add_argument("--protocol", help="weekly protocol (default: a short simulation-sized cmt-soothing)")
     p.add_argument("--into-store", action="store_true",

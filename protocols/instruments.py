@@ -57,6 +57,10 @@ from .packaged import builtin_or_file, load_packaged
 
 TOP_FIELDS = ("name", "title", "version", "kind", "instructions", "description", "scale", "item", "subscale", "text")
 SCALE_FIELDS = ("min", "max", "labels")
+SCALE_LIMIT = 1000
+"""Largest |min| or |max| of a response scale."""
+MAX_SCALE_POINTS = 101
+"""Most answer points on one scale (0–100, a visual analogue scale, is the widest in use)."""
 ITEM_FIELDS = ("id", "text", "subscale", "subscales", "reverse", "scale")
 SUBSCALE_FIELDS = ("name", "title", "items", "method", "missing")
 MISSING_FIELDS = ("rule", "max_missing")
@@ -256,6 +260,10 @@ def _parse_scale(ck: _Checker, raw: Any, field: str) -> ResponseScale | None:
         return None
     if hi <= lo:
         ck.add(f"{field}.max", f"expected a number above min ({lo}), got {hi!r}")
+        return None
+    if max(abs(lo), abs(hi)) > SCALE_LIMIT or hi - lo + 1 > MAX_SCALE_POINTS:
+        ck.add(f"{field}.max", f"expected a scale within ±{SCALE_LIMIT} of at most {MAX_SCALE_POINTS} points "
+                               f"(e.g. 0–100), got {lo}–{hi}")  # fmt: skip
         return None
     labels: list[tuple[int, str]] = []
     raw_labels = raw.get("labels", {})

@@ -43,6 +43,12 @@ from protocols.file_problems import FileProblems, TableChecker, closest, parse_t
 from protocols.file_problems import Problem as BaseProblem
 from protocols.instruments import DIARY_NAME, InstrumentError, builtin_instruments, load_instrument
 from protocols.model import (
+    INHALE_FRACTION_RANGE,
+    MAX_PHASE_S,
+    MAX_PHASES,
+    MAX_PROMPTS_PER_PHASE,
+    MAX_PROTOCOL_S,
+    MAX_TEXT_CHARS,
     PACER_RATE_RANGE_BPM,
     FeedbackMode,
     Pacer,
@@ -184,6 +190,8 @@ def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | N
         ck.add("phase", f"expected [[phase]] tables (note the double brackets), got {show(raw_phases)}")
     elif not raw_phases:
         ck.add("phase", "expected at least one [[phase]] table, got an empty array")
+    elif len(raw_phases) > MAX_PHASES:
+        ck.add("phase", f"expected at most {MAX_PHASES} phases, got {len(raw_phases)}")
     else:
         seen: dict[str, int] = {}
         for i, raw in enumerate(raw_phases, start=1):
@@ -197,6 +205,10 @@ def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | N
                 seen[phase.name] = i
                 phases.append(phase)
         ck.phase_index = ck.phase_name = None
+        total = sum(p.duration_s for p in phases)
+        if total > MAX_PROTOCOL_S:
+            ck.add("phase", f"expected phases lasting at most {MAX_PROTOCOL_S / 3600:g} h in all, "
+                            f"got {total / 3600:.4g} h")
 
     if ck.problems:
         raise ProtocolError(ck.problems)
@@ -213,7 +225,11 @@ def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any], base_dir: str | 
     name = ck.text(raw, "name", "name", required=True)
     kind = ck.choice(raw, "kind", "kind", PhaseKind, required=True)
     duration = ck.duration(raw, "duration", "duration", allow_zero=False)
+    if duration is not None and duration > MAX_PHASE_S:
+        ck.add("duration", f"expected at most {MAX_PHASE_S / 3600:g} h, got {show(raw['duration'])}")
     prompt = ck.text(raw, "prompt", "prompt", required=False) or ""
+    if len(prompt) > MAX_TEXT_CHARS:
+        ck.add("prompt", f"expected at most {MAX_TEXT_CHARS} characters, got {len(prompt)}")
     feedback = ck.choice(raw, "feedback", "feedback", FeedbackMode, required=False) or FeedbackMode.LIVE
     show_numbers = raw.get("show_numbers", False)
     if not isinstance(show_numbers, bool):
@@ -282,17 +298,25 @@ def _parse_pacer(ck: _Checker, raw: Any) -> Pacer | None:
         ck.add("pacer.rate_bpm", f"expected {expected}, got {show(rate)}")
     inhale, exhale = DEFAULT_RATIO
     ratio = raw.get("ratio", "4:6")
-    m = _RATIO.match(ratio) if isinstance(ratio, str) else None
-    if m is None or float(m[1]) <= 0 or float(m[2]) <= 0:
+    m = _RATIO.match(ratio) if isinstance(ratio, str) and len(ratio) <= 40 else None
+    if m is None or not all(0 < float(x) < math.inf for x in (m[1], m[2])):
         ck.add("pacer.ratio", f'expected inhale:exhale as positive numbers like "4:6", got {show(ratio)}')
         return None
     inhale, exhale = float(m[1]), float(m[2])
+    lo_f, hi_f = INHALE_FRACTION_RANGE
+    if not lo_f <= inhale / (inhale + exhale) <= hi_f:
+        ck.add("pacer.ratio", f"expected inhale:exhale from 1:{(1 - lo_f) / lo_f:g} to {hi_f / (1 - hi_f):g}:1, "
+                              f"got {show(ratio)}")  # fmt: skip
+        return None
     return Pacer.from_ratio(float(rate), inhale, exhale) if ok_rate else None
 
 
 def _parse_prompts(ck: _Checker, raw: Any, duration: float | None) -> tuple[TimedPrompt, ...]:
     if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
         ck.add("prompts", f"expected [[phase.prompts]] tables with at and text, got {show(raw)}")
+        return ()
+    if len(raw) > MAX_PROMPTS_PER_PHASE:
+        ck.add("prompts", f"expected at most {MAX_PROMPTS_PER_PHASE} prompts in a phase, got {len(raw)}")
         return ()
     out = []
     for j, item in enumerate(raw, start=1):
@@ -303,6 +327,9 @@ def _parse_prompts(ck: _Checker, raw: Any, duration: float | None) -> tuple[Time
         if at is not None and duration is not None and at >= duration:
             got = show(item["at"])
             ck.add(prefix + "at", f"expected a time before the phase ends ({duration:g} s), got {got}")
+            continue
+        if text is not None and len(text) > MAX_TEXT_CHARS:
+            ck.add(prefix + "text", f"expected at most {MAX_TEXT_CHARS} characters, got {len(text)}")
             continue
         if at is not None and text is not None:
             out.append(TimedPrompt(at, text))

@@ -9,6 +9,18 @@ from enum import StrEnum
 
 PACER_RATE_RANGE_BPM: tuple[float, float] = (2.0, 30.0)
 """Pacer rates accepted, in breaths per minute (inclusive)."""
+INHALE_FRACTION_RANGE: tuple[float, float] = (0.1, 0.9)
+"""Inhale share of a breath a protocol file may ask for (inclusive): from 1:9 to 9:1 inhale:exhale."""
+MAX_PHASE_S = 4 * 3600.0
+"""Longest phase a protocol file may have (4 h)."""
+MAX_PROTOCOL_S = 12 * 3600.0
+"""Longest protocol (sum of its phases, 12 h): a lab session, not a recording of days."""
+MAX_PHASES = 100
+"""Most phases in one protocol."""
+MAX_PROMPTS_PER_PHASE = 200
+"""Most timed prompts in one phase."""
+MAX_TEXT_CHARS = 5000
+"""Longest prompt text (characters)."""
 
 
 class PhaseKind(StrEnum):

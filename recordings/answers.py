@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import getpass
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -479,9 +480,10 @@ def parse_cell(raw: Any) -> float | str | None:
     if text.lower() in _SKIPPED:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return text
+    return value if math.isfinite(value) else text  # "nan" or "inf" is not an answer: refused as text would be
 
 
 def read_answer_file(

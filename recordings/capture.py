@@ -64,10 +64,13 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ImportFormatError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise ImportFormatError(f"{where}: JSON nested too deeply to be a capture line") from None
         if not isinstance(obj, dict):
             raise ImportFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         t = obj.get("t")
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        finite = (isinstance(t, float) and math.isfinite(t)) or (isinstance(t, int) and abs(t) <= 2**63)
+        if isinstance(t, bool) or not finite:
             raise ImportFormatError(f'{where}: "t" must be a number of seconds, got {str(t)[:40]!r}')
         if abs(t) > MAX_RECORDING_S or (lines and t - lines[0].t > MAX_RECORDING_S):
             raise ImportFormatError(f'{where}: "t" {t:.6g} s is beyond the {MAX_RECORDING_S / 86400:g} days a '
@@ -116,7 +119,12 @@ def import_capture(
 
     A capture of several straps (a group) is imported one strap at a time: name it with `device`.
     """
-    lines = parse_capture(Path(path).read_text(encoding="utf-8"), str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
+        raise ImportFormatError(f"{path}: line {line}: not UTF-8 text, so not a capture (JSON Lines)") from None
+    lines = parse_capture(text, str(path))
     devices = sorted({line.device for line in lines if line.uuid and line.device}) or [""]
     if device is not None:
         if device not in devices:

@@ -50,7 +50,7 @@ def check_start(start: datetime | None, where: str) -> datetime | None:
     """A recording's start time (UTC or local) within 1980 … now + 1 day, else LimitError."""
     if start is None:
         return None
-    aware = start if start.tzinfo else start.astimezone()
+    aware = start if start.tzinfo else start.replace(tzinfo=UTC)  # local offsets do not matter at this scale
     latest = datetime.now(UTC) + FUTURE_TOLERANCE
     if not EARLIEST_START_UTC <= aware <= latest:
         raise LimitError(f"{where}: start time {start.isoformat()} is outside {EARLIEST_START_UTC:%Y-%m-%d} … "

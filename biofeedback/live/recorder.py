@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -90,7 +91,9 @@ def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: i
             try:
                 x = float(number)
             except ValueError:
-                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a number") from None
+                x = math.nan
+            if not math.isfinite(x):
+                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a finite number") from None
             if key in _FAULT_KEYS:
                 if not x >= 0:
                     raise DeviceSpecError(f"--sim-faults {value!r}: rates cannot be negative")
