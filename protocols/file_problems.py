@@ -123,6 +123,6 @@ def parse_toml(text: str, source: str, error: type[FileProblems]) -> dict[str, A
 def read_text(path: str | Path, error: type[FileProblems]) -> str:
     """A file's UTF-8 text; undecodable bytes become `error` naming the file as given (OSError passes through)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is read as one
     except UnicodeDecodeError as exc:
         raise error([Problem(str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})")]) from None

@@ -96,7 +96,11 @@ def import_rr_with_events(
     if not rr.intervals:
         raise ImportFormatError(f"{rr_path}: no RR intervals found")
     st, _, _, _ = rr_file_beats(rr)
-    events = parse_events_tsv(Path(events_path).read_text(encoding="utf-8"), str(events_path), float(st.t[-1]))
+    try:
+        events_text = Path(events_path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImportFormatError(f"{events_path}: not UTF-8 text, so not an events TSV") from None
+    events = parse_events_tsv(events_text, str(events_path), float(st.t[-1]))
     phases = sorted((e for e in events if e.duration > 0), key=lambda e: e.onset)
     protocol = {
         "name": Path(events_path).stem,

@@ -163,6 +163,12 @@ def test_a_byte_order_mark_is_read_as_one(tmp_path, capsys):
         assert len(s.beats(1).t) == 3  # no interval taken for a header
 
 
+def test_a_protocol_file_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    path = tmp_path / "p.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + _protocol(_phase("a")).encode("utf-8"))
+    assert app.main(["protocols", "validate", str(path)]) == 0, capsys.readouterr().err
+
+
 def test_the_rr_range_override_applies_to_imported_files(tmp_path, monkeypatch):
     from recordings.import_formats import parse_rr_table
 
