@@ -345,13 +345,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    from recordings.store import source_matches
+    from biofeedback.study.session_filter import select_sessions
 
     with _open_store(args, readonly=True) as store:
-        sessions = [s for s in store.sessions(args.participant)
-                    if (args.source is None or source_matches(s.source, args.source))
-                    and (args.state is None or s.state == args.state)
-                    and (args.week is None or s.week == args.week)]  # fmt: skip
+        sessions = select_sessions(store, participant=args.participant, protocol=args.protocol, week=args.week,
+                                   state=args.state, source=args.source)  # fmt: skip
         cols = ["id", "participant", "protocol", "week", "source", "device", "started (UTC)", "state", "beats",
                 "excluded"]  # fmt: skip
         rows = [[str(s.id), s.participant_id, s.protocol_name, _fmt(s.week, "d"), s.source, s.device, s.started_utc,
@@ -770,6 +768,13 @@ def cmd_participants_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The lab console window (also what `cmt-biofeedback` without a command opens)."""
+    from biofeedback.display.console import run_console
+
+    return run_console(_store_path(args))
+
+
 # -- instruments, answers and the study view -------------------------------------------------------------------
 
 
@@ -1138,6 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="only this source (live, simulated, replay-copy, imported, imported-FORMAT)")
     p.add_argument("--state", help="only this state (completed, stopped, interrupted, imported, running)")
     p.add_argument("--week", type=_positive_int, help="only this study week")
+    p.add_argument("--protocol", help="only sessions of this protocol")
     p = command(sessions, "exclude", cmd_sessions_exclude,
                 "leave a session out of study analyses and exports (kept; `sessions restore` undoes it)")  # fmt: skip
     p.add_argument("session", type=int)
@@ -1165,6 +1171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sessions, "audit", cmd_sessions_audit,
                 "the audit trail: exclusions, restores, week changes and deletions")  # fmt: skip
     _add_formats(p)
+
+    command(sub, "console", cmd_console, "the lab console: participants, protocols, straps, start, sessions")
 
     parts = sub.add_parser("participants", help="participant codes").add_subparsers(dest="sub", required=True)
     p = command(parts, "add", cmd_participants_add, "add a pseudonymous participant code (the code rule is checked)")
@@ -1381,10 +1389,15 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure is one line on stderr and a non-zero exit status, never a traceback.
 
+    Without a command (only `--store PATH`, or nothing) it opens the lab console.
     Exit status: 2 for errors in what was asked (bad arguments, missing sessions, invalid files, refused values),
     1 for an unexpected failure (a bug; `CMT_DEBUG=1` shows its traceback), 130 on Ctrl-C, 141 on a closed pipe.
     """
     os.umask(0o077)  # everything this process creates is private to the user
+    argv = list(sys.argv[1:] if argv is None else argv)
+    only_store = (len(argv) == 2 and argv[0] == "--store") or (len(argv) == 1 and argv[0].startswith("--store="))
+    if not argv or only_store:  # `cmt-biofeedback` alone opens the lab console (`--help` lists the commands)
+        argv = [*argv, "console"]
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args) or 0)
