@@ -32,7 +32,7 @@ prompt = "Sit comfortably and let your breathing settle."
 [[phase]]
 name = "breathe"
 kind = "breathing"
-duration = "4min"
+duration = "2min"
 prompt = "Breathe gently with the circle."
 
 [phase.pacer]
@@ -112,7 +112,7 @@ def test_full_flow_by_clicks(qtbot, lab, tmp_path, monkeypatch):
     protos = win.protocols
     assert "broken.toml" in protos.problems.text() and protos.problems.error
     click_list_item(protos.list, "console-short  (lab)")
-    assert protos.previews.count() == 2 and protos.previews.item(1).text() == "2. breathe (4 min)"
+    assert protos.previews.count() == 2 and protos.previews.item(1).text() == "2. breathe (2 min)"
     assert not protos.previews.item(0).icon().isNull()
     click(protos.choose_button)
     assert win.state.protocol_name == "console-short"
@@ -146,7 +146,7 @@ def test_full_flow_by_clicks(qtbot, lab, tmp_path, monkeypatch):
     assert titles == ["Session monitor", "Session · P21", "Session · P22"]
     assert not start.start_button.isEnabled()
     session = shown.session
-    qtbot.waitUntil(lambda: session.clock.now() >= 150.0, timeout=20000)  # in the paced phase
+    qtbot.waitUntil(lambda: session.clock.now() >= 100.0, timeout=20000)  # in the paced phase
     shown.monitor.confirm_end = lambda: True
     click(shown.monitor.end_button)
     qtbot.waitUntil(lambda: start.windows is None, timeout=20000)
@@ -233,7 +233,7 @@ def test_lab_protocols_are_listed_found_by_name_and_participants_added_from_the_
     assert rows["cmt-soothing"]["from"] == "built-in"
     assert "broken.toml" in err and "broken" not in rows
     assert app.main(["protocols", "show", "console-short", "--store", str(lab)]) == 0
-    assert "2. breathe [breathing] 4 min" in capsys.readouterr().out
+    assert "2. breathe [breathing] 2 min" in capsys.readouterr().out
     assert app.main(["participants", "add", "Anna", "--store", str(lab)]) == 2
     assert app.main(["participants", "add", "P31", "--store", str(lab)]) == 0
     assert app.main(["participants", "list", "--store", str(lab), "--csv"]) == 0
@@ -265,6 +265,10 @@ win.state.changed()
 win.protocols.select("console-short")
 win.sessions.table.selectRow(1)
 win.sessions.analyze()
+win.straps.scan()  # a real scan: on a machine without Bluetooth the page says why
+deadline = QtCore.QDeadlineTimer(10000)
+while not win.straps.scan_button.isEnabled() and not deadline.hasExpired():
+    qt.processEvents()
 done = []
 def shoot(i=0):
     if i == len(PAGES):

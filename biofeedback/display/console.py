@@ -70,6 +70,7 @@ class StartPage(QtWidgets.QWidget):
         root.addWidget(self.summary)
 
         form = QtWidgets.QFormLayout()
+        form.setFieldGrowthPolicy(QtWidgets.QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
         self.week = QtWidgets.QSpinBox()
         self.week.setRange(0, 104)
         self.week.setSpecialValueText("each participant's next week")

@@ -95,15 +95,22 @@ class MessageLine(QtWidgets.QLabel):
             return None
 
 
-def fill_table(table: QtWidgets.QTableWidget, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Replace a read-only table's contents (numbers right-aligned)."""
+def fill_table(table: QtWidgets.QTableWidget, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+               formats: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Replace a read-only table's contents; numbers right-aligned, floats as `formats[column]` (default .1f)."""
     table.clear()
     table.setColumnCount(len(columns))
     table.setHorizontalHeaderLabels(list(columns))
     table.setRowCount(len(rows))
     for r, row in enumerate(rows):
         for c, value in enumerate(row):
-            item = QtWidgets.QTableWidgetItem("–" if value is None else str(value))
+            if value is None:
+                text = "–"
+            elif isinstance(value, float):
+                text = format(value, (formats or {}).get(columns[c], ".1f"))
+            else:
+                text = str(value)
+            item = QtWidgets.QTableWidgetItem(text)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 item.setTextAlignment(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
             table.setItem(r, c, item)

@@ -3,6 +3,8 @@ will see it (`protocols list`, `protocols show`, `protocols preview`: the same p
 
 from __future__ import annotations
 
+import os
+
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from biofeedback.display.console_common import ConsoleState, MessageLine, fill_table, heading, hint, read_only_table
@@ -11,7 +13,7 @@ from biofeedback.display.preview import preview_views
 from protocols.library import builtin_protocols, lab_protocols
 from protocols.model import Protocol
 
-THUMB = (384, 216)
+THUMB = (320, 180)
 
 
 class ProtocolsPage(QtWidgets.QWidget):
@@ -44,7 +46,7 @@ class ProtocolsPage(QtWidgets.QWidget):
         self.description.setTextFormat(QtCore.Qt.TextFormat.PlainText)
         right.addWidget(self.description)
         self.phases = read_only_table()
-        self.phases.setMaximumHeight(190)
+        self.phases.setMaximumHeight(170)
         right.addWidget(self.phases)
         right.addWidget(QtWidgets.QLabel("What participants will see, halfway through each phase"))
         self.previews = QtWidgets.QListWidget()
@@ -60,6 +62,7 @@ class ProtocolsPage(QtWidgets.QWidget):
 
         self.list.currentItemChanged.connect(lambda item, _old: self.show_protocol(item))
         self.choose_button.clicked.connect(self.choose)
+        state.listeners.append(self._show_chosen)
         self.refresh()
 
     def refresh(self) -> None:
@@ -67,8 +70,9 @@ class ProtocolsPage(QtWidgets.QWidget):
         where = "exists" if lab.folder.is_dir() else "does not exist yet"
         self.folder_hint.setText(f"The lab's own protocols: TOML files in {lab.folder} ({where}; "
                                  "set $CMT_PROTOCOL_DIR for another folder).")  # fmt: skip
-        if lab.problems:
-            self.problems.fail("Not valid protocols: " + " · ".join(lab.problems))
+        if lab.problems:  # each problem names its file; the folder is said above
+            shown = [p.replace(f"{lab.folder}{os.sep}", "") for p in lab.problems]
+            self.problems.fail("Not valid, left out (details: protocols validate FILE): " + " · ".join(shown))
         else:
             self.problems.setText("")
         self.protocols = {}

@@ -82,9 +82,9 @@ class SessionsPage(QtWidgets.QWidget):
         root.addWidget(self.message)
         self.analysis = read_only_table()
         root.addWidget(self.analysis, 1)
-        self.notes = QtWidgets.QLabel()
-        self.notes.setWordWrap(True)
-        self.notes.setTextFormat(QtCore.Qt.TextFormat.PlainText)
+        self.notes = QtWidgets.QPlainTextEdit()  # quality notes per phase, as `analyze` prints them
+        self.notes.setReadOnly(True)
+        self.notes.setMaximumHeight(110)
         root.addWidget(self.notes)
 
         self.report_button.clicked.connect(self.open_report)
@@ -199,10 +199,10 @@ class SessionsPage(QtWidgets.QWidget):
             return
         fill_table(self.analysis, ["phase", "kind", "start s", "end s", "beats", "corr %", "HR", "RMSSD", "SDNN",
                                    "LF ms²", "HF ms²", "breaths/min"],
-                   [[p.name, p.kind, _r(p.start_s), _r(p.end_s), p.n_beats, _r(p.corrected_pct), _r(p.mean_hr_bpm),
-                     _r(p.rmssd_ms), _r(p.sdnn_ms), _r(p.lf_ms2, 0), _r(p.hf_ms2, 0), _r(p.breathing_rate_bpm)]
-                    for p in result.phases])  # fmt: skip
-        self.notes.setText("\n".join(f"{p.name}: {note}" for p in result.phases for note in p.notes))
+                   [[p.name, p.kind, p.start_s, p.end_s, p.n_beats, p.corrected_pct, p.mean_hr_bpm, p.rmssd_ms,
+                     p.sdnn_ms, p.lf_ms2, p.hf_ms2, p.breathing_rate_bpm] for p in result.phases],
+                   formats={"LF ms²": ".0f", "HF ms²": ".0f"})  # fmt: skip
+        self.notes.setPlainText("\n".join(f"{p.name}: {note}" for p in result.phases for note in p.notes))
         self.message.info(f"Session {sid} analysed ({len(result.phases)} phases, correction {result.correction}).")
 
     def export(self) -> list[Path] | None:
@@ -261,10 +261,6 @@ class SessionsPage(QtWidgets.QWidget):
             return
         self.state.changed()
         self.message.info(f"Session {sid} is included again." if done else f"Session {sid} was not excluded.")
-
-
-def _r(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 class _busy:
