@@ -82,7 +82,8 @@ def no_bluetooth(monkeypatch) -> None:
     monkeypatch.setattr(BleakScanner, "discover", discover)
 
 
-def test_full_flow_by_clicks(qtbot, lab, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_full_flow_by_clicks(qtbot, lab, tmp_path, monkeypatch, capsys):
     from biofeedback.display.console import ConsoleWindow
 
     no_bluetooth(monkeypatch)
@@ -139,8 +140,10 @@ def test_full_flow_by_clicks(qtbot, lab, tmp_path, monkeypatch):
     click_list_item(win.nav, "Start")
     start = win.start_page
     assert "console-short" in start.summary.text() and "P22 wears the simulated strap" in start.summary.text()
+    click(start.when_ready)  # --start-when-ready: the protocol starts once both straps are ready again
+    assert start.when_ready.isChecked()
     click(start.start_button)
-    qtbot.waitUntil(lambda: start.windows is not None, timeout=10000)
+    qtbot.waitUntil(lambda: start.windows is not None, timeout=20000)
     shown = start.windows
     titles = sorted(w.windowTitle() for w in shown.windows)
     assert titles == ["Session monitor", "Session · P21", "Session · P22"]
@@ -186,7 +189,12 @@ def test_full_flow_by_clicks(qtbot, lab, tmp_path, monkeypatch):
     click_list_item(win.nav, "Participants")
     click_list_item(page.list, "P22")
     assert page.sessions.rowCount() == 1 and page.sessions.item(0, 6).text() == "strap fell off"
+    capsys.readouterr()
     assert app.main(["sessions", "list", "--store", str(lab), "--protocol", "console-short", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["excluded"]) for r in listed] == [(1, None), (2, "strap fell off")]
+    assert app.main(["sessions", "list", "--store", str(lab), "--protocol", "cmt-soothing", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
     with Store(lab) as store:
         (row,) = [r for r in store.audit_rows() if r.action == "exclude"]
         assert (row.object_id, row.reason) == (2, "strap fell off")
@@ -289,6 +297,7 @@ print(",".join(done))
 """
 
 
+@pytest.mark.slow
 def test_screenshot_of_each_page_under_xvfb(lab, tmp_path):
     if shutil.which("Xvfb") is None:
         pytest.skip("needs Xvfb (apt xvfb) for real X screenshots")
@@ -319,3 +328,32 @@ def test_screenshot_of_each_page_under_xvfb(lab, tmp_path):
         image = QtGui.QImage(str(SHOTS / f"{i}-{name}.png"))
         assert (image.width(), image.height()) == (1200, 780)
         assert len({image.pixel(x, y) for x in range(0, 1200, 40) for y in range(0, 780, 40)}) > 3  # not blank
+
+
+def test_closing_the_monitor_ends_the_session_and_the_console_stays(qtbot, lab):
+    from biofeedback.display.console import ConsoleWindow
+
+    with Store(lab) as store:
+        store.ensure_participant("P41")
+        store.flush()
+    win = ConsoleWindow(lab)
+    qtbot.addWidget(win)
+    win.show()
+    win.state.protocol_name = "console-short"
+    click_list_item(win.nav, "Straps")
+    win.straps.participant_box.setCurrentText("P41")
+    click(win.straps.assign_button)
+    win.start_page.speed_box.setCurrentIndex(win.start_page.speed_box.findData(100.0))
+    click_list_item(win.nav, "Start")
+    click(win.start_page.start_button)
+    qtbot.waitUntil(lambda: win.start_page.windows is not None, timeout=10000)
+    session = win.start_page.windows.session
+    qtbot.waitUntil(lambda: session.clock.now() >= 20.0, timeout=10000)
+    win.start_page.windows.monitor.close()  # the window's own close button
+    qtbot.waitUntil(lambda: win.start_page.windows is None, timeout=10000)
+    assert win.isVisible() and win.start_page.start_button.isEnabled()
+    with Store(lab) as store:
+        (info,) = store.sessions()
+        assert (info.participant_id, info.state) == ("P41", "stopped")
+        (end,) = [m for m in store.markers(info.id) if m.kind == "session_end"]
+        assert end.detail["ended"] == "stopped" and end.detail["reason"] == "monitor closed"

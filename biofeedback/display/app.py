@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from PySide6 import QtCore, QtWidgets
 
@@ -79,15 +80,24 @@ class SessionWindows(QtCore.QObject):
             self.end()
         return False
 
-    def end(self, reason: str = "monitor closed") -> None:
-        """End the session (recorded as stopped by the experimenter) if it is still running."""
-        if self.worker.is_alive():
+    def end(self, reason: str = "monitor closed") -> bool:
+        """End the session (recorded as stopped by the experimenter) if it is still running; False when its protocol
+        has not started yet (asked again shortly, so an early close still ends it)."""
+        if not self.worker.is_alive():
+            return True
+        try:
             self.session.end_session(reason)
+        except RuntimeError:  # in the moment before the session's loop starts the protocol
+            QtCore.QTimer.singleShot(50, lambda: self.end(reason))
+            return False
+        return True
 
     def close(self, timeout_s: float = 10.0) -> list[int]:
         """End the session if needed, wait for its thread, close the windows; the session ids (or its error)."""
-        self.end()
-        self.worker.join(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not self.end() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.worker.join(timeout=max(0.0, deadline - time.monotonic()))
         self._watcher.stop()
         app = QtWidgets.QApplication.instance()
         # Tear the windows down here, in order, rather than whenever Python's garbage collector gets to them: a
