@@ -206,7 +206,7 @@ class ConsoleWindow(QtWidgets.QMainWindow):
     def __init__(self, store_path: Path | str) -> None:
         super().__init__()
         self.state = ConsoleState(Path(store_path))
-        self.setWindowTitle("CMT biofeedback · lab console")
+        self.setWindowTitle(f"CMT biofeedback · lab console · {self.state.store_path}")
         self.resize(1200, 780)
         self.setStyleSheet(STYLE)
         body = QtWidgets.QWidget()
