@@ -53,6 +53,20 @@ def _open_store(args: argparse.Namespace, *, readonly: bool = False):
     return Store(path, readonly=readonly and path.exists())
 
 
+def _store_path(args: argparse.Namespace) -> Path:
+    from recordings.store import default_store_path
+
+    store = getattr(args, "store", None)
+    return Path(store) if store else default_store_path()
+
+
+def _lab_protocols(args: argparse.Namespace) -> Path:
+    """The lab's own protocol folder ($CMT_PROTOCOL_DIR, else `protocols/` beside the store)."""
+    from protocols.library import lab_protocol_dir
+
+    return lab_protocol_dir(_store_path(args))
+
+
 def _fmt(value, spec=".1f") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -195,18 +209,11 @@ def _headless_diary_note(session) -> str | None:
 
 def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
     """--start-when-ready: wait (on links of its own, recording nothing) until every strap is ready, or fail."""
-    import asyncio
-
-    from biofeedback.live.readiness import READY_BEATS_S, NotReadyError, wait_until_ready
-    from biofeedback.live.recorder import make_links
-    from biofeedback.live.session import StrapBinding
-    from devices.clock import ScaledClock
+    from biofeedback.live.readiness import READY_BEATS_S, NotReadyError
+    from biofeedback.live.recorder import wait_for_straps
 
     if args.ready_timeout <= 0:
         raise UserError(f"--ready-timeout must be > 0 s, got {args.ready_timeout:g}")
-    clock = ScaledClock(args.speed)
-    links = make_links(specs, clock, lambda: None, seed=args.seed, faults=faults)
-    bindings = [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)]
     shown: dict[str, str] = {}
 
     def update(states, now: float) -> None:
@@ -220,33 +227,26 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
     console.print(f"Waiting for {len(specs)} strap(s): connected, skin contact, beats for {READY_BEATS_S:g} s "
                   f"(at most {args.ready_timeout:g} s)")  # fmt: skip
     try:
-        asyncio.run(wait_until_ready(bindings, clock, args.ready_timeout, on_update=update))
+        wait_for_straps(specs, args.ready_timeout, speed=args.speed, seed=args.seed, faults=faults, on_update=update)
     except NotReadyError as exc:
         raise UserError(f"{exc}. Nothing was recorded.") from None
     console.print("Every strap is ready: starting the protocol.")
 
 
 def cmd_session_run(args: argparse.Namespace) -> int:
-    from biofeedback.live.recorder import build_session, parse_device_specs, parse_sim_faults, run_session_blocking
+    from biofeedback.live.recorder import parse_device_specs, plan_session, run_session_blocking
     from protocols.library import get_protocol
 
     specs = parse_device_specs(args.device or ["sim"], args.participant)
-    protocol = get_protocol(args.protocol)
+    protocol = get_protocol(args.protocol, lab_dir=_lab_protocols(args))
     with _open_store(args) as store:
-        rate = args.pacer_rate
-        if rate is None and len(specs) == 1:
-            rate = store.resonance_rate(specs[0].participant_id)
-        if rate is not None:
-            protocol = protocol.with_pacer_rate(rate)
-        settings = {} if args.week is None else {"week": args.week}
-        sims = [s.participant_id for s in specs if s.simulated]
-        faults = parse_sim_faults(args.sim_faults or [], sims, args.seed)
-        if args.speed != 1.0 and not all(s.simulated for s in specs):
-            raise UserError("--speed other than 1 only makes sense with simulated straps")
+        plan = plan_session(store, protocol, specs, pacer_rate=args.pacer_rate, week=args.week,
+                            sim_faults=args.sim_faults or [], speed=args.speed, seed=args.seed, ecg=args.ecg,
+                            acc=args.acc)  # fmt: skip  (shared with the console's Start)
+        protocol = plan.protocol
         if args.start_when_ready:
-            _wait_for_straps(args, specs, faults)
-        session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
-                                acc=args.acc, settings=settings, faults=faults, on_alert=_alert)  # fmt: skip
+            _wait_for_straps(args, specs, plan.faults)
+        session = plan.build(store, on_alert=_alert)
         who = ", ".join(f"{st.binding.participant_id} (week {store.session(st.session_id).week})"
                         for st in session.straps)  # fmt: skip
         console.print(Text.assemble("Recording ", (protocol.name, "bold"), f" ({protocol.total_duration_s / 60:.0f} "
@@ -346,13 +346,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    from recordings.store import source_matches
+    from biofeedback.study.session_filter import select_sessions
 
     with _open_store(args, readonly=True) as store:
-        sessions = [s for s in store.sessions(args.participant)
-                    if (args.source is None or source_matches(s.source, args.source))
-                    and (args.state is None or s.state == args.state)
-                    and (args.week is None or s.week == args.week)]  # fmt: skip
+        sessions = select_sessions(store, participant=args.participant, protocol=args.protocol, week=args.week,
+                                   state=args.state, source=args.source)  # fmt: skip
         cols = ["id", "participant", "protocol", "week", "source", "device", "started (UTC)", "state", "beats",
                 "excluded"]  # fmt: skip
         rows = [[str(s.id), s.participant_id, s.protocol_name, _fmt(s.week, "d"), s.source, s.device, s.started_utc,
@@ -624,29 +622,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Path]:
-    if args.format == "capture":
-        from recordings.capture import export_capture
+    from biofeedback.study.session_export import export_session
 
-        return [export_capture(store, sid, out, overwrite=args.force)]
-    if args.format == "csv":
-        from biofeedback.analysis.analyze import analyze_session
-        from recordings.export_csv import export_csv
-
-        phases = analyze_session(store, sid, args.correction).phase_rows()
-        folder = out if args.session is not None else out / f"session-{sid}"
-        return export_csv(store, sid, folder, phases=phases, include_text=args.include_text, overwrite=args.force)
-    if args.format == "edf":
-        from recordings.export_bids import bids_label
-        from recordings.export_edf import export_edf
-
-        info = store.session(sid)
-        path = out / f"sub-{bids_label(info.participant_id)}_ses-{sid}.edf"
-        return [export_edf(store, sid, path, include_text=args.include_text, overwrite=args.force)]
-    if args.format == "kubios":
-        from recordings.export_kubios import export_kubios
-
-        return export_kubios(store, sid, out, overwrite=args.force)
-    raise UserError(f"unknown export format {args.format!r}")
+    return export_session(store, sid, args.format, out, correction=args.correction, include_text=args.include_text,
+                          overwrite=args.force, own_folder=args.session is None)  # fmt: skip
 
 
 def cmd_import_capture(args: argparse.Namespace) -> int:
@@ -695,19 +674,23 @@ def cmd_import_polar(args: argparse.Namespace) -> int:
 
 
 def cmd_protocols_list(args: argparse.Namespace) -> int:
-    from protocols.library import builtin_protocols
+    from protocols.library import builtin_protocols, lab_protocols
 
-    rows = [[name, f"{proto.total_duration_s / 60:.1f}", str(len(proto.phases)), proto.description]
-            for name, proto in builtin_protocols().items()]  # fmt: skip
-    _print_tabular(Tabular("Built-in protocols", ["name", "minutes", "phases", "description"], {"minutes", "phases"},
-                           rows), args)  # fmt: skip
+    lab = lab_protocols(_lab_protocols(args))
+    rows = [[name, f"{proto.total_duration_s / 60:.1f}", str(len(proto.phases)), proto.description, where]
+            for where, found in (("built-in", builtin_protocols()), (str(lab.folder), lab.protocols))
+            for name, proto in found.items()]  # fmt: skip
+    _print_tabular(Tabular("Protocols (built-in and the lab's own)", ["name", "minutes", "phases", "description",
+                                                                      "from"], {"minutes", "phases"}, rows), args)
+    for problem in lab.problems:
+        err_console.print(f"not a valid protocol: {problem}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
 def cmd_protocols_show(args: argparse.Namespace) -> int:
     from protocols.library import get_protocol
 
-    proto = get_protocol(args.name)
+    proto = get_protocol(args.name, lab_dir=_lab_protocols(args))
     plain = {"markup": False, "highlight": False}  # names and prompts are printed as written, brackets included
     console.print(Text.assemble((proto.name, "bold"), f" (version {proto.version}): {proto.description}"))
     for i, ph in enumerate(proto.phases):
@@ -725,7 +708,7 @@ def cmd_protocols_preview(args: argparse.Namespace) -> int:
     from biofeedback.display.preview import render_preview
     from protocols.library import get_protocol
 
-    protocol = get_protocol(args.name)
+    protocol = get_protocol(args.name, lab_dir=_lab_protocols(args))
     written = render_preview(protocol, Path(args.out), size=(args.width, args.height), overwrite=args.force)
     for path, phase in zip(written, protocol.phases, strict=True):
         console.print(Text.assemble(f"{path}  ", (f"{phase.name} at {phase.duration_s / 2:g} s", "dim")))
@@ -745,9 +728,12 @@ def cmd_protocols_validate(args: argparse.Namespace) -> int:
 def cmd_devices_scan(args: argparse.Namespace) -> int:
     import asyncio
 
-    from devices.ble import scan
+    from devices.ble import BluetoothUnavailableError, scan
 
-    straps = asyncio.run(scan(timeout_s=args.timeout))
+    try:
+        straps = asyncio.run(scan(timeout_s=args.timeout))
+    except BluetoothUnavailableError as exc:
+        raise UserError(str(exc)) from None
     if args.json:
         print(json.dumps([dataclasses.asdict(s) for s in straps], indent=2))
         return 0
@@ -758,6 +744,36 @@ def cmd_devices_scan(args: argparse.Namespace) -> int:
     _print_tabular(Tabular("Heart-rate straps nearby", ["name", "address", "signal dBm", "Polar ECG (PMD)"],
                            {"address", "signal dBm"}, rows), args)  # fmt: skip
     return 0
+
+
+def cmd_participants_add(args: argparse.Namespace) -> int:
+    from biofeedback.study.participants import add_participant
+
+    with _open_store(args) as store:
+        pid, new = add_participant(store, args.code)
+    console.print(f"added participant {pid} to {store.path}" if new else f"{pid} is already in {store.path}",
+                  highlight=False)  # fmt: skip
+    return 0
+
+
+def cmd_participants_list(args: argparse.Namespace) -> int:
+    from biofeedback.study.participants import participant_records
+
+    with _open_store(args) as store:
+        records = participant_records(store)
+    cols = ["participant", "sessions", "weeks", "diaries", "answer sets"]
+    rows = [[r.participant_id, str(len(r.sessions)),
+             ", ".join(str(w) for w in sorted({s.week for s in r.sessions if s.week is not None})) or "–",
+             str(len(r.diaries)), str(len(r.answers))] for r in records]  # fmt: skip
+    _print_tabular(Tabular(f"Participants in {store.path}", cols, {"sessions", "diaries", "answer sets"}, rows), args)
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """The lab console window (also what `cmt-biofeedback` without a command opens)."""
+    from biofeedback.display.console import run_console
+
+    return run_console(_store_path(args))
 
 
 # -- instruments, answers and the study view -------------------------------------------------------------------
@@ -1145,6 +1161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="only this source (live, simulated, replay-copy, imported, imported-FORMAT)")
     p.add_argument("--state", help="only this state (completed, stopped, interrupted, imported, running)")
     p.add_argument("--week", type=_positive_int, help="only this study week")
+    p.add_argument("--protocol", help="only sessions of this protocol")
     p = command(sessions, "exclude", cmd_sessions_exclude,
                 "leave a session out of study analyses and exports (kept; `sessions restore` undoes it)")  # fmt: skip
     p.add_argument("session", type=record_id)
@@ -1172,6 +1189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sessions, "audit", cmd_sessions_audit,
                 "the audit trail: exclusions, restores, week changes and deletions")  # fmt: skip
     _add_formats(p)
+
+    command(sub, "console", cmd_console, "the lab console: participants, protocols, straps, start, sessions")
+
+    parts = sub.add_parser("participants", help="participant codes").add_subparsers(dest="sub", required=True)
+    p = command(parts, "add", cmd_participants_add, "add a pseudonymous participant code (the code rule is checked)")
+    p.add_argument("code")
+    _add_formats(command(parts, "list", cmd_participants_list,
+                         "participants with their sessions, weeks, diaries and answer sets"))  # fmt: skip
 
     p = command(sub, "replay", cmd_replay, "play a stored session's raw packets through the live displays")
     p.add_argument("session", type=record_id)
@@ -1245,7 +1270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant", required=True)
 
     protos = sub.add_parser("protocols", help="protocol library").add_subparsers(dest="sub", required=True)
-    _add_formats(command(protos, "list", cmd_protocols_list, "list built-in protocols"))
+    _add_formats(command(protos, "list", cmd_protocols_list,
+                         "list built-in protocols and the lab's own ($CMT_PROTOCOL_DIR, else protocols/ beside the "
+                         "store)"))  # fmt: skip
     p = command(protos, "show", cmd_protocols_show, "show a protocol's phases and prompts")
     p.add_argument("name")
     p = command(protos, "preview", cmd_protocols_preview,
@@ -1380,10 +1407,15 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure is one line on stderr and a non-zero exit status, never a traceback.
 
+    Without a command (only `--store PATH`, or nothing) it opens the lab console.
     Exit status: 2 for errors in what was asked (bad arguments, missing sessions, invalid files, refused values),
     1 for an unexpected failure (a bug; `CMT_DEBUG=1` shows its traceback), 130 on Ctrl-C, 141 on a closed pipe.
     """
     os.umask(0o077)  # everything this process creates is private to the user
+    argv = list(sys.argv[1:] if argv is None else argv)
+    only_store = (len(argv) == 2 and argv[0] == "--store") or (len(argv) == 1 and argv[0].startswith("--store="))
+    if not argv or only_store:  # `cmt-biofeedback` alone opens the lab console (`--help` lists the commands)
+        argv = [*argv, "console"]
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args) or 0)

@@ -36,7 +36,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
+from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError, BleakDeviceNotFoundError, BleakError
 
 from devices.clock import Clock
 from devices.errors import DecodeError
@@ -119,11 +119,34 @@ def _info(device: BLEDevice, adv: AdvertisementData) -> StrapInfo:
     return StrapInfo(name, device.address, adv.rssi, advertises_pmd(name, adv.service_uuids))
 
 
+class BluetoothUnavailableError(RuntimeError):
+    """Scanning is not possible here (no Bluetooth service, no adapter, adapter off, no permission): says why."""
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """Why Bluetooth cannot be used, in words, with the underlying error kept in brackets."""
+    if isinstance(exc, BleakBluetoothNotAvailableError):
+        why = "Bluetooth is off or there is no adapter (switch it on: `bluetoothctl power on`, or the system settings)"
+    elif isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        why = ("no Bluetooth service to talk to (Linux: is the bluetooth service running? `systemctl status "
+               "bluetooth`)")  # fmt: skip
+    elif isinstance(exc, PermissionError):
+        why = "not allowed to use Bluetooth (Linux: the `bluetooth` group; macOS: Privacy & Security → Bluetooth)"
+    else:
+        why = "Bluetooth is not available"
+    return f"{why} ({describe_error(exc)})"
+
+
 async def scan(timeout_s: float = 5.0) -> list[StrapInfo]:
-    """Straps advertising the Heart Rate Service (0x180D) within `timeout_s`, strongest signal first."""
-    found = await BleakScanner.discover(
-        timeout=timeout_s, service_uuids=[HEART_RATE_SERVICE_UUID], return_adv=True
-    )
+    """Straps advertising the Heart Rate Service (0x180D) within `timeout_s`, strongest signal first.
+
+    Raises `BluetoothUnavailableError` with the reason in words when there is no Bluetooth to scan with."""
+    try:
+        found = await BleakScanner.discover(
+            timeout=timeout_s, service_uuids=[HEART_RATE_SERVICE_UUID], return_adv=True
+        )
+    except (OSError, BleakError) as exc:
+        raise BluetoothUnavailableError(f"cannot scan for straps: {unavailable_reason(exc)}") from exc
     return sorted((_info(d, a) for d, a in found.values()), key=lambda s: (-s.rssi, s.address))
 
 

@@ -24,6 +24,8 @@ BIOFEEDBACK_FLOORS = {
     "study": {"study", "analysis", "live"},
     "display": {"display", "live"},
 }
+CONSOLE_FLOOR = {"display", "live", "analysis", "study"}
+"""The lab console (`biofeedback/display/console*.py`) sits on top, as app.py does: it opens reports and analyses."""
 
 
 def _dotted_imports(path: Path) -> set[str]:
@@ -81,7 +83,8 @@ def test_biofeedback_is_split_by_workflow_with_nothing_left_flat():
 def test_biofeedback_sub_packages_import_only_their_floor_or_before(floor):
     for path in sorted((ROOT / "biofeedback" / floor).rglob("*.py")):
         used = {name.split(".")[1] for name in _dotted_imports(path) if name.startswith("biofeedback.")}
-        extra = sorted(used - BIOFEEDBACK_FLOORS[floor])
+        console = floor == "display" and path.name.startswith("console")
+        extra = sorted(used - (CONSOLE_FLOOR if console else BIOFEEDBACK_FLOORS[floor]))
         assert not extra, f"{path.relative_to(ROOT)} imports biofeedback.{extra}"
 
 
@@ -89,3 +92,12 @@ def test_live_code_never_loads_neurokit2():
     """The live path must start fast and stay fast: neurokit2 belongs to analysis and study."""
     for path in sorted((ROOT / "biofeedback" / "live").rglob("*.py")):
         assert "neurokit2" not in _imports(path), f"{path.relative_to(ROOT)} imports neurokit2"
+
+
+def test_only_the_console_uses_the_console():
+    """The session windows stay on their floor: no display module but the console's own imports the console."""
+    for path in sorted((ROOT / "biofeedback" / "display").glob("*.py")):
+        if path.name.startswith("console"):
+            continue
+        uses = [n for n in _dotted_imports(path) if n.startswith("biofeedback.display.console")]
+        assert not uses, f"{path.relative_to(ROOT)} imports {uses}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from PySide6 import QtCore, QtWidgets
 
@@ -33,58 +34,115 @@ class SessionThread(threading.Thread):
             self.error = exc
 
 
+class SessionWindows(QtCore.QObject):
+    """A session's experimenter monitor and participant displays, the session running in its own thread.
+
+    `start()` shows the windows and starts recording; `finished` is emitted once the session has ended; `close()`
+    then tears the windows down and returns the session ids. Closing the monitor ends the session. Used by
+    `run_with_displays` (its own Qt loop) and by the lab console (inside the console's loop)."""
+
+    finished = QtCore.Signal()
+
+    def __init__(self, session: LiveSession, *, participant_windows: bool = True) -> None:
+        super().__init__()
+        self.session = session
+        self.worker = SessionThread(session)
+        self.monitor = MonitorWindow(session, session)
+        self.windows: list[QtWidgets.QWidget] = [self.monitor]
+        if participant_windows:
+            for strap in session.straps:
+                window = ParticipantWindow(session, strap.binding.participant_id, controls=session)
+                window.setWindowTitle(f"Session · {strap.binding.participant_id}")
+                self.windows.append(window)
+        self._forms = host_diary_forms(session, self.windows)  # kept alive while the windows are open
+        self.monitor.installEventFilter(self)
+        self._watcher = QtCore.QTimer(self)
+        self._watcher.setInterval(200)
+        self._watcher.timeout.connect(self._check)
+
+    def start(self) -> None:
+        self.monitor.show()
+        for window in self.windows[1:]:
+            window.present()  # type: ignore[attr-defined]
+        self.worker.start()
+        self._watcher.start()
+
+    def running(self) -> bool:
+        return self.worker.is_alive()
+
+    def _check(self) -> None:
+        if not self.worker.is_alive():
+            self._watcher.stop()
+            self.finished.emit()
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
+        if watched is self.monitor and event.type() == QtCore.QEvent.Type.Close:
+            self.end()
+        return False
+
+    def end(self, reason: str = "monitor closed") -> bool:
+        """End the session (recorded as stopped by the experimenter) if it is still running; False when its protocol
+        has not started yet (asked again shortly, so an early close still ends it)."""
+        if not self.worker.is_alive():
+            return True
+        try:
+            self.session.end_session(reason)
+        except RuntimeError:  # in the moment before the session's loop starts the protocol
+            QtCore.QTimer.singleShot(50, lambda: self.end(reason))
+            return False
+        return True
+
+    def close(self, timeout_s: float = 10.0) -> list[int]:
+        """End the session if needed, wait for its thread, close the windows; the session ids (or its error)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.end() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._watcher.stop()
+        app = QtWidgets.QApplication.instance()
+        # Tear the windows down here, in order, rather than whenever Python's garbage collector gets to them: a
+        # widget deleted by the collector while Qt delivers one of its timer events crashes the process.
+        self.monitor.removeEventFilter(self)
+        for window in self.windows:
+            for timer in window.findChildren(QtCore.QTimer):
+                timer.stop()
+            window.close()
+            window.deleteLater()
+        self._forms = []
+        if app is not None:
+            app.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
+            app.processEvents()
+        self.windows = []
+        if self.worker.error is not None:
+            raise self.worker.error
+        return self.worker.result or self.session.session_ids
+
+
 def run_with_displays(session: LiveSession, *, participant_windows: bool = True) -> list[int]:
     """Open the experimenter monitor (and a participant display per strap) and run the session to its end."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    worker = SessionThread(session)
-    monitor = MonitorWindow(session, session)
-    windows: list[QtWidgets.QWidget] = [monitor]
-    if participant_windows:
-        for strap in session.straps:
-            window = ParticipantWindow(session, strap.binding.participant_id, controls=session)
-            window.setWindowTitle(f"Session · {strap.binding.participant_id}")
-            windows.append(window)
-    _forms = host_diary_forms(session, windows)  # kept alive while the windows are open
-    monitor.show()
-    for window in windows[1:]:
-        window.present()
-
-    watcher = QtCore.QTimer()
-    watcher.setInterval(200)
+    shown = SessionWindows(session, participant_windows=participant_windows)
     quit_on_close = app.quitOnLastWindowClosed()
 
     def quit_when_done() -> None:
-        if not worker.is_alive():
-            watcher.stop()
-            # quitting closes the windows; with quit-on-last-window-closed that would post a second quit, left
-            # pending for whatever event loop runs next in this process
-            app.setQuitOnLastWindowClosed(False)
-            app.quit()
+        # quitting closes the windows; with quit-on-last-window-closed that would post a second quit, left
+        # pending for whatever event loop runs next in this process
+        app.setQuitOnLastWindowClosed(False)
+        app.quit()
 
-    watcher.timeout.connect(quit_when_done)
-    worker.start()
-    watcher.start()
+    shown.finished.connect(quit_when_done)
+    shown.start()
+
     def end_on_quit() -> None:
-        if worker.is_alive():
-            session.end_session("monitor closed")
+        shown.end()
 
     app.aboutToQuit.connect(end_on_quit)
     app.exec()
     app.aboutToQuit.disconnect(end_on_quit)  # never left behind to act on a later event loop
-    end_on_quit()
-    worker.join(timeout=10)
+    shown.end()
+    shown.worker.join(timeout=10)
     app.setQuitOnLastWindowClosed(False)  # closing them now must not leave a quit pending either
-    # Tear the windows down here, in order, rather than whenever Python's garbage collector gets to them: a
-    # widget deleted by the collector while Qt delivers one of its timer events crashes the process.
-    for window in windows:
-        for timer in window.findChildren(QtCore.QTimer):
-            timer.stop()
-        window.close()
-        window.deleteLater()
-    del _forms
-    app.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
-    app.processEvents()
-    app.setQuitOnLastWindowClosed(quit_on_close)
-    if worker.error is not None:
-        raise worker.error
-    return worker.result or session.session_ids
+    try:
+        return shown.close()
+    finally:
+        app.setQuitOnLastWindowClosed(quit_on_close)

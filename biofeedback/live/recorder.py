@@ -231,3 +231,77 @@ def run_session_blocking(session: LiveSession, *, view: bool = True) -> list[int
         return asyncio.run(run_with_terminal_view(session, view=view))
     except KeyboardInterrupt:
         return session.session_ids
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """What `session run` decided before recording: the protocol as it will run (pacer rate applied), the straps,
+    the settings (study week) and the simulated straps' faults. `build` makes the session (nothing is stored before)."""
+
+    protocol: Protocol
+    specs: tuple[DeviceSpec, ...]
+    settings: dict
+    faults: dict[str, SimFaults]
+    speed: float = 1.0
+    seed: int = 0
+    ecg: bool = False
+    acc: bool = False
+
+    def build(self, store: Store, *, on_alert: Callable[[str], None] | None = None,
+              clock: Clock | None = None) -> LiveSession:  # fmt: skip
+        return build_session(store, self.protocol, self.specs, speed=self.speed, seed=self.seed, ecg=self.ecg,
+                             acc=self.acc, settings=self.settings, faults=self.faults, on_alert=on_alert,
+                             clock=clock)  # fmt: skip
+
+
+def plan_session(
+    store: Store,
+    protocol: Protocol,
+    specs: Sequence[DeviceSpec],
+    *,
+    pacer_rate: float | None = None,
+    week: int | None = None,
+    sim_faults: Sequence[str] = (),
+    speed: float = 1.0,
+    seed: int = 0,
+    ecg: bool = False,
+    acc: bool = False,
+) -> SessionPlan:
+    """The choices of `session run` (and the console's Start) turned into a `SessionPlan`.
+
+    A single strap without `pacer_rate` paces at the participant's stored resonance rate; `week` is the study week
+    (default: each participant's next week); `sim_faults` are `--sim-faults` values."""
+    if speed != 1.0 and not all(s.simulated for s in specs):
+        raise DeviceSpecError("--speed other than 1 only makes sense with simulated straps")
+    for spec in specs:
+        store.check_participant(spec.participant_id)  # refused before anything is connected or recorded
+    rate = pacer_rate
+    if rate is None and len(specs) == 1:
+        rate = store.resonance_rate(specs[0].participant_id)
+    if rate is not None:
+        protocol = protocol.with_pacer_rate(rate)
+    settings = {} if week is None else {"week": week}
+    faults = parse_sim_faults(sim_faults, [s.participant_id for s in specs if s.simulated], seed)
+    return SessionPlan(protocol, tuple(specs), settings, faults, speed, seed, ecg, acc)
+
+
+def wait_for_straps(
+    specs: Sequence[DeviceSpec],
+    timeout_s: float,
+    *,
+    speed: float = 1.0,
+    seed: int = 0,
+    faults: dict[str, SimFaults] | None = None,
+    on_update: Callable[[list, float], None] | None = None,
+) -> list:
+    """`--start-when-ready`: run the straps on links of their own (recording nothing) until every one is ready.
+
+    Returns each strap's `StrapReadiness`; raises `NotReadyError` (with each strap's reason) at `timeout_s`."""
+    from biofeedback.live.readiness import wait_until_ready
+
+    if timeout_s <= 0:
+        raise DeviceSpecError(f"--ready-timeout must be > 0 s, got {timeout_s:g}")
+    clock = ScaledClock(speed)
+    links = make_links(specs, clock, lambda: None, seed=seed, faults=faults)
+    bindings = [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)]
+    return asyncio.run(wait_until_ready(bindings, clock, timeout_s, on_update=on_update))

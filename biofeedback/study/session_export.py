@@ -1,0 +1,49 @@
+"""One session to files in one of the per-session formats: what `export SESSION --format F` and the console share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recordings.store import Store
+
+SESSION_FORMATS = ("csv", "edf", "kubios", "capture")
+"""Formats written one session at a time (BIDS and the long table take a set of sessions)."""
+
+
+def export_session(
+    store: Store,
+    session_id: int,
+    fmt: str,
+    out: Path,
+    *,
+    correction: str = "kubios",
+    include_text: bool = False,
+    overwrite: bool = False,
+    own_folder: bool = False,
+) -> list[Path]:
+    """Write session `session_id` as `fmt` into folder `out`; the files written. `own_folder`: CSV files go into
+    `out/session-ID/` (when several sessions are exported together)."""
+    out = Path(out)
+    if fmt == "capture":
+        from recordings.capture import export_capture
+
+        return [export_capture(store, session_id, out, overwrite=overwrite)]
+    if fmt == "csv":
+        from biofeedback.analysis.analyze import analyze_session
+        from recordings.export_csv import export_csv
+
+        phases = analyze_session(store, session_id, correction).phase_rows()
+        folder = out / f"session-{session_id}" if own_folder else out
+        return export_csv(store, session_id, folder, phases=phases, include_text=include_text, overwrite=overwrite)
+    if fmt == "edf":
+        from recordings.export_bids import bids_label
+        from recordings.export_edf import export_edf
+
+        info = store.session(session_id)
+        path = out / f"sub-{bids_label(info.participant_id)}_ses-{session_id}.edf"
+        return [export_edf(store, session_id, path, include_text=include_text, overwrite=overwrite)]
+    if fmt == "kubios":
+        from recordings.export_kubios import export_kubios
+
+        return export_kubios(store, session_id, out, overwrite=overwrite)
+    raise ValueError(f"unknown export format {fmt!r}; one session can be written as {', '.join(SESSION_FORMATS)}")
