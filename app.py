@@ -1366,9 +1366,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from biofeedback.live.recorder import DeviceSpecError
-    from biofeedback.study.answer_entry import EntryAborted
-    from biofeedback.study.prepost import StudySelectionError
+    """Errors in what was asked (exit 2). Those of biofeedback's modules are taken only from modules already
+    loaded: an error cannot come from a module never imported, and loading the study code (neurokit2) to print
+    one line would take seconds."""
+    lazy = (("biofeedback.live.recorder", "DeviceSpecError"), ("biofeedback.study.answer_entry", "EntryAborted"),
+            ("biofeedback.study.prepost", "StudySelectionError"))  # fmt: skip
+    loaded = tuple(getattr(sys.modules[m], name) for m, name in lazy if m in sys.modules)
     from devices.errors import DecodeError
     from protocols.instruments import AnswerError, InstrumentError, UnknownInstrumentError
     from protocols.library import UnknownProtocolError
@@ -1382,10 +1385,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from recordings.files import OutputExistsError
     from recordings.store import StoreError
 
-    return (UserError, DeviceSpecError, DecodeError, UnknownProtocolError, ProtocolError, ImportFormatError,
-            OutputExistsError, StoreError, FileNotFoundError, EcgTimeError, BidsExportError, EdfExportError,
-            KubiosExportError, InstrumentError, UnknownInstrumentError, AnswerError, AnswerFileError, EntryAborted,
-            TimePointError, StudySelectionError)  # fmt: skip
+    return (UserError, DecodeError, UnknownProtocolError, ProtocolError, ImportFormatError, OutputExistsError,
+            StoreError, FileNotFoundError, EcgTimeError, BidsExportError, EdfExportError, KubiosExportError,
+            InstrumentError, UnknownInstrumentError, AnswerError, AnswerFileError, TimePointError, *loaded)  # fmt: skip
 
 
 def _one_line(message: str) -> str:
