@@ -210,7 +210,7 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
 
     def update(states, now: float) -> None:
         for st in states:
-            words = st.status(now)
+            words = st.status(now) + (f" · {st.battery_note()}" if st.battery_note() else "")
             key = words.split(":")[0].split(" for ")[0]  # a line per change of state, not per second or retry
             if shown.get(st.participant_id) != key:
                 shown[st.participant_id] = key

@@ -66,15 +66,16 @@ _FAULT_KEYS = {
     "malformed": "malformed_rate_per_hour",
 }
 _TIMING_KEYS = {"latency": "latency_s", "bunch": "bunch_fraction", "drift": "drift_ppm"}
-_FAULT_HELP = ("expected disconnect=N, contact=N, malformed=N (per hour), latency=MAX_S, bunch=SHARE (0-1) or "
-               "drift=PPM")
+_FAULT_HELP = ("expected disconnect=N, contact=N, malformed=N (per hour), latency=MAX_S, bunch=SHARE (0-1), "
+               "drift=PPM or battery=PERCENT|none")
 
 
 def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: int = 0) -> dict[str, SimFaults]:
     """`[PID:]disconnect=N,contact=N,malformed=N,latency=S,bunch=F,drift=PPM` per participant.
 
     Rates are events per hour of the simulated strap; `latency` the largest BLE delivery delay (uniform from 0, s),
-    `bunch` the share of packets held back and delivered with the next, `drift` the strap clock's error (ppm).
+    `bunch` the share of packets held back and delivered with the next, `drift` the strap clock's error (ppm),
+    `battery` the level the strap reports (0-100 %, or `none` for a strap without a Battery Service).
     """
     out: dict[str, SimFaults] = {}
     for value in values:
@@ -85,8 +86,11 @@ def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: i
         kwargs: dict[str, object] = {}
         for item in body.split(","):
             key, eq, number = (part.strip() for part in item.partition("="))
-            if (key not in _FAULT_KEYS and key not in _TIMING_KEYS) or not eq:
+            if (key not in _FAULT_KEYS and key not in _TIMING_KEYS and key != "battery") or not eq:
                 raise DeviceSpecError(f"--sim-faults {value!r}: {_FAULT_HELP}, got {item!r}")
+            if key == "battery" and number.lower() == "none":
+                kwargs["battery_pct"] = None
+                continue
             try:
                 x = float(number)
             except ValueError:
@@ -99,6 +103,11 @@ def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: i
                 if not 0 <= x <= 30:
                     raise DeviceSpecError(f"--sim-faults {value!r}: latency must be 0-30 s, got {x:g}")
                 kwargs["latency_s"] = (0.0, x)
+            elif key == "battery":
+                if not (0 <= x <= 100 and x == int(x)):
+                    raise DeviceSpecError(f"--sim-faults {value!r}: battery is a whole percent 0-100 or none, "
+                                          f"got {number}")  # fmt: skip
+                kwargs["battery_pct"] = int(x)
             elif key == "bunch":
                 if not 0 <= x < 1:
                     raise DeviceSpecError(f"--sim-faults {value!r}: bunch is a share in [0, 1), got {x:g}")
