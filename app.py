@@ -225,6 +225,22 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
     console.print("Every strap is ready: starting the protocol.")
 
 
+def _ready_screen(args: argparse.Namespace, specs, faults, title: str):
+    """Display mode: the ready screen (links of its own, nothing recorded) until Start, Start without …, or Cancel."""
+    from biofeedback.display.ready import run_ready_screen
+    from biofeedback.live.recorder import make_links
+    from biofeedback.live.session import StrapBinding
+    from devices.clock import ScaledClock
+
+    clock = ScaledClock(args.speed)
+    links = make_links(specs, clock, lambda: None, seed=args.seed, faults=faults)
+    bindings = [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)]
+    choice = run_ready_screen(bindings, clock, title, auto_start=args.start_when_ready)
+    for pid, reason in (choice.left_out if choice else {}).items():
+        console.print(f"Left out at the ready screen: {pid} ({reason})", highlight=False)
+    return choice
+
+
 def cmd_session_run(args: argparse.Namespace) -> int:
     from biofeedback.live.recorder import build_session, parse_device_specs, parse_sim_faults, run_session_blocking
     from protocols.library import get_protocol
@@ -242,8 +258,16 @@ def cmd_session_run(args: argparse.Namespace) -> int:
         faults = parse_sim_faults(args.sim_faults or [], sims, args.seed)
         if args.speed != 1.0 and not all(s.simulated for s in specs):
             raise UserError("--speed other than 1 only makes sense with simulated straps")
-        if args.start_when_ready:
+        if args.start_when_ready and args.headless:
             _wait_for_straps(args, specs, faults)
+        if not args.headless:
+            choice = _ready_screen(args, specs, faults, protocol.name)
+            if choice is None:
+                print("cancelled at the ready screen: nothing was recorded", file=sys.stderr)
+                return 1
+            specs = [s for s in specs if s.participant_id in choice.participants]
+            if choice.left_out:
+                settings = {**settings, "left_out_at_start": choice.left_out}
         session = build_session(store, protocol, specs, speed=args.speed, seed=args.seed, ecg=args.ecg,
                                 acc=args.acc, settings=settings, faults=faults, on_alert=_alert)  # fmt: skip
         who = ", ".join(f"{st.binding.participant_id} (week {store.session(st.session_id).week})"

@@ -343,6 +343,10 @@ class SimulatedStrap:
     async def _run(self, on_packet: PacketSink, on_event: EventSink) -> None:
         self._event(on_event, LinkState.CONNECTING)
         await self._sleep(CONNECT_DELAY_S)
+        if self._disconnects.active(self.clock.now()):  # out of reach from the start: it never connects until then
+            self._event(on_event, LinkState.RECONNECTING, self.faults.disconnect_reason)
+            while not self._stopped and self._disconnects.active(self.clock.now()):
+                await self._sleep(self._disconnects.next_boundary(self.clock.now()) - self.clock.now())
         if self._stopped:
             return
         t_connect = self.clock.now()

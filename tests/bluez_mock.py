@@ -633,6 +633,16 @@ class BluezMock:
         self.ctl.SetBattery(path, dbus.Int16(-1 if level is None else level), dbus.Array(list(flags), signature="s"),
                             read_error)
 
+    def set_powered(self, on: bool) -> None:
+        """Switch the adapter on or off (as `bluetoothctl power off` would)."""
+        adapter = self.conn.get_object(BLUEZ, f"/org/bluez/{self.adapter}")
+        mock = dbus.Interface(adapter, "org.freedesktop.DBus.Mock")
+        mock.UpdateProperties(ADAPTER_IFACE, {"Powered": dbus.Boolean(on)})
+
+    def remove_adapter(self) -> None:
+        """Take the adapter away (a USB adapter unplugged)."""
+        self.bluez_mock.RemoveAdapter(self.adapter)
+
     def set_advertising(self, path: str, on: bool) -> None:
         self.ctl.SetAdvertising(path, on)
 

@@ -28,10 +28,14 @@ history and the strap stops). Beats and the accelerometer alone run faster."""
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    """`sim`, `sim=P01`, `AA:BB:CC:DD:EE:FF=P02` or a name prefix such as `Polar H10`."""
+    """`sim`, `sim=P01`, `AA:BB:CC:DD:EE:FF=P02` or a name prefix such as `Polar H10`.
+
+    `number` is its place among the `--device` values: a simulated strap keeps its name and participant (`sim-6`)
+    when others are left out at the ready screen."""
 
     device: str
     participant_id: str
+    number: int | None = None
 
     @property
     def simulated(self) -> bool:
@@ -51,7 +55,7 @@ def parse_device_specs(values: Sequence[str], participant: str | None) -> list[D
             pid = participant
         elif not pid:
             raise DeviceSpecError(f"--device {value!r}: the participant after '=' is empty")
-        specs.append(DeviceSpec(device, pid))
+        specs.append(DeviceSpec(device, pid, len(specs)))
     if not specs:
         raise DeviceSpecError("give at least one --device")
     pids = [s.participant_id for s in specs]
@@ -136,11 +140,12 @@ def make_links(
     """One link per device: a `SimulatedStrap` for `sim`, else a `BleStrapLink` (ECG / accelerometer on request)."""
     links: list[StrapLink] = []
     for i, spec in enumerate(specs):
+        n = i if spec.number is None else spec.number
         if spec.simulated:
-            sim = (participants or {}).get(spec.participant_id) or SimParticipant(seed=seed + i)
+            sim = (participants or {}).get(spec.participant_id) or SimParticipant(seed=seed + n)
             links.append(
                 SimulatedStrap(
-                    f"sim-{i + 1}",
+                    f"sim-{n + 1}",
                     clock,
                     sim,
                     guide=session_guide(),
