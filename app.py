@@ -225,6 +225,22 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
     console.print("Every strap is ready: starting the protocol.")
 
 
+def _participant_screens(args: argparse.Namespace, specs) -> dict[str, int]:
+    """--participant-screen P01=2: checked against the screens there are before anything is recorded."""
+    if not args.participant_screen:
+        return {}
+    if args.headless:
+        raise UserError("--participant-screen places the participants' windows: leave out --headless")
+    from biofeedback.display.screens import ScreenChoiceError, check_screen_choices, parse_screen_choices
+
+    try:
+        choices = parse_screen_choices(args.participant_screen)
+        check_screen_choices([s.participant_id for s in specs], choices)
+    except ScreenChoiceError as exc:
+        raise UserError(str(exc)) from None
+    return choices
+
+
 def _ready_screen(args: argparse.Namespace, specs, faults, title: str):
     """Display mode: the ready screen (links of its own, nothing recorded) until Start, Start without …, or Cancel."""
     from biofeedback.display.ready import run_ready_screen
@@ -260,6 +276,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             raise UserError("--speed other than 1 only makes sense with simulated straps")
         if args.start_when_ready and args.headless:
             _wait_for_straps(args, specs, faults)
+        screens = _participant_screens(args, specs)
         if not args.headless:
             choice = _ready_screen(args, specs, faults, protocol.name)
             if choice is None:
@@ -303,7 +320,9 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             else:
                 from biofeedback.display.app import run_with_displays
 
-                ids = run_with_displays(session)
+                kept = {pid: n for pid, n in screens.items() if pid in {s.participant_id for s in specs}}
+                ids = run_with_displays(session, participant_screens=kept,
+                                        on_note=lambda line: console.print(line, highlight=False))
         finally:
             if outlets is not None:
                 outlets.close()
@@ -1125,6 +1144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "arriving for 10 s; otherwise stop with the reason, recording nothing")  # fmt: skip
     p.add_argument("--ready-timeout", type=float, default=120.0, metavar="S",
                    help="with --start-when-ready: give up after S seconds (session seconds: --speed applies)")
+    p.add_argument("--participant-screen", action="append", metavar="ID=N",
+                   help="put participant ID's window on screen N (numbered from 1 as Qt lists them; repeatable); "
+                        "by default each participant gets a screen of their own while there are enough")  # fmt: skip
     p.add_argument("--week", type=_positive_int,
                    help="study week of this session (default: the participant's next week); links it to that "
                         "week's diary")  # fmt: skip

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Mapping
 
 from PySide6 import QtCore, QtWidgets
 
 from biofeedback.display.diary import host_diary_forms
 from biofeedback.display.monitor import MonitorWindow
 from biofeedback.display.participant import ParticipantWindow
+from biofeedback.display.screens import place_windows, qt_screens, show_placed
 from biofeedback.live.session import LiveSession
 
 
@@ -33,8 +35,18 @@ class SessionThread(threading.Thread):
             self.error = exc
 
 
-def run_with_displays(session: LiveSession, *, participant_windows: bool = True) -> list[int]:
-    """Open the experimenter monitor (and a participant display per strap) and run the session to its end."""
+def run_with_displays(
+    session: LiveSession,
+    *,
+    participant_windows: bool = True,
+    participant_screens: Mapping[str, int] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> list[int]:
+    """Open the experimenter monitor (and a participant display per strap) and run the session to its end.
+
+    Participant windows go on the screens `biofeedback.display.screens.place_windows` picks (`participant_screens`:
+    {participant: screen number from 1}); what has to share a screen is said through `on_note` and on the monitor's
+    status bar."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     worker = SessionThread(session)
     monitor = MonitorWindow(session, session)
@@ -46,8 +58,16 @@ def run_with_displays(session: LiveSession, *, participant_windows: bool = True)
             windows.append(window)
     _forms = host_diary_forms(session, windows)  # kept alive while the windows are open
     monitor.show()
-    for window in windows[1:]:
-        window.present()
+    if participant_windows:
+        screens, geometries, _names, primary = qt_screens()
+        pids = [strap.binding.participant_id for strap in session.straps]
+        placements, notes = place_windows(pids, geometries, primary, participant_screens)
+        for window, placement in zip(windows[1:], placements, strict=True):
+            show_placed(window, screens[placement.screen], placement)
+        if notes:
+            monitor.statusBar().showMessage("Screens: " + "; ".join(notes))
+            for line in notes:
+                (on_note or print)(f"screens: {line}")
 
     watcher = QtCore.QTimer()
     watcher.setInterval(200)
