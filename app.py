@@ -1137,7 +1137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faults of simulated straps, events per hour: disconnect=N, contact=N (contact loss), "
                         "malformed=N (bursts of malformed packets); BLE timing: latency=MAX_S (default 0.3), "
                         "bunch=SHARE held back (default 0.05), drift=PPM of the strap clock (default: drawn "
-                        "within ±50); prefix ID: for one participant only")  # fmt: skip
+                        "within ±50); battery=PERCENT reported (default 90) or none; prefix ID: for one participant "
+                        "only")  # fmt: skip
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
     p.add_argument("--start-when-ready", action="store_true",
                    help="start the protocol only once every strap is connected with skin contact and beats "
