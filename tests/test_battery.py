@@ -151,6 +151,9 @@ def test_the_monitor_panel_warns_below_twenty_percent(qtbot, recorded):
     assert "battery 15 % — low" in texts["P02"] and "⚠" in texts["P02"]
     assert texts["P03"] == ""  # no Battery Service: nothing claimed
     assert win.panels["sim-2"].battery.isVisible()
+    from test_ready_screen import shoot
+
+    shoot(win, "monitor-battery.png")
 
 
 def test_readiness_knows_the_battery_and_the_headless_wait_says_it(tmp_path, capsys):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pyqtgraph.Qt import QtCore, QtWidgets
 
 from biofeedback.display.monitor import BACKGROUND, FOREGROUND, LINK_COLOURS, MUTED, PANEL
-from biofeedback.live.readiness import READY_BEATS_S, ReadinessWatch, StrapReadiness
+from biofeedback.live.readiness import READY_BEATS_S, ReadinessWatch, StrapReadiness, cause
 from biofeedback.live.session import StrapBinding
 from devices.clock import Clock
 
@@ -110,18 +110,25 @@ class ReadyWindow(QtWidgets.QWidget):
             }
             row["beats"].setRange(0, 1000)
             row["reason"].setWordWrap(True)
-            row["reason"].setMinimumWidth(320)
+            row["reason"].setMinimumWidth(420)
             for col, widget in enumerate(row.values()):
                 self.grid.addWidget(widget, i + 1, col)
             self.rows[st.participant_id] = row
-        root.addWidget(grid_host)
-        root.addStretch(1)
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidget(grid_host)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setStyleSheet(f"QScrollArea {{ background: {BACKGROUND}; }}")
+        grid_host.setSizePolicy(QtWidgets.QSizePolicy.Policy.Preferred, QtWidgets.QSizePolicy.Policy.Maximum)
+        root.addWidget(scroll, 1)
 
         bar = QtWidgets.QHBoxLayout()
         self.cancel_button = QtWidgets.QPushButton("Cancel")
         self.without_button = QtWidgets.QPushButton()
         self.start_button = QtWidgets.QPushButton("Start")
         self.start_button.setObjectName("start")
+        for b in (self.cancel_button, self.without_button, self.start_button):
+            b.setSizePolicy(QtWidgets.QSizePolicy.Policy.Fixed, QtWidgets.QSizePolicy.Policy.Fixed)
         bar.addWidget(self.cancel_button)
         bar.addStretch(1)
         bar.addWidget(self.without_button)
@@ -135,7 +142,7 @@ class ReadyWindow(QtWidgets.QWidget):
         self.timer.setInterval(max(1, int(1000 / fps)))
         self.timer.timeout.connect(self.refresh)
         self.timer.start()
-        self.resize(1180, 160 + 48 * len(self.rows))
+        self.resize(1280, 190 + 66 * len(self.rows))
         self.refresh()
 
     # --- frames ---------------------------------------------------------------------------------------------
@@ -184,13 +191,16 @@ class ReadyWindow(QtWidgets.QWidget):
         else:
             battery = f"{st.battery_pct} %"
         _set(row["battery"], battery)
+        status = st.status(now, self.need_s)
+        name, hint = cause(st.reason) if st.cause() else ("", "")
         if st.ready(now, self.need_s):
             reason = f"<span style='color:{OK_COLOUR}'>ready</span>"
+        elif name:  # the cause and what to do; the link's own words in the tooltip
+            reason = f"<b style='color:{WARN_COLOUR}'>{name}</b> — {_escape(hint)}"
         else:
-            cause = st.cause()
-            status = st.status(now, self.need_s)
-            reason = (f"<b style='color:{WARN_COLOUR}'>{cause}</b> — " if cause else "") + _escape(status)
+            reason = _escape(status)
         _set(row["reason"], reason)
+        row["reason"].setToolTip(status)
 
     # --- choices --------------------------------------------------------------------------------------------
     def _decide(self, choice: ReadyChoice | None) -> None:
