@@ -161,3 +161,21 @@ def test_xvfb_two_x_screens_the_participant_window_opens_on_the_second(tmp_path)
     finally:
         xvfb.terminate()
         xvfb.wait(timeout=10)
+
+
+def test_a_screen_choice_that_cannot_be_followed_is_refused_before_anything_is_recorded(qapp, tmp_path, capsys):
+    import app
+    from recordings.store import Store
+
+    store = tmp_path / "s.sqlite"
+    base = ["session", "run", "--store", str(store), "--device", "sim=P01", "--speed", "50"]
+    n = len(qapp.screens())
+    assert app.main([*base, "--participant-screen", f"P01={n + 1}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: --participant-screen P01={n + 1}: there are {n} screen(s): 1 (primary, ")
+    assert app.main([*base, "--headless", "--participant-screen", "P01=1"]) == 2
+    assert "leave out --headless" in capsys.readouterr().err
+    assert app.main([*base, "--participant-screen", "P07=1"]) == 2
+    assert "P07, who is not in this session" in capsys.readouterr().err
+    with Store(store) as s:
+        assert s.sessions() == []
