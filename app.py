@@ -218,7 +218,7 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
 
     def update(states, now: float) -> None:
         for st in states:
-            words = st.status(now)
+            words = st.status(now) + (f" · {st.battery_note()}" if st.battery_note() else "")
             key = words.split(":")[0].split(" for ")[0]  # a line per change of state, not per second or retry
             if shown.get(st.participant_id) != key:
                 shown[st.participant_id] = key
@@ -233,6 +233,38 @@ def _wait_for_straps(args: argparse.Namespace, specs, faults) -> None:
     console.print("Every strap is ready: starting the protocol.")
 
 
+def _participant_screens(args: argparse.Namespace, specs) -> dict[str, int]:
+    """--participant-screen P01=2: checked against the screens there are before anything is recorded."""
+    if not args.participant_screen:
+        return {}
+    if args.headless:
+        raise UserError("--participant-screen places the participants' windows: leave out --headless")
+    from biofeedback.display.screens import ScreenChoiceError, check_screen_choices, parse_screen_choices
+
+    try:
+        choices = parse_screen_choices(args.participant_screen)
+        check_screen_choices([s.participant_id for s in specs], choices)
+    except ScreenChoiceError as exc:
+        raise UserError(str(exc)) from None
+    return choices
+
+
+def _ready_screen(args: argparse.Namespace, specs, faults, title: str):
+    """Display mode: the ready screen (links of its own, nothing recorded) until Start, Start without …, or Cancel."""
+    from biofeedback.display.ready import run_ready_screen
+    from biofeedback.live.recorder import make_links
+    from biofeedback.live.session import StrapBinding
+    from devices.clock import ScaledClock
+
+    clock = ScaledClock(args.speed)
+    links = make_links(specs, clock, lambda: None, seed=args.seed, faults=faults)
+    bindings = [StrapBinding(link, spec.participant_id) for link, spec in zip(links, specs, strict=True)]
+    choice = run_ready_screen(bindings, clock, title, auto_start=args.start_when_ready)
+    for pid, reason in (choice.left_out if choice else {}).items():
+        console.print(f"Left out at the ready screen: {pid} ({reason})", highlight=False)
+    return choice
+
+
 def cmd_session_run(args: argparse.Namespace) -> int:
     from biofeedback.live.recorder import parse_device_specs, plan_session, run_session_blocking
     from protocols.library import get_protocol
@@ -244,8 +276,17 @@ def cmd_session_run(args: argparse.Namespace) -> int:
                             sim_faults=args.sim_faults or [], speed=args.speed, seed=args.seed, ecg=args.ecg,
                             acc=args.acc)  # fmt: skip  (shared with the console's Start)
         protocol = plan.protocol
-        if args.start_when_ready:
+        if args.start_when_ready and args.headless:
             _wait_for_straps(args, specs, plan.faults)
+        screens = _participant_screens(args, specs)
+        if not args.headless:
+            choice = _ready_screen(args, specs, plan.faults, protocol.name)
+            if choice is None:
+                print("cancelled at the ready screen: nothing was recorded", file=sys.stderr)
+                return 1
+            kept = tuple(s for s in plan.specs if s.participant_id in choice.participants)
+            settings = {**plan.settings, "left_out_at_start": choice.left_out} if choice.left_out else plan.settings
+            plan = dataclasses.replace(plan, specs=kept, settings=settings)
         session = plan.build(store, on_alert=_alert)
         who = ", ".join(f"{st.binding.participant_id} (week {store.session(st.session_id).week})"
                         for st in session.straps)  # fmt: skip
@@ -280,7 +321,9 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             else:
                 from biofeedback.display.app import run_with_displays
 
-                ids = run_with_displays(session)
+                kept = {pid: n for pid, n in screens.items() if pid in {s.participant_id for s in plan.specs}}
+                ids = run_with_displays(session, participant_screens=kept,
+                                        on_note=lambda line: console.print(line, highlight=False))
         finally:
             if outlets is not None:
                 outlets.close()
@@ -1128,13 +1171,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faults of simulated straps, events per hour: disconnect=N, contact=N (contact loss), "
                         "malformed=N (bursts of malformed packets); BLE timing: latency=MAX_S (default 0.3), "
                         "bunch=SHARE held back (default 0.05), drift=PPM of the strap clock (default: drawn "
-                        "within ±50); prefix ID: for one participant only")  # fmt: skip
+                        "within ±50); battery=PERCENT reported (default 90) or none; prefix ID: for one participant "
+                        "only")  # fmt: skip
     p.add_argument("--headless", action="store_true", help="no windows: a live view in the terminal")
     p.add_argument("--start-when-ready", action="store_true",
                    help="start the protocol only once every strap is connected with skin contact and beats "
                         "arriving for 10 s; otherwise stop with the reason, recording nothing")  # fmt: skip
     p.add_argument("--ready-timeout", type=float, default=120.0, metavar="S",
                    help="with --start-when-ready: give up after S seconds (session seconds: --speed applies)")
+    p.add_argument("--participant-screen", action="append", metavar="ID=N",
+                   help="put participant ID's window on screen N (numbered from 1 as Qt lists them; repeatable); "
+                        "by default each participant gets a screen of their own while there are enough")  # fmt: skip
     p.add_argument("--week", type=_positive_int,
                    help="study week of this session (default: the participant's next week); links it to that "
                         "week's diary")  # fmt: skip

@@ -13,6 +13,11 @@ responses and data frames are passed on as raw packets too, so the raw layer kee
 the ACC start response, which delta-compressed ACC frames need). A refused stream is recorded (`ecg_error`,
 `acc_error`) and everything else keeps streaming.
 
+Battery: where the strap has the standard Battery Service (0x180F), its Battery Level (0x2A19) is read once on each
+connection and followed by notifications when the characteristic offers them; both go on as raw packets (so the raw
+layer keeps them) and `battery_pct` holds the latest. A strap without the service, or one whose read fails, just has
+no level (None): the battery never stops a strap from recording.
+
 MTU: Polar ECG frames need a large ATT MTU (Polar asks for 232). BlueZ, WinRT and CoreBluetooth negotiate
 the largest MTU themselves when connecting. bleak's `mtu_size` on BlueZ needs the private `_acquire_mtu()`
 (AcquireWrite/AcquireNotify file descriptors), so the MTU is read instead from a characteristic's
@@ -38,9 +43,11 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError, BleakDeviceNotFoundError, BleakError
 
+from devices.battery import decode_battery_level
 from devices.clock import Clock
 from devices.errors import DecodeError
 from devices.link import (
+    BATTERY_LEVEL_UUID,
     HEART_RATE_MEASUREMENT_UUID,
     HEART_RATE_SERVICE_UUID,
     PMD_CONTROL_POINT_UUID,
@@ -244,7 +251,8 @@ class BleStrapLink:
     backoff waits use `clock.sleep`; connect and scan timeouts are real (radio) time. `stop()` must be called
     from the event loop's thread (from another thread use `loop.call_soon_threadsafe(link.stop)`).
     After each connection `address`, `mtu` (PMD only), `ecg_error` and `acc_error` (None, or why that stream did
-    not start) and `acc_factor` (the ACC start response's FACTOR, if it sent one) describe the strap.
+    not start), `acc_factor` (the ACC start response's FACTOR, if it sent one) and `battery_pct` (None: the strap
+    reports no battery level) describe the strap.
     """
 
     def __init__(
@@ -277,6 +285,7 @@ class BleStrapLink:
         self.ecg_error: Exception | None = None
         self.acc_error: Exception | None = None
         self.acc_factor: float | None = None
+        self.battery_pct: int | None = None
         self._features_hex = ""
         self._stop = asyncio.Event()
         self._running = False
@@ -384,8 +393,28 @@ class BleStrapLink:
         await client.start_notify(
             HEART_RATE_MEASUREMENT_UUID, lambda _c, data: self._packet(HEART_RATE_MEASUREMENT_UUID, data)
         )
+        await self._read_battery(client)
         if self.ecg or self.acc:
             await self._start_pmd(client)
+
+    async def _read_battery(self, client: BleakClient) -> None:
+        """Battery Level read once (and notifications if offered), as raw packets; without the service: None."""
+        self.battery_pct = None
+        char = client.services.get_characteristic(BATTERY_LEVEL_UUID)
+        if char is None:
+            return
+
+        def on_level(data: bytes | bytearray) -> None:
+            self._packet(BATTERY_LEVEL_UUID, data)
+            with contextlib.suppress(DecodeError):
+                self.battery_pct = decode_battery_level(bytes(data))
+
+        try:
+            on_level(await client.read_gatt_char(char))
+            if "notify" in char.properties:
+                await client.start_notify(char, lambda _c, data: on_level(data))
+        except (BleakError, TimeoutError, EOFError) as exc:  # the heart rate matters; the battery is a nicety
+            logger.warning("battery level not read on %s: %s", self.device_id, describe_error(exc))
 
     async def _start_pmd(self, client: BleakClient) -> None:
         """Polar PMD start-up; a refusal is recorded in `ecg_error` / `acc_error` and the rest keeps streaming.
@@ -496,6 +525,7 @@ class BleStrapLink:
             parts.append(f"name {device.name}")
         if self.mtu:
             parts.append(f"MTU {self.mtu}")
+        parts.append("no battery level" if self.battery_pct is None else f"battery {self.battery_pct} %")
         if self.ecg:
             parts.append(f"ECG not started: {self.ecg_error}" if self.ecg_error else "ECG streaming")
         if self.acc:

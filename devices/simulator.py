@@ -12,8 +12,9 @@ arrival on the session clock is what the recorder sees. With
 clock that starts at a wrong date and drifts against the session clock. With `acc=True`, Polar PMD accelerometer
 frames (raw int16 x,y,z mG, 36 samples at 50 Hz of device time, same device clock) carry gravity (about 1000 mG on
 one axis) plus chest movement following the model's breathing signal along a fixed chest direction, plus noise; the
-accelerometer needs no skin contact, so contact loss does not affect it. `SimFaults` adds disconnects, contact loss
-and bursts of malformed packets.
+accelerometer needs no skin contact, so contact loss does not affect it. On every connection the strap's Battery Level
+(0x2A19) is sent once, as a real strap's is read on connecting (`SimFaults.battery_pct`; None: no Battery Service).
+`SimFaults` adds disconnects, contact loss and bursts of malformed packets.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from devices.battery import encode_battery_level
 from devices.clock import Clock, sleep_unless
 from devices.ecg_synth import POLAR_H10_ECG_HZ, EcgStream
 from devices.heart_rate import SensorContact, encode_heart_rate
 from devices.link import (
+    BATTERY_LEVEL_UUID,
     HEART_RATE_MEASUREMENT_UUID,
     PMD_DATA_UUID,
     EventSink,
@@ -104,6 +107,8 @@ class SimFaults:
     """Strap clock rate error (ppm, positive = strap clock fast); None draws one per strap within ±50 ppm."""
     skipped_tick_fraction: float = 0.02
     """Share of notification ticks the strap skips (their RR come with the next notification)."""
+    battery_pct: int | None = 90
+    """The Battery Level the strap reports on each connection (percent); None: a strap without a Battery Service."""
 
     def __post_init__(self) -> None:
         for kind in ("disconnect", "contact_loss", "malformed"):
@@ -123,6 +128,8 @@ class SimFaults:
         for name in ("bunch_fraction", "skipped_tick_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.battery_pct is not None and not 0 <= self.battery_pct <= 100:
+            raise ValueError(f"battery_pct must be 0-100 %, got {self.battery_pct}")
         if self.drift_ppm is not None and not abs(self.drift_ppm) <= 1000:
             raise ValueError(f"drift_ppm must be within ±1000 ppm, got {self.drift_ppm}")
         _check_windows("disconnects", self.disconnects)
@@ -259,6 +266,12 @@ class SimulatedStrap:
     def _event(self, on_event: EventSink, state: LinkState, reason: str = "") -> None:
         on_event(LinkEvent(self.clock.now(), self.device_id, state, reason))
 
+    def _battery(self, on_packet: PacketSink) -> None:
+        """The Battery Level as read on connecting (nothing without a Battery Service)."""
+        if self.faults.battery_pct is not None:
+            data = encode_battery_level(int(self.faults.battery_pct))
+            on_packet(Packet(self.clock.now(), BATTERY_LEVEL_UUID, data, self.device_id))
+
     async def _sleep(self, seconds: float) -> None:
         if self._stopped:
             return
@@ -330,11 +343,16 @@ class SimulatedStrap:
     async def _run(self, on_packet: PacketSink, on_event: EventSink) -> None:
         self._event(on_event, LinkState.CONNECTING)
         await self._sleep(CONNECT_DELAY_S)
+        if self._disconnects.active(self.clock.now()):  # out of reach from the start: it never connects until then
+            self._event(on_event, LinkState.RECONNECTING, self.faults.disconnect_reason)
+            while not self._stopped and self._disconnects.active(self.clock.now()):
+                await self._sleep(self._disconnects.next_boundary(self.clock.now()) - self.clock.now())
         if self._stopped:
             return
         t_connect = self.clock.now()
         link_up_since = t_connect  # beats before this moment (while the link was down) are never reported
         self._event(on_event, LinkState.CONNECTED)
+        self._battery(on_packet)
         connected = True
         self._extend_beats(t_connect + BEAT_LOOKAHEAD_S, t_connect)
         # beats already complete at connection time are not reported
@@ -375,6 +393,7 @@ class SimulatedStrap:
                 self._drop_in_flight()
             elif not connected and not in_gap:
                 self._event(on_event, LinkState.CONNECTED)
+                self._battery(on_packet)
                 connected = True
                 link_up_since = now
                 next_notify = now + self._notify_gap()

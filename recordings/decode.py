@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from devices.battery import decode_battery_level
 from devices.errors import DecodeError
 from devices.heart_rate import HeartRateMeasurement, SensorContact, decode_heart_rate
-from devices.link import HEART_RATE_MEASUREMENT_UUID, PMD_CONTROL_POINT_UUID, PMD_DATA_UUID
+from devices.link import BATTERY_LEVEL_UUID, HEART_RATE_MEASUREMENT_UUID, PMD_CONTROL_POINT_UUID, PMD_DATA_UUID
 from devices.polar_pmd import (
     CONTROL_RESPONSE_CODE,
     AccFrame,
@@ -94,6 +95,8 @@ class SessionDecoder:
     last_measurement: HeartRateMeasurement | None = None
     acc_factor: float | None = None
     """FACTOR of the latest successful ACC start response (None until one is seen)."""
+    battery_pct: int | None = None
+    """The latest Battery Level (0x2A19) the strap sent, in percent (None: none yet, or no Battery Service)."""
     _ecg_frame: EcgFrame | None = None
 
     def take_ecg_frame(self) -> EcgFrame | None:
@@ -115,6 +118,8 @@ class SessionDecoder:
                 self._pmd(packet_id, t, data)
             elif uuid == PMD_CONTROL_POINT_UUID:
                 self._control(packet_id, data)
+            elif uuid == BATTERY_LEVEL_UUID:
+                self.battery_pct = decode_battery_level(data)
             else:
                 self.counts.unknown += 1
         except DEVICE_BYTE_ERRORS as exc:

@@ -163,8 +163,9 @@ def _strap_of(obj_path: str) -> dict:
 def _gatt_layout(state: dict) -> list[tuple[str, list[tuple[str, list[str]]]]]:
     layout = [
         (HR_SERVICE, [(HR_MEASUREMENT, ["notify"]), (BODY_SENSOR_LOCATION, ["read"])]),
-        (BATTERY_SERVICE, [(BATTERY_LEVEL, ["read", "notify"])]),
     ]
+    if state["battery"] is not None:  # a strap without the Battery Service has none (SetBattery adds it)
+        layout.append((BATTERY_SERVICE, [(BATTERY_LEVEL, list(state["battery_flags"]))]))
     if state["pmd"]:
         layout.append((PMD_SERVICE, [(PMD_CONTROL, ["read", "write", "indicate"]), (PMD_DATA, ["notify"])]))
     return layout
@@ -308,6 +309,8 @@ def _m_read_value(char, _options):
     if _char_uuid(char) == PMD_CONTROL:
         return _bytes(PMD_FEATURES)
     if _char_uuid(char) == BATTERY_LEVEL:
+        if state["battery_read_error"]:
+            raise dbus.exceptions.DBusException("Read not permitted", name=state["battery_read_error"])
         return _bytes([state["battery"]])
     return char.props[CHAR_IFACE]["Value"]
 
@@ -403,7 +406,9 @@ def _m_add_strap(_root, adapter_name, address, name, pmd, rssi):
         "path": path,
         "pmd": bool(pmd),
         "mtu": 232,
-        "battery": 87,
+        "battery": None,
+        "battery_flags": ["read", "notify"],
+        "battery_read_error": "",
         "advertising": True,
         "plan": [],
         "modes_used": [],
@@ -431,6 +436,15 @@ def _m_remove_strap(_root, path):
 
 def _m_set_connect_plan(_root, path, modes):
     _strap_of(path)["plan"] = [str(m) for m in modes]
+
+
+def _m_set_battery(_root, path, level, flags, read_error):
+    """Give the strap a Battery Service (from its next connection): `level` %, characteristic `flags`; a level
+    below 0 removes it; a non-empty `read_error` makes reading it fail with that BlueZ error."""
+    state = _strap_of(path)
+    state["battery"] = None if int(level) < 0 else int(level)
+    state["battery_flags"] = [str(f) for f in flags]
+    state["battery_read_error"] = str(read_error)
 
 
 def _m_set_advertising(_root, path, on):
@@ -524,6 +538,7 @@ def load(mock, parameters):
             ("RemoveStrap", "s", "", _m_remove_strap),
             ("SetConnectPlan", "sas", "", _m_set_connect_plan),
             ("SetAdvertising", "sb", "", _m_set_advertising),
+            ("SetBattery", "snass", "", _m_set_battery),
             ("SetPmdError", "syy", "", _m_set_pmd_error),
             ("SetPmdTypeError", "syyy", "", _m_set_pmd_type_error),
             ("SetUuids", "sas", "", _m_set_uuids),
@@ -611,6 +626,22 @@ class BluezMock:
     def set_connect_plan(self, path: str, modes: Sequence[str]) -> None:
         """Queue outcomes for the next Connect calls (see CONNECT_MODES); afterwards Connect succeeds."""
         self.ctl.SetConnectPlan(path, dbus.Array(list(modes), signature="s"))
+
+    def set_battery(self, path: str, level: int | None, flags: Sequence[str] = ("read", "notify"),
+                    read_error: str = "") -> None:
+        """Give the strap a Battery Service with `level` % (None: none) from its next connection."""
+        self.ctl.SetBattery(path, dbus.Int16(-1 if level is None else level), dbus.Array(list(flags), signature="s"),
+                            read_error)
+
+    def set_powered(self, on: bool) -> None:
+        """Switch the adapter on or off (as `bluetoothctl power off` would)."""
+        adapter = self.conn.get_object(BLUEZ, f"/org/bluez/{self.adapter}")
+        mock = dbus.Interface(adapter, "org.freedesktop.DBus.Mock")
+        mock.UpdateProperties(ADAPTER_IFACE, {"Powered": dbus.Boolean(on)})
+
+    def remove_adapter(self) -> None:
+        """Take the adapter away (a USB adapter unplugged)."""
+        self.bluez_mock.RemoveAdapter(self.adapter)
 
     def set_advertising(self, path: str, on: bool) -> None:
         self.ctl.SetAdvertising(path, on)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Mapping
 
 from PySide6 import QtCore, QtWidgets
 
 from biofeedback.display.diary import host_diary_forms
 from biofeedback.display.monitor import MonitorWindow
 from biofeedback.display.participant import ParticipantWindow
+from biofeedback.display.screens import place_windows, qt_screens, show_placed
 from biofeedback.live.session import LiveSession
 
 
@@ -43,9 +45,13 @@ class SessionWindows(QtCore.QObject):
 
     finished = QtCore.Signal()
 
-    def __init__(self, session: LiveSession, *, participant_windows: bool = True) -> None:
+    def __init__(self, session: LiveSession, *, participant_windows: bool = True,
+                 participant_screens: Mapping[str, int] | None = None,
+                 on_note: Callable[[str], None] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.session = session
+        self.participant_screens = participant_screens
+        self.on_note = on_note
         self.worker = SessionThread(session)
         self.monitor = MonitorWindow(session, session)
         self.windows: list[QtWidgets.QWidget] = [self.monitor]
@@ -61,9 +67,18 @@ class SessionWindows(QtCore.QObject):
         self._watcher.timeout.connect(self._check)
 
     def start(self) -> None:
+        """Show the windows (participants on the screens `screens.place_windows` picks) and start recording."""
         self.monitor.show()
-        for window in self.windows[1:]:
-            window.present()  # type: ignore[attr-defined]
+        if len(self.windows) > 1:
+            screens, geometries, _names, primary = qt_screens()
+            pids = [strap.binding.participant_id for strap in self.session.straps]
+            placements, notes = place_windows(pids, geometries, primary, self.participant_screens)
+            for window, placement in zip(self.windows[1:], placements, strict=True):
+                show_placed(window, screens[placement.screen], placement)
+            if notes:
+                self.monitor.statusBar().showMessage("Screens: " + "; ".join(notes))
+                for line in notes:
+                    (self.on_note or print)(f"screens: {line}")
         self.worker.start()
         self._watcher.start()
 
@@ -118,10 +133,21 @@ class SessionWindows(QtCore.QObject):
         return self.worker.result or self.session.session_ids
 
 
-def run_with_displays(session: LiveSession, *, participant_windows: bool = True) -> list[int]:
-    """Open the experimenter monitor (and a participant display per strap) and run the session to its end."""
+def run_with_displays(
+    session: LiveSession,
+    *,
+    participant_windows: bool = True,
+    participant_screens: Mapping[str, int] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> list[int]:
+    """Open the experimenter monitor (and a participant display per strap) and run the session to its end.
+
+    Participant windows go on the screens `biofeedback.display.screens.place_windows` picks (`participant_screens`:
+    {participant: screen number from 1}); what has to share a screen is said through `on_note` and on the monitor's
+    status bar."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    shown = SessionWindows(session, participant_windows=participant_windows)
+    shown = SessionWindows(session, participant_windows=participant_windows, participant_screens=participant_screens,
+                           on_note=on_note)  # fmt: skip
     quit_on_close = app.quitOnLastWindowClosed()
 
     def quit_when_done() -> None:

@@ -18,6 +18,7 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from biofeedback.display.common import start_frame_timer
 from biofeedback.live.view_model import MonitorView, SessionControls, StrapView, ViewSource
+from devices.battery import LOW_BATTERY_PCT, battery_words
 from recordings.privacy import FIXED_MARKER_LABELS
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,15 @@ def stale_text(s: StrapView, t: float) -> str:
     return f"{since} — {words}"
 
 
+def battery_html(percent: int | None) -> str:
+    """The strap's battery for a panel header: muted when fine, amber with a warning below LOW_BATTERY_PCT."""
+    if percent is None:
+        return ""
+    if percent < LOW_BATTERY_PCT:
+        return f"<span style='color:#d29922; font-weight:600'>⚠ {battery_words(percent)}</span>"
+    return f"<span style='color:{MUTED}'>{battery_words(percent)}</span>"
+
+
 def _fmt(value: float | None, fmt: str) -> str:
     return "–" if value is None or not math.isfinite(value) else format(value, fmt)
 
@@ -225,8 +235,11 @@ class StrapPanel(QtWidgets.QFrame):
         self.title.setStyleSheet(f"color: {FOREGROUND}; font-size: {base + 2}px; font-weight: 600;")
         self.link = QtWidgets.QLabel()
         self.contact = QtWidgets.QLabel()
+        self.battery = QtWidgets.QLabel()
         head.addWidget(self.title)
         head.addStretch(1)
+        head.addWidget(self.battery)
+        head.addSpacing(10)
         head.addWidget(self.contact)
         head.addSpacing(10)
         head.addWidget(self.link)
@@ -333,12 +346,14 @@ class StrapPanel(QtWidgets.QFrame):
                 f"<span style='color:#d29922; font-weight:600'>{stale}</span>"
             )
         self.stale = stale
-        if self._text != (title, link + contact, metrics):
+        battery = battery_html(s.battery_pct)
+        if self._text != (title, link + contact + battery, metrics):
             self.title.setText(title)
             self.link.setText(link)
             self.contact.setText(contact)
+            self.battery.setText(battery)
             self.metrics.setText(metrics)
-            self._text = (title, link + contact, metrics)
+            self._text = (title, link + contact + battery, metrics)
 
         has_ecg = len(s.ecg_t) > 0
         if has_ecg != self._has_ecg:

@@ -29,10 +29,14 @@ history and the strap stops). Beats and the accelerometer alone run faster."""
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    """`sim`, `sim=P01`, `AA:BB:CC:DD:EE:FF=P02` or a name prefix such as `Polar H10`."""
+    """`sim`, `sim=P01`, `AA:BB:CC:DD:EE:FF=P02` or a name prefix such as `Polar H10`.
+
+    `number` is its place among the `--device` values: a simulated strap keeps its name and participant (`sim-6`)
+    when others are left out at the ready screen."""
 
     device: str
     participant_id: str
+    number: int | None = None
 
     @property
     def simulated(self) -> bool:
@@ -52,7 +56,7 @@ def parse_device_specs(values: Sequence[str], participant: str | None) -> list[D
             pid = participant
         elif not pid:
             raise DeviceSpecError(f"--device {value!r}: the participant after '=' is empty")
-        specs.append(DeviceSpec(device, pid))
+        specs.append(DeviceSpec(device, pid, len(specs)))
     if not specs:
         raise DeviceSpecError("give at least one --device")
     pids = [s.participant_id for s in specs]
@@ -67,15 +71,16 @@ _FAULT_KEYS = {
     "malformed": "malformed_rate_per_hour",
 }
 _TIMING_KEYS = {"latency": "latency_s", "bunch": "bunch_fraction", "drift": "drift_ppm"}
-_FAULT_HELP = ("expected disconnect=N, contact=N, malformed=N (per hour), latency=MAX_S, bunch=SHARE (0-1) or "
-               "drift=PPM")
+_FAULT_HELP = ("expected disconnect=N, contact=N, malformed=N (per hour), latency=MAX_S, bunch=SHARE (0-1), "
+               "drift=PPM or battery=PERCENT|none")
 
 
 def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: int = 0) -> dict[str, SimFaults]:
     """`[PID:]disconnect=N,contact=N,malformed=N,latency=S,bunch=F,drift=PPM` per participant.
 
     Rates are events per hour of the simulated strap; `latency` the largest BLE delivery delay (uniform from 0, s),
-    `bunch` the share of packets held back and delivered with the next, `drift` the strap clock's error (ppm).
+    `bunch` the share of packets held back and delivered with the next, `drift` the strap clock's error (ppm),
+    `battery` the level the strap reports (0-100 %, or `none` for a strap without a Battery Service).
     """
     out: dict[str, SimFaults] = {}
     for value in values:
@@ -86,8 +91,11 @@ def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: i
         kwargs: dict[str, object] = {}
         for item in body.split(","):
             key, eq, number = (part.strip() for part in item.partition("="))
-            if (key not in _FAULT_KEYS and key not in _TIMING_KEYS) or not eq:
+            if (key not in _FAULT_KEYS and key not in _TIMING_KEYS and key != "battery") or not eq:
                 raise DeviceSpecError(f"--sim-faults {value!r}: {_FAULT_HELP}, got {item!r}")
+            if key == "battery" and number.lower() == "none":
+                kwargs["battery_pct"] = None
+                continue
             try:
                 x = float(number)
             except ValueError:
@@ -102,6 +110,11 @@ def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: i
                 if not 0 <= x <= 30:
                     raise DeviceSpecError(f"--sim-faults {value!r}: latency must be 0-30 s, got {x:g}")
                 kwargs["latency_s"] = (0.0, x)
+            elif key == "battery":
+                if not (0 <= x <= 100 and x == int(x)):
+                    raise DeviceSpecError(f"--sim-faults {value!r}: battery is a whole percent 0-100 or none, "
+                                          f"got {number}")  # fmt: skip
+                kwargs["battery_pct"] = int(x)
             elif key == "bunch":
                 if not 0 <= x < 1:
                     raise DeviceSpecError(f"--sim-faults {value!r}: bunch is a share in [0, 1), got {x:g}")
@@ -130,11 +143,12 @@ def make_links(
     """One link per device: a `SimulatedStrap` for `sim`, else a `BleStrapLink` (ECG / accelerometer on request)."""
     links: list[StrapLink] = []
     for i, spec in enumerate(specs):
+        n = i if spec.number is None else spec.number
         if spec.simulated:
-            sim = (participants or {}).get(spec.participant_id) or SimParticipant(seed=seed + i)
+            sim = (participants or {}).get(spec.participant_id) or SimParticipant(seed=seed + n)
             links.append(
                 SimulatedStrap(
-                    f"sim-{i + 1}",
+                    f"sim-{n + 1}",
                     clock,
                     sim,
                     guide=session_guide(),

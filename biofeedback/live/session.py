@@ -126,6 +126,7 @@ class _StrapState:
     own_pause_t: float = 0.0
     contact_gaps: list = field(default_factory=list)  # [t0, t1 | None] while the strap reported no skin contact
     last_beat_t: float | None = None
+    battery_pct: int | None = None
 
 
 NO_CONTACT = "supported not detected"
@@ -309,6 +310,7 @@ class LiveSession:
                 _track_contact(strap, packet.t)
             if rows:
                 strap.last_beat_t = rows[-1].t
+            strap.battery_pct = strap.decoder.battery_pct
             in_baseline = self.runner.state.phase_index == self._baseline_index
             for r in rows:
                 snap = strap.metrics.add_beat(r.t, r.rr_ms, r.gap_before)
@@ -696,6 +698,7 @@ class LiveSession:
                         gaps=[(g0, t if g1 is None else g1) for g0, g1 in s.gaps],
                         contact_gaps=[(g0, max(g0, t) if g1 is None else g1) for g0, g1 in s.contact_gaps],
                         last_beat_t=s.last_beat_t,
+                        battery_pct=s.battery_pct,
                         ecg_t=np.concatenate([et for et, _ in recent]) if recent else np.zeros(0),
                         ecg_uv=np.concatenate([ev for _, ev in recent]).astype(float) if recent else np.zeros(0),
                     )

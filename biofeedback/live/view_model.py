@@ -83,7 +83,8 @@ class StrapView:
     `gaps` are (t0, t1) spans without data (disconnects), never filled with invented beats; `contact_gaps` the
     spans the strap reported no skin contact. Metrics are None while not yet computable; they are the last
     computed values, so a display compares `last_beat_t` (None: no beat yet) with the time to tell stale from
-    live. `ecg_t`/`ecg_uv` are empty for straps without ECG.
+    live. `ecg_t`/`ecg_uv` are empty for straps without ECG. `battery_pct` is the strap's last Battery Level (None:
+    not reported).
     """
 
     device_id: str
@@ -102,6 +103,7 @@ class StrapView:
     ecg_uv: np.ndarray = field(default_factory=_empty)
     contact_gaps: list[tuple[float, float]] = field(default_factory=list)
     last_beat_t: float | None = None
+    battery_pct: int | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.rr_t) == len(self.rr_ms) == len(self.rr_corrected)):
