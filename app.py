@@ -271,6 +271,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
                 raise UserError(str(exc)) from exc
             session.add_listener(inlets)
             console.print(f"Lab Streaming Layer: recording {', '.join(args.lsl_in)}")
+        web = _web_display(session, args)
         try:
             if args.headless:
                 if note := _headless_diary_note(session):
@@ -279,10 +280,15 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             else:
                 from biofeedback.display.app import run_with_displays
 
-                ids = run_with_displays(session)
+                if web is None:
+                    ids = run_with_displays(session)
+                else:  # the participants' displays are their pages; the monitor shows their QR codes
+                    ids = run_with_displays(session, participant_windows=False, web_links=web.urls)
         finally:
             if outlets is not None:
                 outlets.close()
+            if web is not None:
+                web.close_sync()
         from biofeedback.analysis.analyze import (
             analyze_session,  # neurokit2 takes seconds to load: not before it is needed
         )
@@ -301,6 +307,31 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             return 1
         console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
     return 0
+
+
+def _web_display(session, args: argparse.Namespace):
+    """--web-display: bind the participants' pages now and print each participant's own URL (None without it)."""
+    if not args.web_display:
+        if args.web_host is not None or args.web_port is not None:
+            raise UserError("--web-host and --web-port need --web-display")
+        return None
+    try:
+        from biofeedback.live.web_display import WebDisplay, WebDisplayError
+    except ImportError as exc:
+        raise UserError(f"--web-display needs the web extra: pip install -e '.[web]' ({exc})") from None
+    port = 8765 if args.web_port is None else args.web_port
+    try:
+        web = WebDisplay(session, args.web_host or "127.0.0.1", port)
+    except WebDisplayError as exc:
+        for sid in session.session_ids:
+            session.store.end_session(sid, "stopped")
+        raise UserError(f"{exc}. Nothing was recorded.") from None
+    session.add_listener(web)
+    where = "" if args.headless else "; the monitor shows them as QR codes"
+    console.print(f"Web display: each participant opens their own page (keep the links private{where}):")
+    for pid, url in web.urls.items():
+        console.print(f"  {pid}: {url}", highlight=False, soft_wrap=True)
+    return web
 
 
 def _alert(line: str) -> None:
@@ -1118,6 +1149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-text", action="store_true",
                    help="with --lsl: stream manual markers' labels (free text, sensitive); otherwise "
                         "just 'manual'")  # fmt: skip
+    p.add_argument("--web-display", action="store_true",
+                   help="serve each participant's display as a web page of its own (tablets, phones): the URLs "
+                        "are printed and shown as QR codes on the monitor")  # fmt: skip
+    p.add_argument("--web-host", metavar="ADDRESS",
+                   help="with --web-display: the address to serve on (default 127.0.0.1, this computer only; "
+                        "0.0.0.0 for the lab's network)")  # fmt: skip
+    p.add_argument("--web-port", type=int, metavar="N", help="with --web-display: the port (default 8765; 0: any)")
 
     sessions = sub.add_parser("sessions", help="list, exclude, restore and delete recorded sessions").add_subparsers(
         dest="sub", required=True)  # fmt: skip

@@ -12,7 +12,7 @@ import threading
 from PySide6 import QtCore, QtWidgets
 
 from biofeedback.display.diary import host_diary_forms
-from biofeedback.display.monitor import MonitorWindow
+from biofeedback.display.monitor import MonitorWindow, add_participant_links
 from biofeedback.display.participant import ParticipantWindow
 from biofeedback.live.session import LiveSession
 
@@ -33,11 +33,17 @@ class SessionThread(threading.Thread):
             self.error = exc
 
 
-def run_with_displays(session: LiveSession, *, participant_windows: bool = True) -> list[int]:
-    """Open the experimenter monitor (and a participant display per strap) and run the session to its end."""
+def run_with_displays(
+    session: LiveSession, *, participant_windows: bool = True, web_links: dict[str, str] | None = None
+) -> list[int]:
+    """Open the experimenter monitor (and a participant display per strap) and run the session to its end.
+
+    `web_links`: each participant's web display page, shown as QR codes on the monitor."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     worker = SessionThread(session)
     monitor = MonitorWindow(session, session)
+    if web_links:
+        add_participant_links(monitor, web_links)
     windows: list[QtWidgets.QWidget] = [monitor]
     if participant_windows:
         for strap in session.straps:
