@@ -34,8 +34,10 @@ SPEED = 4.0
 PACER = Pacer(rate_bpm=6.0, inhale_fraction=0.4)  # 10 s breaths, 4 s in and 6 s out: 2.5 s a breath at ×4
 PROTOCOL = Protocol("web test", "", (
     Phase("breathe", "breathing", 900.0, prompt="Let your breath find its own soothing rhythm.", pacer=PACER),
+    Phase("image", "imagery", 900.0, prompt="Let an image of warmth and kindness come to mind, however faint.",
+          feedback="sham"),
 ))  # fmt: skip
-GROUP = ("P01", "P02", "P03")
+GROUP = ("P01", "P02", "P03", "P04")
 SHOTS = Path("/tmp/webshots")
 
 
@@ -218,17 +220,39 @@ def test_the_page_reconnects_by_itself_after_the_server_drops_it(served, browser
 
 
 def test_screenshots_at_phone_and_tablet_size(served, browser):
-    _session, web, _store = served
+    """Runs last of the browser tests: it moves the group on to the sham phase."""
+    session, web, _store = served
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for name, size in {"phone": (390, 844), "tablet": (820, 1180)}.items():
-        page = _open(browser, web.urls["P01"], size)
-        page.wait_for_timeout(600)
+
+    def shot(name: str, size: tuple[int, int], pid: str = "P04", then=None) -> None:
+        page = _open(browser, web.urls[pid], size)
+        if then is not None:
+            then(page)
+        page.wait_for_timeout(400)  # the first prompt shows at once; the glow settles
         page.screenshot(path=str(SHOTS / f"{name}.png"))
         box = page.eval_on_selector("#buttons", "e => e.getBoundingClientRect().toJSON()")
         assert box["right"] <= size[0] and box["bottom"] <= size[1]  # the buttons are on the screen
         for sel in ("#pause", "#stop"):  # and their words are never clipped
             assert page.eval_on_selector(sel, "e => e.scrollWidth <= e.clientWidth")
+        assert not re.search(r"\d", page.inner_text("body"))
         page.close()
+
+    shot("phone", (390, 844))
+    shot("tablet", (820, 1180))
+    shot("phone-paused", (390, 844), then=lambda page: (page.click("#pause"), page.wait_for_function(
+        "() => document.getElementById('pause').textContent === 'Continue'")))
+    session.participant_resume("P04")
+    session.skip_phase()  # the sham phase: no pacer, a glow drawn exactly like live feedback
+    _wait(lambda: session.participant_view("P04").phase_name == "image")
+    page = browser.new_page(viewport={"width": 820, "height": 1180})
+    page.goto(web.urls["P04"])
+    page.wait_for_function("() => document.body.dataset.connected === '1'")
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SHOTS / "tablet-sham.png"))
+    assert page.is_hidden("#pacer") and "warmth" in page.inner_text("#prompt")
+    level = session.participant_view("P04").soothing_level
+    assert level is not None and "rgba(96, 160, 178" not in page.eval_on_selector("#glow", "e => e.style.background")
+    page.close()
 
 
 class _StuckSocket:

@@ -38,6 +38,7 @@
     front = 1 - front;
     layers[front].textContent = text;
     if (text) layers[front].classList.add("shown");
+    if (!body.classList.contains("ready")) requestAnimationFrame(() => body.classList.add("ready"));
   }
 
   // Where in the breath the pacer is: cycle0 at time `at`. A frame's cycle is taken as it is at a new phase or
