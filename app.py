@@ -231,6 +231,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
 
     specs = parse_device_specs(args.device or ["sim"], args.participant)
     protocol = get_protocol(args.protocol)
+    _check_web_args(args)
     with _open_store(args) as store:
         rate = args.pacer_rate
         if rate is None and len(specs) == 1:
@@ -309,16 +310,24 @@ def cmd_session_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _web_display(session, args: argparse.Namespace):
-    """--web-display: bind the participants' pages now and print each participant's own URL (None without it)."""
+def _check_web_args(args: argparse.Namespace) -> None:
+    """Refuse web display options that cannot work before anything is recorded."""
     if not args.web_display:
         if args.web_host is not None or args.web_port is not None:
             raise UserError("--web-host and --web-port need --web-display")
-        return None
+        return
     try:
-        from biofeedback.live.web_display import WebDisplay, WebDisplayError
+        import biofeedback.live.web_display  # noqa: F401
     except ImportError as exc:
         raise UserError(f"--web-display needs the web extra: pip install -e '.[web]' ({exc})") from None
+
+
+def _web_display(session, args: argparse.Namespace):
+    """--web-display: bind the participants' pages now and print each participant's own URL (None without it)."""
+    if not args.web_display:
+        return None
+    from biofeedback.live.web_display import WebDisplay, WebDisplayError
+
     port = 8765 if args.web_port is None else args.web_port
     try:
         web = WebDisplay(session, args.web_host or "127.0.0.1", port)

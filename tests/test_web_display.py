@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -21,6 +22,7 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the web display needs the web extra (pip install -e '.[web]')")
 
+import app
 from biofeedback.live.recorder import build_session, parse_device_specs
 from biofeedback.live.view_model import ParticipantView
 from biofeedback.live.web_display import FrameSlot, WebDisplay, WebDisplayError, _Page, page_frame
@@ -346,3 +348,55 @@ def test_a_taken_port_is_one_clear_error(tmp_path):
         WebDisplay(session, "no-such-host.invalid", 0)
     first.close_sync()
     store.close()
+
+
+def _cli(capsys, *args: str, store: Path) -> tuple[int, str, str]:
+    """The real command, in a thread of its own (Playwright's sync API holds this thread's event loop)."""
+    argv = ["--store", str(store), "session", "run", "--device", "sim=P01", "--device", "sim=P02", "--headless", *args]
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.setdefault("code", app.main(argv)))
+    worker.start()
+    worker.join(timeout=120)
+    captured = capsys.readouterr()
+    return out["code"], captured.out, captured.err
+
+
+def test_the_command_prints_each_participants_own_url_and_refuses_a_taken_port_in_one_line(tmp_path, capsys):
+    store = tmp_path / "store.sqlite"
+    code, out, err = _cli(capsys, "--protocol", "rest-5min", "--speed", "300", "--web-display", "--web-port", "0",
+                          store=store)  # fmt: skip
+    assert code == 0, err
+    urls = dict(re.findall(r"^  (P0[12]): (http://127\.0\.0\.1:\d+/p/[\w-]{32}/)$", out, re.M))
+    assert set(urls) == {"P01", "P02"} and urls["P01"] != urls["P02"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        code, out, err = _cli(capsys, "--web-display", "--web-port", str(taken.getsockname()[1]), store=store)
+    assert code == 2 and err.strip().count("\n") == 0 and "already in use" in err and "Nothing was recorded" in err
+    code, out, err = _cli(capsys, "--web-host", "0.0.0.0", store=store)
+    assert code == 2 and err.strip() == "error: --web-host and --web-port need --web-display"
+    with Store(store, readonly=True) as s:
+        assert sorted(x.state for x in s.sessions()) == ["completed", "completed", "stopped", "stopped"]
+
+
+def test_the_monitor_shows_each_participants_page_as_a_qr_code_that_encodes_their_url(qtbot):
+    segno = pytest.importorskip("segno")
+    from pyqtgraph.Qt import QtWidgets
+
+    from biofeedback.display.monitor import add_participant_links
+
+    links = {"P01": "http://192.168.1.20:8765/p/abc-token-1/", "P02": "http://192.168.1.20:8765/p/xyz-token-2/"}
+    window = QtWidgets.QMainWindow()
+    qtbot.addWidget(window)
+    dock = add_participant_links(window, links)
+    assert set(dock.codes) == set(links)
+    for pid, url in links.items():
+        image = dock.codes[pid].pixmap().toImage()
+        matrix = segno.make(url, error="m").matrix
+        scale, border = 4, 4
+        assert image.width() == (len(matrix) + 2 * border) * scale
+        drawn = [[image.pixelColor((x + border) * scale + 2, (y + border) * scale + 2).lightness() < 128
+                  for x in range(len(matrix))] for y in range(len(matrix))]  # fmt: skip
+        assert drawn == [[bool(v) for v in row] for row in matrix], f"{pid}'s QR code is not their URL"
+    texts = [w.text() for w in dock.findChildren(QtWidgets.QLabel)]
+    assert all(url in texts for url in links.values())
