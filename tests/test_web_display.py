@@ -400,3 +400,34 @@ def test_the_monitor_shows_each_participants_page_as_a_qr_code_that_encodes_thei
         assert drawn == [[bool(v) for v in row] for row in matrix], f"{pid}'s QR code is not their URL"
     texts = [w.text() for w in dock.findChildren(QtWidgets.QLabel)]
     assert all(url in texts for url in links.values())
+
+
+def test_with_windows_the_monitor_shows_the_codes_and_no_participant_window_opens(qtbot, tmp_path):
+    pytest.importorskip("segno")
+    from pyqtgraph.Qt import QtCore, QtWidgets
+
+    from biofeedback.display.app import run_with_displays
+    from biofeedback.display.monitor import MonitorWindow, ParticipantLinks
+    from biofeedback.display.participant import ParticipantWindow
+    from protocols.library import get_protocol
+
+    store = Store(tmp_path / "store.sqlite")
+    session = build_session(store, get_protocol("rest-5min"), parse_device_specs(["sim=P01", "sim=P02"], None),
+                            speed=100.0)  # fmt: skip
+    web = WebDisplay(session, "127.0.0.1", 0)
+    session.add_listener(web)
+    seen: dict = {}
+
+    def look() -> None:  # while the session runs
+        widgets = QtWidgets.QApplication.topLevelWidgets()
+        seen["participant windows"] = [w for w in widgets if isinstance(w, ParticipantWindow) and w.isVisible()]
+        monitor = next(w for w in widgets if isinstance(w, MonitorWindow))
+        seen["codes"] = sorted(monitor.findChild(ParticipantLinks).codes)
+        with urllib.request.urlopen(web.urls["P02"], timeout=5) as page:  # served from the session's thread
+            seen["page"] = page.status
+
+    QtCore.QTimer.singleShot(1000, look)
+    ids = run_with_displays(session, participant_windows=False, web_links=web.urls)
+    assert seen == {"participant windows": [], "codes": ["P01", "P02"], "page": 200}
+    assert [store.session(i).state for i in ids] == ["completed", "completed"]
+    store.close()

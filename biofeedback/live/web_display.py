@@ -199,9 +199,14 @@ class WebDisplay(SessionListener):
     async def _serve(self) -> None:
         # no access log: the tokens in the URLs never reach a log file
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        self._runner = runner
-        await web.SockSite(runner, self._sock).start()
+        try:
+            await runner.setup()
+            self._runner = runner
+            await web.SockSite(runner, self._sock).start()
+        except Exception as exc:  # the recording goes on without the pages
+            log.error("the web display could not start (%s: %s); the recording goes on", type(exc).__name__, exc)
+            await self.close()
+            return
         self._serving.set()
         try:
             while not self._ended:
