@@ -150,8 +150,8 @@ def test_the_pacer_on_the_page_follows_the_protocols_rate_and_ratio(served, brow
     assert float(np.median(rises)) / PACER.period_s == pytest.approx(PACER.inhale_fraction, abs=0.03)  # 4 in, 6 out
     assert width.min() / width.max() == pytest.approx(0.386, abs=0.02)
 
-    # and at each moment the page shows the pacer waveform at that session time (the clocks mapped), a frame late
-    # at most: the best-fitting lag is below 0.2 session seconds (50 ms here) and the error about it small
+    # and at each moment the page shows the pacer waveform at that session time (the clocks mapped), a few frames
+    # late at most: the best-fitting lag is below 0.3 session seconds (75 ms here) and the error about it small
     t_in_phase = in_phase + (wall - now_wall) * SPEED
 
     def rms(lag: float) -> float:
@@ -160,7 +160,7 @@ def test_the_pacer_on_the_page_follows_the_protocols_rate_and_ratio(served, brow
     lags = np.arange(-0.5, 0.51, 0.025)
     errors = [rms(lag) for lag in lags]
     best = int(np.argmin(errors))
-    assert abs(lags[best]) <= 0.2 and errors[best] < 0.03, (lags[best], errors[best])
+    assert abs(lags[best]) <= 0.3 and errors[best] < 0.04, (lags[best], errors[best])
 
 
 def test_pause_on_the_page_lands_in_that_participants_session_only(served, browser):
