@@ -271,6 +271,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
 
     specs = parse_device_specs(args.device or ["sim"], args.participant)
     protocol = get_protocol(args.protocol, lab_dir=_lab_protocols(args))
+    _check_web_args(args)
     with _open_store(args) as store:
         plan = plan_session(store, protocol, specs, pacer_rate=args.pacer_rate, week=args.week,
                             sim_faults=args.sim_faults or [], speed=args.speed, seed=args.seed, ecg=args.ecg,
@@ -313,6 +314,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
                 raise UserError(str(exc)) from exc
             session.add_listener(inlets)
             console.print(f"Lab Streaming Layer: recording {', '.join(args.lsl_in)}")
+        web = _web_display(session, args)
         try:
             if args.headless:
                 if note := _headless_diary_note(session):
@@ -321,12 +323,17 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             else:
                 from biofeedback.display.app import run_with_displays
 
-                kept = {pid: n for pid, n in screens.items() if pid in {s.participant_id for s in plan.specs}}
-                ids = run_with_displays(session, participant_screens=kept,
-                                        on_note=lambda line: console.print(line, highlight=False))
+                if web is None:
+                    kept = {pid: n for pid, n in screens.items() if pid in {s.participant_id for s in plan.specs}}
+                    ids = run_with_displays(session, participant_screens=kept,
+                                            on_note=lambda line: console.print(line, highlight=False))
+                else:  # the participants' displays are their pages; the monitor shows their QR codes
+                    ids = run_with_displays(session, participant_windows=False, web_links=web.urls)
         finally:
             if outlets is not None:
                 outlets.close()
+            if web is not None:
+                web.close_sync()
         from biofeedback.analysis.analyze import (
             analyze_session,  # neurokit2 takes seconds to load: not before it is needed
         )
@@ -345,6 +352,39 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             return 1
         console.print(f"Recording saved: sessions {', '.join(map(str, ids))} in {store.path}")
     return 0
+
+
+def _check_web_args(args: argparse.Namespace) -> None:
+    """Refuse web display options that cannot work before anything is recorded."""
+    if not args.web_display:
+        if args.web_host is not None or args.web_port is not None:
+            raise UserError("--web-host and --web-port need --web-display")
+        return
+    try:
+        import biofeedback.live.web_display  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"--web-display needs the web extra: pip install -e '.[web]' ({exc})") from None
+
+
+def _web_display(session, args: argparse.Namespace):
+    """--web-display: bind the participants' pages now and print each participant's own URL (None without it)."""
+    if not args.web_display:
+        return None
+    from biofeedback.live.web_display import WebDisplay, WebDisplayError
+
+    port = 8765 if args.web_port is None else args.web_port
+    try:
+        web = WebDisplay(session, args.web_host or "127.0.0.1", port)
+    except WebDisplayError as exc:
+        for sid in session.session_ids:
+            session.store.end_session(sid, "stopped")
+        raise UserError(f"{exc}. Nothing was recorded.") from None
+    session.add_listener(web)
+    where = "" if args.headless else "; the monitor shows them as QR codes"
+    console.print(f"Web display: each participant opens their own page (keep the links private{where}):")
+    for pid, url in web.urls.items():
+        console.print(f"  {pid}: {url}", highlight=False, soft_wrap=True)
+    return web
 
 
 def _alert(line: str) -> None:
@@ -1199,6 +1239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-text", action="store_true",
                    help="with --lsl: stream manual markers' labels (free text, sensitive); otherwise "
                         "just 'manual'")  # fmt: skip
+    p.add_argument("--web-display", action="store_true",
+                   help="serve each participant's display as a web page of its own (tablets, phones): the URLs "
+                        "are printed and shown as QR codes on the monitor")  # fmt: skip
+    p.add_argument("--web-host", metavar="ADDRESS",
+                   help="with --web-display: the address to serve on (default 127.0.0.1, this computer only; "
+                        "0.0.0.0 for the lab's network)")  # fmt: skip
+    p.add_argument("--web-port", type=int, metavar="N", help="with --web-display: the port (default 8765; 0: any)")
 
     sessions = sub.add_parser("sessions", help="list, exclude, restore and delete recorded sessions").add_subparsers(
         dest="sub", required=True)  # fmt: skip

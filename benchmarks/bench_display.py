@@ -5,6 +5,12 @@ unthrottled cost of one full frame of each window (pull + update + synchronous r
 participant window and the monitor running together on their timers, achieved frames per second and CPU
 use (process_time / wall time, in cores).
 Uses the real Polar H10 ECG from ../shared/data when present, else a synthetic ECG-like wave.
+
+Then the web display figure (`--web-seconds 0` leaves it out): a real recording of six simulated straps in the
+soothing-breathing phase, its CPU (process_time over wall time, all threads of this process) measured three ways:
+recording alone, recording while serving six participants' pages to headless Chromium (the browser's own processes
+are not counted: they run on the tablets), and recording with one Qt participant window. It prints the extra CPU
+of the six pages and of the one window over the recording alone, and their ratio (goal: below 1).
 """
 
 from __future__ import annotations
@@ -115,6 +121,9 @@ class BenchSource:
     def resume(self) -> None: ...
     def skip_phase(self) -> None: ...
     def end_session(self) -> None: ...
+    def participant_pause(self, participant_id: str | None) -> None: ...
+    def participant_resume(self, participant_id: str | None) -> None: ...
+    def participant_stop(self, participant_id: str | None) -> None: ...
 
 
 class PaintCounter(QtCore.QObject):
@@ -134,6 +143,8 @@ def main() -> None:
     ap.add_argument("--straps", type=int, default=1)
     ap.add_argument("--fps", type=float, default=60.0, help="participant frame rate")
     ap.add_argument("--monitor-fps", type=float, default=60.0, help="monitor frame rate")
+    ap.add_argument("--web-seconds", type=float, default=15.0,
+                    help="seconds of each web display measurement (0: leave the web display figure out)")
     args = ap.parse_args()
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     source = BenchSource(args.straps)
@@ -189,6 +200,112 @@ def main() -> None:
         f" monitor {calls['m'] / wall:5.1f} pulls/s, {m_paints.count / wall:5.1f} plot paints/s;"
         f" CPU {cpu / wall:.2f} cores ({100 * cpu / wall:.0f}% of one core)"
     )
+    for win in (part, mon):  # closed: they must not run beside the web display figure
+        win.timer.stop()
+        win.close()
+    if args.web_seconds > 0:
+        web_figure(args.web_seconds)
+
+
+def _breathing_session(tmp: Path):
+    """Six simulated straps on real time, in cmt-soothing's paced breathing phase from the start."""
+    from biofeedback.live.recorder import build_session, parse_device_specs
+    from protocols.library import get_protocol
+    from protocols.model import Protocol
+    from recordings.store import Store
+
+    base = get_protocol("cmt-soothing")
+    protocol = Protocol("bench-web", "", tuple(ph for ph in base.phases if ph.pacer is not None))
+    store = Store(tmp / f"bench-{time.monotonic_ns()}.sqlite")
+    specs = parse_device_specs([f"sim=P{i:02d}" for i in range(1, 7)], None)
+    return store, build_session(store, protocol, specs, seed=5)
+
+
+def _cpu_during(seconds: float, wait) -> float:
+    """Cores used by this process over `seconds` of wall time, spent in `wait(seconds)`."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    wait(seconds)
+    return (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+
+
+def _recording(tmp: Path, seconds: float, mode: str) -> float:
+    """CPU (cores) of this process while a six-strap recording runs with `mode`: none, web (six pages) or qt."""
+    import asyncio
+    import threading
+
+    store, session = _breathing_session(tmp)
+    web = None
+    if mode == "web":
+        from biofeedback.live.web_display import WebDisplay
+
+        web = WebDisplay(session, "127.0.0.1", 0)
+        session.add_listener(web)
+    worker = threading.Thread(target=lambda: asyncio.run(session.run()), daemon=True)
+    worker.start()
+    try:
+        time.sleep(2.0)  # the straps connect and the first beats arrive
+        if mode == "none":
+            return _cpu_during(seconds, time.sleep)
+        if mode == "qt":
+            app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+            window = ParticipantWindow(session, "P01", controls=session)
+            window.resize(1280, 720)
+            window.show()
+
+            def qt_wait(s: float) -> None:
+                QtCore.QTimer.singleShot(round(s * 1000), app.quit)
+                app.exec()
+
+            cpu = _cpu_during(seconds, qt_wait)
+            window.timer.stop()
+            window.close()
+            return cpu
+        from playwright.sync_api import sync_playwright
+
+        assert web is not None and web.wait_serving(10)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=os.environ.get("CMT_CHROMIUM", "/usr/bin/chromium"))
+            pages = []
+            for url in web.urls.values():
+                page = browser.new_page(viewport={"width": 820, "height": 1180})
+                page.goto(url)
+                pages.append(page)
+            for page in pages:
+                page.wait_for_function("() => document.body.dataset.connected === '1'")
+            assert sum(web.connected(pid) for pid in web.urls) == 6
+            sent0 = web.frames_sent
+            cpu = _cpu_during(seconds, time.sleep)  # Playwright's client is idle: only the server works
+            print(f"  six pages: {(web.frames_sent - sent0) / seconds:.1f} frames/s sent in all")
+            browser.close()
+        return cpu
+    finally:
+        session.end_session()
+        worker.join(timeout=20)
+        store.close()
+
+
+def web_figure(seconds: float) -> None:
+    import shutil
+    import tempfile
+
+    try:
+        import aiohttp  # noqa: F401
+        import playwright  # noqa: F401
+    except ImportError as exc:
+        print(f"web display figure left out: {exc} (pip install -e '.[test]')")
+        return
+    if not shutil.which(os.environ.get("CMT_CHROMIUM", "/usr/bin/chromium")):
+        print("web display figure left out: no Chromium (apt install chromium)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = _recording(Path(tmp), seconds, "none")
+        web = _recording(Path(tmp), seconds, "web")
+        qt = _recording(Path(tmp), seconds, "qt")
+    web_extra, qt_extra = max(web - alone, 0.0), max(qt - alone, 1e-6)
+    print(f"recording six straps for {seconds:.0f} s each: alone {alone:.3f} cores; serving six web pages "
+          f"{web:.3f} (+{web_extra:.3f}); one Qt participant window at 60 fps {qt:.3f} (+{qt_extra:.3f})")
+    print(f"six web pages cost {web_extra / qt_extra:.2f}× one Qt participant window "
+          f"({'below' if web_extra < qt_extra else 'NOT below'} the goal of 1)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from PySide6 import QtCore, QtWidgets
 
 from biofeedback.display.diary import host_diary_forms
-from biofeedback.display.monitor import MonitorWindow
+from biofeedback.display.monitor import MonitorWindow, add_participant_links
 from biofeedback.display.participant import ParticipantWindow
 from biofeedback.display.screens import place_windows, qt_screens, show_placed
 from biofeedback.live.session import LiveSession
@@ -47,13 +47,16 @@ class SessionWindows(QtCore.QObject):
 
     def __init__(self, session: LiveSession, *, participant_windows: bool = True,
                  participant_screens: Mapping[str, int] | None = None,
-                 on_note: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 on_note: Callable[[str], None] | None = None,
+                 web_links: Mapping[str, str] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.session = session
         self.participant_screens = participant_screens
         self.on_note = on_note
         self.worker = SessionThread(session)
         self.monitor = MonitorWindow(session, session)
+        if web_links:  # each participant's web display page, as QR codes on the monitor
+            add_participant_links(self.monitor, dict(web_links))
         self.windows: list[QtWidgets.QWidget] = [self.monitor]
         if participant_windows:
             for strap in session.straps:
@@ -139,15 +142,16 @@ def run_with_displays(
     participant_windows: bool = True,
     participant_screens: Mapping[str, int] | None = None,
     on_note: Callable[[str], None] | None = None,
+    web_links: Mapping[str, str] | None = None,
 ) -> list[int]:
     """Open the experimenter monitor (and a participant display per strap) and run the session to its end.
 
     Participant windows go on the screens `biofeedback.display.screens.place_windows` picks (`participant_screens`:
     {participant: screen number from 1}); what has to share a screen is said through `on_note` and on the monitor's
-    status bar."""
+    status bar. `web_links`: each participant's web display page, shown as QR codes on the monitor."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     shown = SessionWindows(session, participant_windows=participant_windows, participant_screens=participant_screens,
-                           on_note=on_note)  # fmt: skip
+                           on_note=on_note, web_links=web_links)  # fmt: skip
     quit_on_close = app.quitOnLastWindowClosed()
 
     def quit_when_done() -> None:

@@ -764,3 +764,59 @@ class MonitorWindow(QtWidgets.QMainWindow):
             panel.on_click = self._panel_clicked
             self.grid.addWidget(panel, i // cols, i % cols)
             self.panels[dev] = panel
+
+
+def qr_image(url: str, scale: int = 4) -> QtGui.QImage:
+    """`url` as a QR code image (dark on white, with the quiet zone phone cameras need)."""
+    import io
+
+    import segno  # the `web` extra, needed only with --web-display
+
+    buf = io.BytesIO()
+    segno.make(url, error="m").save(buf, kind="png", scale=scale, border=4)
+    image = QtGui.QImage()
+    if not image.loadFromData(buf.getvalue(), "PNG"):
+        raise ValueError("could not draw the QR code")
+    return image
+
+
+class ParticipantLinks(QtWidgets.QDockWidget):
+    """Each participant's own web display page: their code, a QR code to scan with the tablet, the URL."""
+
+    def __init__(self, links: dict[str, str], parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__("Participant pages", parent)
+        self.setObjectName("participantLinks")
+        self.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetClosable
+                         | QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable)  # fmt: skip
+        inner = QtWidgets.QWidget()
+        inner.setStyleSheet(f"background: {PANEL}; color: {FOREGROUND};")
+        grid = QtWidgets.QGridLayout(inner)
+        self.codes: dict[str, QtWidgets.QLabel] = {}
+        for i, (pid, url) in enumerate(links.items()):
+            cell = QtWidgets.QVBoxLayout()
+            name = QtWidgets.QLabel(pid)
+            name.setStyleSheet("font-size: 15px; font-weight: 600;")
+            code = QtWidgets.QLabel()
+            code.setPixmap(QtGui.QPixmap.fromImage(qr_image(url)))
+            code.setToolTip(f"{pid}: scan with the tablet or phone {pid} will use")
+            text = QtWidgets.QLabel(url)
+            text.setStyleSheet(f"font-size: 10px; color: {MUTED};")
+            text.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+            text.setWordWrap(True)
+            text.setMaximumWidth(code.pixmap().width())
+            for w in (name, code, text):
+                cell.addWidget(w)
+            cell.addStretch(1)
+            grid.addLayout(cell, i // 2, i % 2)
+            self.codes[pid] = code
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidget(inner)
+        scroll.setWidgetResizable(True)
+        self.setWidget(scroll)
+
+
+def add_participant_links(window: QtWidgets.QMainWindow, links: dict[str, str]) -> ParticipantLinks:
+    """Show the participants' page QR codes docked at the right of the monitor (close it once they are in)."""
+    dock = ParticipantLinks(links, window)
+    window.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    return dock

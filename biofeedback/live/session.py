@@ -612,6 +612,10 @@ class LiveSession:
         elapsed = min(elapsed, st.phase.duration_s)
         return elapsed, st.phase.duration_s - elapsed
 
+    def phase_position(self, t: float) -> tuple[float, float]:
+        """(seconds into the current phase, seconds left) at session time `t`, pauses respected (public)."""
+        return self._position(t)
+
     def participant_view(self, participant_id: str | None = None) -> ParticipantView:
         """What the participant's screen shows now (pacer from the session clock, so exact after a stall)."""
         t = self.clock.now()
