@@ -644,7 +644,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.format == "table":
             from biofeedback.study.long_table import write_long_table
 
-            path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force)
+            with _progress(f"table of {len(ids)} sessions", len(ids)) as progress:
+                path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force,
+                                        on_session=lambda sid: progress.advance(detail=f"session {sid}"))
             console.print(f"wrote {path} (sessions {ids}, one row per session × phase × index)")
             return 0
         with _progress(f"{args.format} export to {out}", len(ids)) as progress:
@@ -678,8 +680,9 @@ def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Pa
 def cmd_import_capture(args: argparse.Namespace) -> int:
     from recordings.capture import import_capture
 
-    with _open_store(args) as store:
-        sid, counts = import_capture(store, Path(args.file), args.participant, device=args.device)
+    with _open_store(args) as store, _progress(f"import of {args.file}") as progress:
+        sid, counts = import_capture(store, Path(args.file), args.participant, device=args.device,
+                                     on_packet=lambda done, total: progress.update(done, total, "packets"))
     console.print(
         f"imported session {sid}: {counts.packets} packets, {counts.beats} beats, {counts.malformed} malformed "
         f"(kept raw), {counts.ecg_samples} ECG samples"

@@ -21,7 +21,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -178,11 +178,13 @@ def parse_capture_with_header(text: str, source: str = "<capture>") -> tuple[dic
 
 
 def import_capture(
-    store: Store, path: Path, participant_id: str, device: str | None = None
-) -> tuple[int, DecodeCounts]:
+    store: Store, path: Path, participant_id: str, device: str | None = None,
+    on_packet: Callable[[int, int], None] | None = None,
+) -> tuple[int, DecodeCounts]:  # fmt: skip
     """Create a session from a capture file, decoding its bytes as live data would be.
 
     A capture of several straps (a group) is imported one strap at a time: name it with `device`.
+    `on_packet(done, total)` reports progress (every 1000 packets and at the end).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -222,14 +224,22 @@ def import_capture(
                     gaps.append(line.t)
                 batch.maybe_commit()
 
+        n_packets = sum(1 for line in lines if line.event is None)
+
         def stored_packets() -> Iterator[tuple[int, float, str, bytes]]:
+            done = 0
             for line in lines:
                 if line.event is None:
+                    if on_packet is not None and done % 1000 == 0:
+                        on_packet(done, n_packets)
+                    done += 1
                     batch.maybe_commit()  # between packets: the previous one's decoded rows are written
                     pid = store.add_packet(sid, line.t, line.uuid or "", line.data, line.device)
                     yield pid, line.t, line.uuid or "", line.data
 
         counts = decode_packets(store, sid, stored_packets(), gaps)
+        if on_packet is not None:
+            on_packet(n_packets, n_packets)
         for line in markers:
             m = line.marker or {}
             store.add_marker(sid, line.t, m["kind"], m["label"], phase_index=m["phase_index"],

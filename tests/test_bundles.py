@@ -433,6 +433,12 @@ def test_progress_lines_when_piped_and_never_in_machine_output(recorded, tmp_pat
     r = _run_app("--store", str(dst), "store", "backup", str(tmp_path / "copy.sqlite"))
     lines = [line for line in r.stderr.splitlines() if line.startswith("progress: backup to")]
     assert r.returncode == 0 and lines and lines[-1].split()[-1].split("/")[0] == lines[-1].split()[-1].split("/")[1]
+    with Store(src, readonly=True) as store:
+        cap = export_capture(store, sid, tmp_path)
+    r = _run_app("--store", str(tmp_path / "c.sqlite"), "import", "capture", str(cap), "--participant", "P01")
+    n = len(cap.read_text().splitlines()) - 1 - len(dump_session(src, sid)["markers"]) - len(
+        dump_session(src, sid)["link_events"])
+    assert r.returncode == 0 and f"progress: import of {cap} {n}/{n} packets" in r.stderr.splitlines(), r.stderr
     r = _run_app("--store", str(dst), "store", "merge", str(src), "--json")
     assert r.returncode == 0 and "progress: merge of" in r.stderr
     json.loads(r.stdout)  # stdout is JSON only
@@ -453,3 +459,33 @@ def test_bundle_bytes_are_base64_of_the_raw_packets(recorded, tmp_path):
     with zipfile.ZipFile(bundle) as zf:
         rows = [json.loads(line) for line in zf.read("packets.jsonl").splitlines()]
     assert [base64.b64decode(r[3]) for r in rows] == raw
+
+
+def _make_schema_3(path: Path) -> None:
+    """Turn a store back into what a version before session UUIDs wrote."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("DROP TRIGGER sessions_new_uuid; DROP INDEX sessions_uuid; ALTER TABLE sessions DROP COLUMN uuid;"
+                     " DROP TABLE backups; UPDATE meta SET value='3' WHERE key='schema_version';")  # fmt: skip
+    db.close()
+
+
+def test_older_stores_get_uuids_and_merge_from_them_read_only_is_stable(tmp_path):
+    old, here = tmp_path / "old.sqlite", tmp_path / "here.sqlite"
+    with Store(old) as store:
+        _record(store, "P01", 1, everything=False)
+    _make_schema_3(old)
+    with Store(here) as store:
+        first = merge_store(store, old, by="ra1")  # read-only on the old store: it stays at schema 3
+        assert len(first.brought) == 1
+        uuid_here = store.connection.execute("SELECT uuid FROM sessions").fetchone()[0]
+    db = sqlite3.connect(old)
+    assert "uuid" not in {c[1] for c in db.execute("PRAGMA table_info(sessions)")}
+    db.close()
+    with Store(old) as store:  # upgraded: its session gets the same UUID the merge gave it
+        assert store.connection.execute("SELECT uuid FROM sessions").fetchone()[0] == uuid_here
+        sid = store.create_session("P02", "x", {}, "sim-2", source="simulated", state="completed")
+        new_uuid = store.connection.execute("SELECT uuid FROM sessions WHERE id=?", (sid,)).fetchone()[0]
+        assert len(new_uuid) == 36 and new_uuid[14] == "4" and new_uuid != uuid_here
+    with Store(here) as store:
+        again = merge_store(store, old, by="ra1")
+        assert [s for s, _r in again.skipped] == [1] and len(again.brought) == 1
