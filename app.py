@@ -1114,11 +1114,11 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     path = _existing_store_path(args)
     with _progress(f"backup to {args.path}") as progress:
         result = backup_store(path, Path(args.path), on_step=lambda done, total: progress.update(done, total))
-    with Store(path) as store:
-        record_backup(store, result, _who(args))
     console.print(f"backed up {path} to {result.path}: {result.sessions} sessions, {result.bytes} bytes "
                   f"({result.pages} pages in {result.steps} steps), checked", markup=False,
                   highlight=False, soft_wrap=True)  # fmt: skip
+    with Store(path) as store:
+        record_backup(store, result, _who(args))  # a read-only store: the copy is made, then this one line says so
     return 0
 
 

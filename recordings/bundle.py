@@ -269,6 +269,10 @@ def _check(value: Any, kind: str, where: str) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise BundleError(f"{where}: expected text, got {_short(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BundleError(f"{where}: text that is not valid Unicode") from None
     if base == "j":
         try:
             json.loads(value)
@@ -356,6 +360,8 @@ def _read(zf: zipfile.ZipFile, src: str) -> SessionData:
                 row = json.loads(line)
             except ValueError as exc:
                 raise BundleError(f"{where}: not JSON ({exc})") from None
+            except RecursionError:
+                raise BundleError(f"{where}: not JSON (nested too deep)") from None
             if not isinstance(row, list) or len(row) != len(cols):
                 raise BundleError(f"{where}: expected a list of {len(cols)} values")
             out.append([_check(v, k, f"{where}: {n}") for v, (n, k) in zip(row, cols, strict=True)])
@@ -399,6 +405,15 @@ def _check_references(data: SessionData, src: str) -> None:
         for i, r in enumerate(rows[table], start=1):
             if r[3] < 0 or len(r[4]) != r[3] * width:
                 raise BundleError(f"{src}: {table}.jsonl line {i}: {r[3]} samples do not match {len(r[4])} bytes")
+            if not r[2] > 0:
+                raise BundleError(f"{src}: {table}.jsonl line {i}: sampling rate {r[2]} is not > 0")
+    for i, r in enumerate(rows["markers"], start=1):
+        if not isinstance(json.loads(r[5]), dict):
+            raise BundleError(f"{src}: markers.jsonl line {i}: detail is not a JSON object")
+    for i, r in enumerate(rows["lsl_chunks"], start=1):
+        values = json.loads(r[4])
+        if not isinstance(values, list) or len(values) * 8 != len(r[3]):
+            raise BundleError(f"{src}: lsl_chunks.jsonl line {i}: values do not match the stamps")
     streams = {r[0] for r in rows["lsl_streams"]}
     for i, r in enumerate(rows["lsl_chunks"], start=1):
         if r[0] not in streams or len(r[3]) % 8:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -205,22 +206,39 @@ HOSTILE = {
     "running": ("manifest.json", lambda d: d.replace(b'"state": "completed"', b'"state": "running"', 1)),
     "a name": ("manifest.json", lambda d: d.replace(b'"P01"', b'"Anna"')),
     "not json": ("markers.jsonl", lambda d: b"{" + d),
+    "detail not an object": ("markers.jsonl", lambda d: _first_row(d, lambda r: r.__setitem__(5, "[1]"))),
+    "lone surrogate": ("link_events.jsonl", lambda d: _first_row(d, lambda r: r.__setitem__(1, "\ud800"))),
+    "fs zero": ("acc_chunks.jsonl", lambda d: _first_row(d, lambda r: r.__setitem__(2, 0))),
+    "lsl values": ("lsl_chunks.jsonl", lambda d: _first_row(d, lambda r: r.__setitem__(4, "[]"))),
+    "not a zip": None,
 }
 
 
-@pytest.mark.parametrize("kind", list(HOSTILE))
-def test_a_hostile_bundle_gets_one_line_and_leaves_the_store_unchanged(recorded, tmp_path, capsys, kind):
+@pytest.fixture(scope="module")
+def bundle_and_store(recorded, tmp_path_factory) -> tuple[Path, Path]:
+    """A good bundle, and a store with one other session to import it into."""
     src, sid = recorded
+    folder = tmp_path_factory.mktemp("hostile")
     with Store(src, readonly=True) as store:
-        bundle = export_bundle(store, sid, tmp_path / "ok")
-    if HOSTILE[kind] is None:
+        bundle = export_bundle(store, sid, folder)
+    with Store(folder / "b.sqlite") as store:
+        _record(store, "P02", everything=False)
+    return bundle, folder / "b.sqlite"
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_a_hostile_bundle_gets_one_line_and_leaves_the_store_unchanged(bundle_and_store, tmp_path, capsys, kind):
+    bundle, prepared = bundle_and_store
+    if kind == "truncated":
         bad = tmp_path / "bad.zip"
         bad.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    elif kind == "not a zip":
+        bad = tmp_path / "bad.zip"
+        bad.write_text('{"format": "cmt-session-bundle"}')
     else:
         bad = _rewrite(bundle, tmp_path / "bad.zip", *HOSTILE[kind])
     dst = tmp_path / "b.sqlite"
-    with Store(dst) as store:
-        _record(store, "P02", everything=False)
+    shutil.copy(prepared, dst)
     counts = _unchanged(dst)
     assert app.main(["--store", str(dst), "import", "bundle", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
@@ -489,3 +507,18 @@ def test_older_stores_get_uuids_and_merge_from_them_read_only_is_stable(tmp_path
     with Store(here) as store:
         again = merge_store(store, old, by="ra1")
         assert [s for s, _r in again.skipped] == [1] and len(again.brought) == 1
+
+
+def test_a_bundle_that_inflates_beyond_its_limit_is_refused(recorded, tmp_path, monkeypatch):
+    import recordings.bundle as bundle_mod
+
+    src, sid = recorded
+    with Store(src, readonly=True) as store:
+        bundle = export_bundle(store, sid, tmp_path)
+    bomb = _rewrite(bundle, tmp_path / "bomb.zip", "link_events.jsonl", lambda d: d + b"[" * 2_000_000)
+    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", 1_000_000)
+    with pytest.raises(BundleError, match=r"too large|inflates beyond its limit"):
+        bundle_mod.read_bundle(bomb)
+    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", 1 << 31)
+    with pytest.raises(BundleError, match="not JSON"):  # and nested too deep for a parser: one line too
+        bundle_mod.read_bundle(bomb)
