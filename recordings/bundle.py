@@ -588,10 +588,15 @@ def merge_store(
     store: Store, other_path: Path, *, by: str, progress: Callable[[int, int, str], None] | None = None
 ) -> MergeResult:
     """Bring every session, participant and answer set of the store at `other_path` (opened read-only) into `store`,
-    skipping sessions it already has (by UUID) and answer sets it already has; one transaction: all or nothing."""
+    skipping sessions it already has (by UUID) and answer sets it already has; one transaction: all or nothing.
+    Refused while a session records into `store` (it would wait for the merge's write lock)."""
     other_path = Path(other_path)
     if other_path.resolve() == store.path.resolve():
         raise StoreError(f"{other_path} is this store; nothing to merge")
+    busy = [info.id for info in store.sessions() if info.state in ("running", "importing")]
+    if busy:
+        raise StoreError(f"session(s) {', '.join(map(str, busy))} are being written into {store.path}; merge when "
+                         "they have ended (a merge holds the store's write lock until it is done)")  # fmt: skip
     result = MergeResult()
     AnswerStore(store)
     with Store(other_path, readonly=True) as other:

@@ -30,7 +30,7 @@ from recordings.backup import backup_store, store_info
 from recordings.bundle import BundleError, DuplicateSessionError, export_bundle, import_bundle, merge_store
 from recordings.capture import export_capture, import_capture
 from recordings.files import OutputExistsError
-from recordings.store import Store
+from recordings.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = Protocol("short", "rest then paced", (Phase("baseline", PhaseKind.REST, 40.0),
@@ -292,6 +292,11 @@ def test_merge_is_all_or_nothing(tmp_path, monkeypatch):
     with Store(b) as store:
         _record(store, "P02", 2, everything=False)
         _record(store, "P03", 3, everything=False)
+    with Store(a) as store:
+        running = store.create_session("P04", "x", {}, "sim-4", source="simulated")  # recording, in this process
+        with pytest.raises(StoreError, match=f"session.s. {running} are being written"):
+            merge_store(store, b, by="x")
+        store.end_session(running)
     before = _unchanged(a)
     calls = []
     real = bundle_mod.insert_session
