@@ -639,11 +639,66 @@ def _export_sessions(args: argparse.Namespace, store) -> list[int]:
     return ids
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+PROGRESS_LINE_S = 1.0
+"""Piped progress: a line after each this many seconds of work, and the last line when the work is done."""
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)  # fmt: skip
+
+class Progress:
+    """Progress of long work, always on stderr (never mixed into stdout's tables, JSON or CSV): a bar on a
+    terminal, plain lines `progress: WHAT DONE/TOTAL DETAIL` when stderr is piped (logs, CI, headless runs)."""
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        import time
+
+        self.what, self.total, self.done, self.detail = what, total, 0, ""
+        self._clock = time.monotonic
+        self._bar = None
+        self._last_line = self._clock()  # quick work prints only its last line; a failure none (its error is one line)
+        self._printed: tuple[int, int | None] | None = None
+
+    def __enter__(self) -> Progress:
+        if err_console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err_console, transient=True)  # fmt: skip
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.what, total=self.total)
+        return self
+
+    def update(self, done: int, total: int | None = None, detail: str = "") -> None:
+        self.done, self.detail = done, detail
+        self.total = total if total is not None else self.total
+        if self._bar is not None:
+            label = f"{self.what} {detail}".strip()
+            self._bar.update(self._task, completed=done, total=self.total, description=label)
+        elif self._clock() - self._last_line >= PROGRESS_LINE_S:
+            self._line()
+
+    def advance(self, n: int = 1, detail: str = "") -> None:
+        self.update(self.done + n, detail=detail)
+
+    def step(self, name: str, steps: Sequence[str]) -> None:
+        """A named step of a fixed list (the report's `REPORT_STEPS`)."""
+        self.update(list(steps).index(name), len(steps), name)
+
+    def _line(self) -> None:
+        self._last_line = self._clock()
+        self._printed = (self.done, self.total)
+        of = f"/{self.total}" if self.total is not None else ""
+        sys.stderr.write(f"progress: {self.what} {self.done}{of} {self.detail}".rstrip() + "\n")
+        sys.stderr.flush()
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(exc_type, *rest)
+        elif exc_type is None and self._printed != (self.done, self.total):
+            self._line()
+
+
+def _progress(what: str = "", total: int | None = None) -> Progress:
+    return Progress(what, total)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -658,10 +713,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             dataset_info = load_dataset_info(info_path) if args.dataset_info or info_path.is_file() else None
             if dataset_info is not None:
                 console.print(f"dataset information from {info_path}")
-            with _progress() as progress:
-                task = progress.add_task(f"BIDS export to {out}", total=len(ids))
+            with _progress(f"BIDS export to {out}", len(ids)) as progress:
                 result = export_bids(store, out, ids, include_text=args.include_text, overwrite=args.force,
-                                     on_session=lambda _sid: progress.advance(task),
+                                     on_session=lambda sid: progress.advance(detail=f"session {sid}"),
                                      dataset_info=dataset_info)  # fmt: skip
             for sid in result.kept_sessions:
                 console.print(f"kept session {sid}: already in {out} (use --force to rewrite it)")
@@ -673,33 +727,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.format == "table":
             from biofeedback.study.long_table import write_long_table
 
-            path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force)
+            with _progress(f"table of {len(ids)} sessions", len(ids)) as progress:
+                path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force,
+                                        on_session=lambda sid: progress.advance(detail=f"session {sid}"))
             console.print(f"wrote {path} (sessions {ids}, one row per session × phase × index)")
             return 0
-        with _progress() as progress:
-            task = progress.add_task(f"{args.format} export to {out}", total=len(ids))
+        with _progress(f"{args.format} export to {out}", len(ids)) as progress:
             for sid in ids:
                 written += _export_one(store, sid, args, out)
-                progress.advance(task)
+                progress.advance(detail=f"session {sid}")
     for path in written:
         console.print(f"wrote {path}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
     from biofeedback.analysis.report import REPORT_STEPS, write_report
 
-    with _open_store(args, readonly=True) as store, Progress(console=err_console, transient=True) as progress:
-        task = progress.add_task("report", total=len(REPORT_STEPS))
-
-        def step(name: str) -> None:
-            progress.update(task, description=name, completed=REPORT_STEPS.index(name))
-
+    with _open_store(args, readonly=True) as store, _progress(f"report of session {args.session}") as progress:
         out = write_report(store, args.session, Path(args.out), overwrite=args.force, correction=args.correction,
-                           include_text=args.include_text, on_step=step)  # fmt: skip
-        progress.update(task, completed=len(REPORT_STEPS))
+                           include_text=args.include_text,
+                           on_step=lambda name: progress.step(name, REPORT_STEPS))  # fmt: skip
+        progress.update(len(REPORT_STEPS), len(REPORT_STEPS), "done")
     console.print(f"wrote {out}")
     return 0
 
@@ -714,8 +763,9 @@ def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Pa
 def cmd_import_capture(args: argparse.Namespace) -> int:
     from recordings.capture import import_capture
 
-    with _open_store(args) as store:
-        sid, counts = import_capture(store, Path(args.file), args.participant, device=args.device)
+    with _open_store(args) as store, _progress(f"import of {args.file}") as progress:
+        sid, counts = import_capture(store, Path(args.file), args.participant, device=args.device,
+                                     on_packet=lambda done, total: progress.update(done, total, "packets"))
     console.print(
         f"imported session {sid}: {counts.packets} packets, {counts.beats} beats, {counts.malformed} malformed "
         f"(kept raw), {counts.ecg_samples} ECG samples"
@@ -1066,9 +1116,10 @@ def _study_selection(args: argparse.Namespace):
 def cmd_study_analyze(args: argparse.Namespace) -> int:
     from biofeedback.study.prepost import analyze_study, markdown, table_csv, write_outputs
 
-    with _open_store(args) as store:
+    with _open_store(args) as store, _progress("study: analysing sessions") as progress:
         result = analyze_study(store, first=args.first, last=args.last, include_text=args.include_text,
-                               selection=_study_selection(args))  # fmt: skip
+                               selection=_study_selection(args),
+                               on_session=lambda done, total: progress.update(done, total))  # fmt: skip
     if args.out:
         for path in write_outputs(result, Path(args.out), overwrite=args.force):
             err_console.print(f"wrote {path}", markup=False, highlight=False)
@@ -1109,6 +1160,102 @@ def cmd_study_simulate(args: argparse.Namespace) -> int:
                   f"sessions, {result.diaries} diaries, {len(result.missed_sessions)} missed sessions, "
                   f"{len(result.missed_diaries)} missed diaries (source `simulated`: `study analyze --store {path} "
                   "--include-simulated` analyses them)", markup=False, highlight=False)  # fmt: skip
+    return 0
+
+
+# -- bundles, backups and merges -------------------------------------------------------------------------------
+
+
+def cmd_import_bundle(args: argparse.Namespace) -> int:
+    from recordings.bundle import import_bundle
+
+    with _open_store(args) as store, _progress(f"import of {args.file}", 1) as progress:
+        sid = import_bundle(store, Path(args.file), by=_who(args))
+        progress.update(1)
+        info = store.session(sid)
+        counts = store.counts(sid)
+    console.print(f"imported session {sid} ({info.participant_id}, {info.protocol_name}, {info.source}, "
+                  f"{info.state}, started {info.started_utc}): {counts['packets']} packets, {counts['beats']} "
+                  f"beats, {counts['markers']} markers from {args.file}", markup=False, highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    return 0
+
+
+def _existing_store_path(args: argparse.Namespace) -> Path:
+    from recordings.store import default_store_path
+
+    path = Path(args.store) if getattr(args, "store", None) else default_store_path()
+    if not path.is_file():
+        raise UserError(f"no store at {path}")
+    return path
+
+
+def cmd_store_backup(args: argparse.Namespace) -> int:
+    from recordings.backup import backup_store, record_backup
+    from recordings.store import Store
+
+    path = _existing_store_path(args)
+    with _progress(f"backup to {args.path}") as progress:
+        result = backup_store(path, Path(args.path), on_step=lambda done, total: progress.update(done, total))
+    console.print(f"backed up {path} to {result.path}: {result.sessions} sessions, {result.bytes} bytes "
+                  f"({result.pages} pages in {result.steps} steps), checked", markup=False,
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    with Store(path) as store:
+        record_backup(store, result, _who(args))  # a read-only store: the copy is made, then this one line says so
+    return 0
+
+
+def cmd_store_info(args: argparse.Namespace) -> int:
+    from recordings.backup import store_info
+    from recordings.store import Store
+
+    with Store(_existing_store_path(args), readonly=True) as store:
+        info = store_info(store)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    last = info["last_backup"]
+    rows = [
+        ["location", info["path"]],
+        ["size", f"{info['bytes'] / 1e6:.1f} MB ({info['bytes']} bytes)"],
+        ["schema version", f"{info['schema_version']} (this program: {info['program_schema_version']})"],
+        ["sessions", f"{info['sessions']} ({info['excluded_sessions']} excluded)"],
+        ["  by state", ", ".join(f"{k} {v}" for k, v in info["sessions_by_state"].items()) or "–"],
+        ["  by source", ", ".join(f"{k} {v}" for k, v in info["sessions_by_source"].items()) or "–"],
+        ["participants", str(info["participants"])],
+        ["last backup", "never" if last is None else f"{last['utc']} to {last['path']} by {last['by']} "
+                                                      f"({last['sessions']} sessions)"],
+    ]  # fmt: skip
+    for key, value in rows:
+        console.print(f"{key:<16}{value}", markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_store_merge(args: argparse.Namespace) -> int:
+    from recordings.bundle import merge_store
+
+    other = Path(args.other)
+    if not other.is_file():
+        raise UserError(f"no store at {other}")
+    with _open_store(args) as store, _progress(f"merge of {other}") as progress:
+        result = merge_store(store, other, by=_who(args),
+                             progress=lambda done, total, what: progress.update(done, total, what))  # fmt: skip
+    if args.json:
+        print(json.dumps({"brought": [{"other_id": o, "id": n, "participant": p} for o, n, p in result.brought],
+                          "skipped": [{"other_id": o, "reason": r} for o, r in result.skipped],
+                          "participants_added": result.participants_added, "answer_sets": result.answer_sets,
+                          "private_texts": result.private_texts, "notes": result.notes}, indent=2))  # fmt: skip
+        return 0
+    for o, n, p in result.brought:
+        console.print(f"brought session {o} of {other} in as session {n} ({p})", markup=False, highlight=False,
+                      soft_wrap=True)
+    for o, reason in result.skipped:
+        console.print(f"skipped session {o}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"skipped {note}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"merged {other}: {len(result.brought)} sessions brought, {len(result.skipped)} skipped, "
+                  f"{len(result.participants_added)} new participants, {result.answer_sets} answer sets, "
+                  f"{result.private_texts} private texts", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
     return 0
 
 
@@ -1318,8 +1465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true",
                    help="every session in the store (live, not excluded, unless --source / --include-...)")
     _add_selection(p)
-    p.add_argument("--format", required=True, choices=["bids", "edf", "kubios", "csv", "capture", "table"],
-                   help="table: one long CSV (session × phase × index) of all named sessions")  # fmt: skip
+    p.add_argument("--format", required=True,
+                   choices=["bids", "edf", "kubios", "csv", "capture", "table", "bundle"],
+                   help="table: one long CSV (session × phase × index) of all named sessions; bundle: one file per "
+                        "session carrying everything recorded in it (`import bundle` reads it back)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (for bids: the dataset root)")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--include-text", action="store_true",
@@ -1456,6 +1605,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into-store", action="store_true",
                    help="allow writing into an existing store (default: --store must name a new file; without "
                         "--store a new store under the data directory)")  # fmt: skip
+    p = command(imp, "bundle", cmd_import_bundle,
+                "import a session bundle (`export --format bundle`) as it was recorded; refused if already here")
+    p.add_argument("file")
+    p.add_argument("--by", help="who imports it (default: the operating-system user)")
+
+    store_cmd = sub.add_parser("store", help="back up, inspect and merge stores").add_subparsers(dest="sub",
+                                                                                                required=True)
+    p = command(store_cmd, "backup", cmd_store_backup,
+                "copy the store to a new file, consistently, even while a session is recording")  # fmt: skip
+    p.add_argument("path", metavar="PATH", help="the new backup file (never overwritten)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p = command(store_cmd, "info", cmd_store_info,
+                "where the store is, its size, schema, sessions by state and source, participants, last backup")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(store_cmd, "merge", cmd_store_merge,
+                "bring another store's sessions, participants and answers in (read-only on OTHER; no duplicates; "
+                "all or nothing)")  # fmt: skip
+    p.add_argument("other", metavar="OTHER", help="the other store file (for example another laptop's backup)")
+    p.add_argument("--by", help="who (default: the operating-system user)")
+    p.add_argument("--json", action="store_true", help="print what was brought and skipped as JSON")
     return parser
 
 

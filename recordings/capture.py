@@ -2,7 +2,12 @@
 
 A capture has one notification per line: `{"t": <seconds>, "uuid": "<characteristic UUID>", "hex": "<bytes>"}`, with
 an optional `"device"`. Lines of the form `{"t": <seconds>, "event": "disconnected", "reason": "..."}` record link
-events, so a gap survives the round trip. Importing decodes the bytes exactly as live data would be; any problem in
+events, so a gap survives the round trip. An exported capture also keeps what the session ran: a first line
+`{"capture": 1, "protocol_name": ..., "protocol": {...}, "started_utc": ..., "device": ..., "week": ...}` and one line
+per marker `{"t": ..., "marker": "<kind>", "label": ..., "phase_index": ..., "phase_name": ..., "detail": {...}}`
+(typed manual-marker labels only with `include_text`), so an export → import round trip gives the same session:
+protocol, start time, markers, raw packets and the beats decoded from them. A capture without them (from another
+program) is imported as one `whole` phase. Importing decodes the bytes exactly as live data would be; any problem in
 the file is refused with its line number and nothing is stored.
 
 A capture import commits in batches of at most `IMPORT_BATCH_S` (so a recorder beside it is never kept waiting for
@@ -16,9 +21,11 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from devices.errors import MAX_ATTRIBUTE_BYTES
 
@@ -26,6 +33,7 @@ from .decode import DecodeCounts, decode_packets
 from .files import open_private_for_write
 from .import_formats import ImportFormatError
 from .limits import MAX_RECORDING_S
+from .privacy import exportable_label, fixed_labels
 from .store import IMPORT_BATCH_S, Store, StoreError
 
 WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
@@ -41,6 +49,8 @@ class CaptureLine:
     device: str = ""
     event: str | None = None
     reason: str = ""
+    marker: dict[str, Any] | None = None
+    """A marker line: kind, label, phase_index, phase_name, detail."""
 
 
 def _full_uuid(value: str) -> str:
@@ -52,9 +62,56 @@ def _full_uuid(value: str) -> str:
     raise ValueError(f'"uuid" {value!r} is not a characteristic UUID')
 
 
+CAPTURE_VERSION = 1
+
+
+def _check_header(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    """The header line of an exported capture, checked: what the session ran and when it started."""
+    unknown = set(obj) - {"capture", "protocol_name", "protocol", "started_utc", "device", "week"}
+    if unknown or obj.get("capture") != CAPTURE_VERSION:
+        raise ImportFormatError(f"{where}: not a capture header of version {CAPTURE_VERSION} (fields {sorted(obj)})")
+    if not isinstance(obj.get("protocol_name"), str) or not isinstance(obj.get("protocol"), dict):
+        raise ImportFormatError(f'{where}: "protocol_name" must be text and "protocol" an object')
+    started = obj.get("started_utc")
+    try:
+        datetime.fromisoformat(started)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ImportFormatError(f'{where}: "started_utc" must be an ISO time, got {str(started)[:40]!r}') from None
+    if not isinstance(obj.get("device", ""), str):
+        raise ImportFormatError(f'{where}: "device" must be text')
+    week = obj.get("week")
+    if week is not None and (isinstance(week, bool) or not isinstance(week, int) or not 1 <= week < 10**6):
+        raise ImportFormatError(f'{where}: "week" must be a whole number ≥ 1')
+    return obj
+
+
+def _check_marker(obj: dict[str, Any], t: float, where: str) -> CaptureLine:
+    unknown = set(obj) - {"t", "marker", "label", "phase_index", "phase_name", "detail"}
+    if unknown:
+        raise ImportFormatError(f"{where}: unknown marker field(s) {sorted(unknown)}")
+    pi, pn = obj.get("phase_index"), obj.get("phase_name")
+    if not isinstance(obj["marker"], str) or not isinstance(obj.get("label", ""), str):
+        raise ImportFormatError(f'{where}: "marker" and "label" must be text')
+    if pi is not None and (isinstance(pi, bool) or not isinstance(pi, int) or not -(1 << 31) <= pi < 1 << 31):
+        raise ImportFormatError(f'{where}: "phase_index" must be a whole number')
+    if pn is not None and not isinstance(pn, str):
+        raise ImportFormatError(f'{where}: "phase_name" must be text')
+    if not isinstance(obj.get("detail", {}), dict):
+        raise ImportFormatError(f'{where}: "detail" must be an object')
+    marker = {"kind": obj["marker"], "label": obj.get("label", ""), "phase_index": pi, "phase_name": pn,
+              "detail": obj.get("detail", {})}  # fmt: skip
+    return CaptureLine(t, marker=marker)
+
+
 def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
     """Parse and validate a whole capture; raises ImportFormatError naming `source` and the line."""
+    return parse_capture_with_header(text, source)[1]
+
+
+def parse_capture_with_header(text: str, source: str = "<capture>") -> tuple[dict[str, Any] | None, list[CaptureLine]]:
+    """The header (None in a capture without one) and the lines of a capture; see `parse_capture`."""
     lines = []
+    header = None
     last_t = -math.inf
     for lineno, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -68,6 +125,11 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
             raise ImportFormatError(f"{where}: JSON nested too deeply to be a capture line") from None
         if not isinstance(obj, dict):
             raise ImportFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if "capture" in obj:
+            if lines or header is not None:
+                raise ImportFormatError(f"{where}: the capture header must be the first line")
+            header = _check_header(obj, where)
+            continue
         t = obj.get("t")
         finite = (isinstance(t, float) and math.isfinite(t)) or (isinstance(t, int) and abs(t) <= 2**63)
         if isinstance(t, bool) or not finite:
@@ -81,6 +143,9 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
         device = obj.get("device", "")
         if not isinstance(device, str):
             raise ImportFormatError(f'{where}: "device" must be a string')
+        if "marker" in obj:
+            lines.append(_check_marker(obj, float(t), where))
+            continue
         if "event" in obj:
             lines.append(
                 CaptureLine(float(t), device=device, event=str(obj["event"]), reason=str(obj.get("reason", "")))
@@ -109,22 +174,27 @@ def parse_capture(text: str, source: str = "<capture>") -> list[CaptureLine]:
         lines.append(CaptureLine(float(t), uuid, data, device))
     if not any(line.uuid for line in lines):
         raise ImportFormatError(f"{source}: no notifications found")
-    return lines
+    return header, lines
 
 
 def import_capture(
-    store: Store, path: Path, participant_id: str, device: str | None = None
-) -> tuple[int, DecodeCounts]:
+    store: Store, path: Path, participant_id: str, device: str | None = None,
+    on_packet: Callable[[int, int], None] | None = None,
+) -> tuple[int, DecodeCounts]:  # fmt: skip
     """Create a session from a capture file, decoding its bytes as live data would be.
 
     A capture of several straps (a group) is imported one strap at a time: name it with `device`.
+    `on_packet(done, total)` reports progress (every 1000 packets and at the end).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
         raise ImportFormatError(f"{path}: line {line}: not UTF-8 text, so not a capture (JSON Lines)") from None
-    lines = parse_capture(text, str(path))
+    header, lines = parse_capture_with_header(text, str(path))
+    header = header or {}
+    markers = [line for line in lines if line.marker is not None]
+    lines = [line for line in lines if line.marker is None]
     devices = sorted({line.device for line in lines if line.uuid and line.device}) or [""]
     if device is not None:
         if device not in devices:
@@ -135,12 +205,14 @@ def import_capture(
         raise ImportFormatError(f"{path}: holds several straps {devices}; import each with --device NAME")
     sid = store.create_session(
         participant_id,
-        "whole",
-        WHOLE_PHASE,
-        devices[0] or "capture",
+        header.get("protocol_name", "whole"),
+        header.get("protocol", WHOLE_PHASE),
+        devices[0] or header.get("device") or "capture",
         source="capture",
         settings={"imported_from": Path(path).name},
         state="importing",
+        started_utc=header.get("started_utc"),
+        week=header.get("week"),
     )
     batch = _Batches(store)
     try:
@@ -152,15 +224,28 @@ def import_capture(
                     gaps.append(line.t)
                 batch.maybe_commit()
 
+        n_packets = sum(1 for line in lines if line.event is None)
+
         def stored_packets() -> Iterator[tuple[int, float, str, bytes]]:
+            done = 0
             for line in lines:
                 if line.event is None:
+                    if on_packet is not None and done % 1000 == 0:
+                        on_packet(done, n_packets)
+                    done += 1
                     batch.maybe_commit()  # between packets: the previous one's decoded rows are written
                     pid = store.add_packet(sid, line.t, line.uuid or "", line.data, line.device)
                     yield pid, line.t, line.uuid or "", line.data
 
         counts = decode_packets(store, sid, stored_packets(), gaps)
-        _add_whole_markers(store, sid, lines[0].t, lines[-1].t)
+        if on_packet is not None:
+            on_packet(n_packets, n_packets)
+        for line in markers:
+            m = line.marker or {}
+            store.add_marker(sid, line.t, m["kind"], m["label"], phase_index=m["phase_index"],
+                             phase_name=m["phase_name"], detail=m["detail"])  # fmt: skip
+        if not markers:
+            _add_whole_markers(store, sid, lines[0].t, lines[-1].t)
         store.end_session(sid, "imported")
     except BaseException:
         _remove_partial_import(store, sid)
@@ -185,8 +270,8 @@ def _remove_partial_import(store: Store, sid: int) -> None:
     """Take out what a failed import already committed (if the store still takes writes; else recovery marks it)."""
     try:
         with store.transaction():
-            for table in ("beats", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors", "markers",
-                          "link_events", "packets"):  # fmt: skip
+            for table in ("beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors",
+                          "markers", "link_events", "packets"):  # fmt: skip
                 store.connection.execute(f"DELETE FROM {table} WHERE session_id=?", (sid,))
             store.connection.execute("DELETE FROM sessions WHERE id=?", (sid,))
     except StoreError:
@@ -198,8 +283,19 @@ def _add_whole_markers(store: Store, sid: int, t0: float, t1: float) -> None:
     store.add_marker(sid, t1, "phase_end", "whole", phase_index=0, phase_name="whole", detail={"kind": "rest"})
 
 
-def capture_lines(store: Store, session_id: int) -> Iterator[str]:
-    """The raw layer of a session as capture lines (notifications and link events in time order)."""
+def capture_lines(store: Store, session_id: int, *, include_text: bool = False) -> Iterator[str]:
+    """A session as capture lines: its header, then notifications, link events and markers in time order."""
+    info = store.session(session_id)
+    protocol = store.protocol_dict(session_id)
+    header = {"capture": CAPTURE_VERSION, "protocol_name": info.protocol_name, "protocol": protocol,
+              "started_utc": info.started_utc, "device": info.device, "week": info.week}  # fmt: skip
+    yield json.dumps(header, separators=(",", ":"))
+    fixed = fixed_labels(protocol)
+    markers = [
+        (m.t, 2, {"t": m.t, "marker": m.kind, "label": exportable_label(m.kind, m.label, fixed, include_text),
+                  "phase_index": m.phase_index, "phase_name": m.phase_name, "detail": m.detail})
+        for m in store.markers(session_id)
+    ]  # fmt: skip
     events = [
         (t, 1, {"t": t, "event": state, "reason": reason, "device": dev})
         for t, dev, state, reason in store.link_events(session_id)
@@ -207,16 +303,18 @@ def capture_lines(store: Store, session_id: int) -> Iterator[str]:
     packets = [
         (p.t, 0, {"t": p.t, "uuid": p.uuid, "hex": p.data.hex(), "device": p.device}) for p in store.packets(session_id)
     ]
-    merged = sorted(events + packets, key=lambda item: (item[0], item[1]))
+    merged = sorted(events + packets + markers, key=lambda item: (item[0], item[1]))
     for _t, _k, obj in merged:
         yield json.dumps(obj, separators=(",", ":"))
 
 
-def export_capture(store: Store, session_id: int, out_dir: Path, *, overwrite: bool = False) -> Path:
+def export_capture(
+    store: Store, session_id: int, out_dir: Path, *, overwrite: bool = False, include_text: bool = False
+) -> Path:
     info = store.session(session_id)
     path = Path(out_dir) / f"sub-{info.participant_id}_session-{session_id}_capture.jsonl"
     with open_private_for_write(path, overwrite=overwrite) as fh:
-        for line in capture_lines(store, session_id):
+        for line in capture_lines(store, session_id, include_text=include_text):
             fh.write(line + "\n")
     return path
 

@@ -51,9 +51,10 @@ import platformdirs
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: sessions.week, sources `imported-*`, exclusions and audit log; 3: sessions.end_reason (why a session
-ended `failed` or `incomplete`) and beat stretches."""
+ended `failed` or `incomplete`) and beat stretches; 4: sessions.uuid (bundles and merges recognise a session by it)
+and the `backups` table."""
 BUSY_TIMEOUT_MS = 20
 """SQLite's own wait for a lock on each attempt; `_retry_busy` retries attempts until `WRITE_BUSY_BUDGET_S`."""
 WRITE_BUSY_BUDGET_S = 30.0
@@ -656,7 +657,7 @@ class Store:
         if self._db.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone():
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if (row is not None and row[0] == str(SCHEMA_VERSION) and self._column_exists("sessions", "end_reason")
-                and self._column_exists("sessions", "week")):
+                and self._column_exists("sessions", "week") and self._column_exists("sessions", "uuid")):
             return
         self._begin()
         for statement in _SCHEMA.split(";"):
@@ -667,6 +668,7 @@ class Store:
         self.flush()
         with self._lock:
             _migrate(self._raw)  # schema 2: weeks and sources
+            _migrate_uuids(self._raw)  # schema 4: session UUIDs and backups
         self._begin()
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.flush()
@@ -1395,3 +1397,46 @@ def _retry_busy(fn: Any, budget_s: float | None = None) -> Any:
             if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(BUSY_RETRY_SLEEP_S)
+
+
+# -- schema 4: session UUIDs and the record of backups ----------------------------------------------------------
+_LEGACY_UUID_NAMESPACE = uuidlib.UUID("5b1f6c1e-3c1a-4d8e-9a43-1d2f0c7b9e11")
+_NEW_UUID_SQL = (
+    "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2)"
+    " || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) || '-'"
+    " || lower(hex(randomblob(6)))"
+)
+"""A random (version 4) UUID in SQL: every new session row gets one from a trigger, whoever inserts it."""
+
+
+def legacy_session_uuid(session_id: int, participant_id: str, started_utc: str, device: str, protocol: str) -> str:
+    """The UUID a session written before schema 4 is given: derived from what it is, so a read-only copy of an old
+    store (a merge source) names its sessions exactly as that store will once it is upgraded."""
+    name = f"{session_id}|{participant_id}|{started_utc}|{device}|{protocol}"
+    return str(uuidlib.uuid5(_LEGACY_UUID_NAMESPACE, name))
+
+
+def _migrate_uuids(db: sqlite3.Connection) -> None:
+    """Schema 4: `sessions.uuid` (unique; older sessions get `legacy_session_uuid`, new ones a random UUID from a
+    trigger) and the `backups` table `store backup` records into."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "uuid" not in {r[1] for r in db.execute("PRAGMA table_info(sessions)")}:
+            db.execute("ALTER TABLE sessions ADD COLUMN uuid TEXT")
+        rows = db.execute(
+            "SELECT id, participant_id, started_utc, device, protocol_name FROM sessions WHERE uuid IS NULL"
+        ).fetchall()
+        db.executemany("UPDATE sessions SET uuid=? WHERE id=?", [(legacy_session_uuid(*r), r[0]) for r in rows])
+        db.execute("CREATE UNIQUE INDEX IF NOT EXISTS sessions_uuid ON sessions(uuid)")
+        db.execute(
+            "CREATE TRIGGER IF NOT EXISTS sessions_new_uuid AFTER INSERT ON sessions WHEN NEW.uuid IS NULL BEGIN"
+            f" UPDATE sessions SET uuid={_NEW_UUID_SQL} WHERE id=NEW.id; END"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS backups (id INTEGER PRIMARY KEY, utc TEXT NOT NULL, by TEXT NOT NULL,"
+            " path TEXT NOT NULL, bytes INTEGER NOT NULL, sessions INTEGER NOT NULL)"
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise

@@ -9,7 +9,7 @@ text: the automatic quality notes stay in `analyze` and the report.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -47,28 +47,34 @@ COLUMNS = ["participant", "session_id", "week", "protocol", "started_utc", "corr
            "phase_kind", "phase_start_s", "phase_end_s", "index", "value", "unit", "settings"]  # fmt: skip
 
 
-def long_table(store: Store, session_ids: Sequence[int], correction: str = "kubios") -> pd.DataFrame:
-    """The long table of the given sessions (an unfinished, still running session is left out)."""
+def long_table(
+    store: Store, session_ids: Sequence[int], correction: str = "kubios",
+    on_session: Callable[[int], None] | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """The long table of the given sessions (an unfinished, still running session is left out); `on_session(id)`
+    after each session, for progress."""
     rows = []
     for sid in session_ids:
         info = store.session(sid)
-        if info.state == "running":
-            continue
-        analysis = analyze_session(store, sid, correction=correction)
-        for metrics, window in zip(analysis.phases, analysis.windows, strict=True):
-            for name, (unit, setting) in INDICES.items():
-                rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
-                             correction, window.index, metrics.name, metrics.kind, metrics.start_s, metrics.end_s,
-                             name, getattr(metrics, name), unit, setting])  # fmt: skip
+        if info.state != "running":
+            analysis = analyze_session(store, sid, correction=correction)
+            for metrics, window in zip(analysis.phases, analysis.windows, strict=True):
+                for name, (unit, setting) in INDICES.items():
+                    rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
+                                 correction, window.index, metrics.name, metrics.kind, metrics.start_s,
+                                 metrics.end_s, name, getattr(metrics, name), unit, setting])  # fmt: skip
+        if on_session is not None:
+            on_session(sid)
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.astype({"week": "Int64", "value": "float64"})
 
 
 def write_long_table(
-    store: Store, session_ids: Sequence[int], out_dir: Path, *, correction: str = "kubios", overwrite: bool = False
+    store: Store, session_ids: Sequence[int], out_dir: Path, *, correction: str = "kubios", overwrite: bool = False,
+    on_session: Callable[[int], None] | None = None,
 ) -> Path:
     """Write `hrv_long.csv` into `out_dir` (private, never silently replaced)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = long_table(store, session_ids, correction).to_csv(index=False, float_format="%.6g")
+    text = long_table(store, session_ids, correction, on_session).to_csv(index=False, float_format="%.6g")
     return write_private_text(out_dir / "hrv_long.csv", text, overwrite=overwrite)

@@ -25,7 +25,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,10 +290,15 @@ def session_weeks(
     return weeks, report
 
 
-def collect_physiology(store: Store, weeks: dict[int, int]) -> tuple[list[dict[str, Any]], list[str]]:
-    """RMSSD and HF per phase and the soothing response of every session with a week."""
+def collect_physiology(
+    store: Store, weeks: dict[int, int], on_session: Callable[[int, int], None] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """RMSSD and HF per phase and the soothing response of every session with a week (`on_session(done, total)`
+    before each one and at the end, for progress)."""
     rows, notes = [], []
-    for sid, week in sorted(weeks.items()):
+    for i, (sid, week) in enumerate(sorted(weeks.items())):
+        if on_session is not None:
+            on_session(i, len(weeks))
         info = store.session(sid)
         try:
             analysis = analyze_session(store, sid)
@@ -318,15 +323,19 @@ def collect_physiology(store: Store, weeks: dict[int, int]) -> tuple[list[dict[s
             ok = baseline.rmssd_ms is not None and breathing.rmssd_ms is not None
             value = breathing.rmssd_ms - baseline.rmssd_ms if ok else None
             rows.append({**base, "measure": SOOTHING_RESPONSE, "source": "physiology", "value": value})
+    if on_session is not None:
+        on_session(len(weeks), len(weeks))
     return rows, notes
 
 
-def collect(store: Store, selection: StudySelection | None = None) -> tuple[pd.DataFrame, list[str], SelectionReport]:
+def collect(
+    store: Store, selection: StudySelection | None = None, on_session: Callable[[int, int], None] | None = None
+) -> tuple[pd.DataFrame, list[str], SelectionReport]:
     """The selection's observations in long format (no free text), notes, and what was included and left out."""
     answers = AnswerStore(store)
     weeks, report = session_weeks(store, answers, selection)
     chosen = select_answer_sets(answers, report.selection, report)
-    phys, phys_notes = collect_physiology(store, weeks)
+    phys, phys_notes = collect_physiology(store, weeks, on_session)
     rows = collect_answers(answers, chosen) + phys
     df = pd.DataFrame(rows, columns=[*COLUMNS, "breathing_bpm"])
     if len(df):
@@ -448,10 +457,11 @@ def free_texts(answers: AnswerStore, chosen: set[int] | None = None) -> list[dic
 
 def analyze_study(
     store: Store, *, first: str | int | None = None, last: str | int | None = None, include_text: bool = False,
-    selection: StudySelection | None = None,
+    selection: StudySelection | None = None, on_session: Callable[[int, int], None] | None = None,
 ) -> StudyResult:  # fmt: skip
-    """The study table of the selection; `StudySelectionError` when it holds nothing or lacks `first`/`last`."""
-    data, notes, report = collect(store, selection)
+    """The study table of the selection; `StudySelectionError` when it holds nothing or lacks `first`/`last`.
+    `on_session(done, total)` reports the sessions analysed."""
+    data, notes, report = collect(store, selection, on_session)
     if not len(data):
         raise StudySelectionError("nothing to analyse: " + "; ".join(report.lines()))
     check_time_points(data, first, last)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from recordings.store import Store
 
-SESSION_FORMATS = ("csv", "edf", "kubios", "capture")
+SESSION_FORMATS = ("csv", "edf", "kubios", "capture", "bundle")
 """Formats written one session at a time (BIDS and the long table take a set of sessions)."""
 
 
@@ -27,7 +27,11 @@ def export_session(
     if fmt == "capture":
         from recordings.capture import export_capture
 
-        return [export_capture(store, session_id, out, overwrite=overwrite)]
+        return [export_capture(store, session_id, out, overwrite=overwrite, include_text=include_text)]
+    if fmt == "bundle":
+        from recordings.bundle import export_bundle
+
+        return [export_bundle(store, session_id, out, include_text=include_text, overwrite=overwrite)]
     if fmt == "csv":
         from biofeedback.analysis.analyze import analyze_session
         from recordings.export_csv import export_csv
