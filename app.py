@@ -677,9 +677,10 @@ def cmd_import_rr(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         if args.events:
             sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column,
-                                        unit=args.unit)  # fmt: skip
+                                        unit=args.unit, streams=args.stream or ())  # fmt: skip
         else:
-            sid = import_rr(store, Path(args.file), args.participant, column=args.column, unit=args.unit)
+            sid = import_rr(store, Path(args.file), args.participant, column=args.column, unit=args.unit,
+                            streams=args.stream or ())
         _print_import(store, sid, args.file)
     return 0
 
@@ -1218,6 +1219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column", help="CSV column holding the RR intervals")
     p.add_argument("--unit", choices=["ms", "s"],
                    help="unit of the RR values in a text or CSV file (default ms; a file that names its unit keeps it)")
+    p.add_argument("--stream", action="append", metavar="NAME",
+                   help="XDF: the RR (and/or ECG) stream to import when the file has several (repeatable); a "
+                        "stream of this recorder brings its strap's ECG along")  # fmt: skip
     p.add_argument("--events", metavar="EVENTS.tsv",
                    help="phases and markers: tab-separated onset, duration, trial_type[, phase_kind]; seconds since "
                         "the start of the RR series")  # fmt: skip
