@@ -260,6 +260,8 @@ def cmd_session_run(args: argparse.Namespace) -> int:
                           f"{', '.join(outlets.stream_names)}")  # fmt: skip
             if args.lsl_wait:
                 _wait_for_lsl_consumers(store, session, outlets, args.lsl_wait, args.lsl_wait_timeout)
+        if protocol.marker_stream and protocol.marker_stream not in (args.lsl_in or []):
+            args.lsl_in = [*(args.lsl_in or []), protocol.marker_stream]  # its markers start/end phases
         if args.lsl_in:
             from biofeedback.live.lsl_inlets import LslInError, LslInlets
 
