@@ -258,7 +258,7 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             session.add_listener(outlets)
             console.print(f"Lab Streaming Layer: streaming {len(outlets.stream_names)} streams, "
                           f"{', '.join(outlets.stream_names)}")  # fmt: skip
-            if args.lsl_wait:
+            if args.lsl_wait and args.headless:  # with windows the monitor asks (and --lsl-wait N starts waiting)
                 _wait_for_lsl_consumers(store, session, outlets, args.lsl_wait, args.lsl_wait_timeout)
         if protocol.marker_stream and protocol.marker_stream not in (args.lsl_in or []):
             args.lsl_in = [*(args.lsl_in or []), protocol.marker_stream]  # its markers start/end phases
@@ -281,7 +281,14 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             else:
                 from biofeedback.display.app import run_with_displays
 
-                ids = run_with_displays(session)
+                gate = None
+                if outlets is not None:
+                    from biofeedback.live.lsl_outlets import ConsumerGate
+
+                    gate = ConsumerGate(outlets, args.lsl_wait_timeout)
+                    if args.lsl_wait:
+                        gate.start_when(args.lsl_wait)
+                ids = run_with_displays(session, lsl_gate=gate)
         finally:
             if outlets is not None:
                 outlets.close()
@@ -291,6 +298,9 @@ def cmd_session_run(args: argparse.Namespace) -> int:
 
         if session.failure:  # already told, at the moment it happened (the alert line)
             return 1
+        if session.runner.state.t is None:  # the monitor closed before the session clock started
+            console.print("The monitor was closed before the session clock started: nothing was recorded.")
+            return 0
         for sid in ids:
             analysis = analyze_session(store, sid)
             _print_tabular(_phase_tabular(analysis))

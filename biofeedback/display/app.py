@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import TYPE_CHECKING
 
 from PySide6 import QtCore, QtWidgets
 
@@ -16,28 +17,42 @@ from biofeedback.display.monitor import MonitorWindow
 from biofeedback.display.participant import ParticipantWindow
 from biofeedback.live.session import LiveSession
 
+if TYPE_CHECKING:
+    from biofeedback.live.lsl_outlets import ConsumerGate
+
 
 class SessionThread(threading.Thread):
-    """Runs a session's asyncio loop beside Qt's; `result` holds the session ids, `error` what ended it badly."""
+    """Runs a session's asyncio loop beside Qt's; `result` holds the session ids, `error` what ended it badly.
 
-    def __init__(self, session: LiveSession) -> None:
+    With a `gate` (LSL consumers, see `lsl_outlets.ConsumerGate`) the session clock starts only when it opens;
+    an abandoned gate (the monitor closed first) runs nothing."""
+
+    def __init__(self, session: LiveSession, gate: ConsumerGate | None = None) -> None:
         super().__init__(name="session", daemon=True)
         self.session = session
+        self.gate = gate
         self.result: list[int] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
+            if self.gate is not None and not self.gate.wait():
+                return
             self.result = asyncio.run(self.session.run())
         except BaseException as exc:  # reported by run_with_displays in the main thread
             self.error = exc
 
 
-def run_with_displays(session: LiveSession, *, participant_windows: bool = True) -> list[int]:
-    """Open the experimenter monitor (and a participant display per strap) and run the session to its end."""
+def run_with_displays(
+    session: LiveSession, *, participant_windows: bool = True, lsl_gate: ConsumerGate | None = None
+) -> list[int]:
+    """Open the experimenter monitor (and a participant display per strap) and run the session to its end.
+
+    With `lsl_gate` the monitor first shows how many LSL streams have a consumer and starts the session clock when
+    the experimenter says (now, or once N are connected); closed before that, the sessions end `stopped`."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    worker = SessionThread(session)
-    monitor = MonitorWindow(session, session)
+    worker = SessionThread(session, lsl_gate)
+    monitor = MonitorWindow(session, session, lsl_gate=lsl_gate)
     windows: list[QtWidgets.QWidget] = [monitor]
     if participant_windows:
         for strap in session.straps:
@@ -65,7 +80,9 @@ def run_with_displays(session: LiveSession, *, participant_windows: bool = True)
     worker.start()
     watcher.start()
     def end_on_quit() -> None:
-        if worker.is_alive():
+        if lsl_gate is not None and not lsl_gate.is_open:
+            lsl_gate.abandon()  # closed before the start: nothing runs
+        elif worker.is_alive():
             session.end_session("monitor closed")
 
     app.aboutToQuit.connect(end_on_quit)
@@ -87,4 +104,7 @@ def run_with_displays(session: LiveSession, *, participant_windows: bool = True)
     app.setQuitOnLastWindowClosed(quit_on_close)
     if worker.error is not None:
         raise worker.error
+    if not worker.result and session.runner.state.t is None:  # never started (abandoned gate): nothing recorded
+        for sid in session.session_ids:
+            session.store.end_session(sid, "stopped", "the monitor closed before the session clock started")
     return worker.result or session.session_ids
