@@ -144,3 +144,51 @@ def test_pybids_picks_each_physio_and_physioevents_file_on_its_own(exported):
     np.testing.assert_allclose(ecg_df["onset"], ecg_df["timestamp"], atol=1e-3)  # the ECG is a regular grid
     (tsv,) = layout.get(suffix="events", extension=".tsv")
     assert "lsl_marker" in set(tsv.get_df()["trial_type"])
+
+
+# -- systole (its own interpreter: systole 0.3 pins numpy <= 2.2, below this project's) -----------------------------
+
+_SYSTOLE = """
+import json, sys
+from pathlib import Path
+import matplotlib
+matplotlib.use("Agg")
+import pandas as pd
+from systole.reports.utils import create_reports
+from systole.interact import Viewer
+root, participant, session = sys.argv[1:4]
+out = Path(root, "derivatives", "systole")
+create_reports(participant_id=participant, bids_folder=root, result_folder=out, pattern="recording-ecg",
+               modality="beh", session=session, html_report=False)
+feat = pd.read_csv(next(out.rglob("*recording-ecg_features.tsv")), sep="\\t")
+n_beats = float(feat.loc[feat["Metric"] == "n_beats", "Values"].iloc[0])
+viewer = Viewer(preprocessed_folder=str(out), session=session, modality="beh", pattern="recording-ecg",
+                signal_type="ECG")  # participant_id=... fails in systole 0.3.1 (an attribute it never sets)
+print(json.dumps({"n_beats": n_beats, "viewer_file": str(viewer.physio_file), "viewer_peaks":
+                  int(viewer.editor.peaks.sum())}))
+"""
+
+
+@pytest.mark.slow
+def test_systole_reads_the_ecg_physio_and_its_viewer_opens_it_headless(tmp_path):
+    """systole's report pipeline picks `recording-ecg_physio` on its own and finds the strap's beats in the ECG; its
+    Viewer (ipywidgets, driven without a notebook) opens the result. Needs an interpreter with systole: set
+    CMT_SYSTOLE_PYTHON (e.g. a venv with `pip install systole==0.3.1 ipywidgets 'setuptools<81'`)."""
+    import os
+    import subprocess
+
+    python = os.environ.get("CMT_SYSTOLE_PYTHON")
+    if not python:
+        pytest.skip("set CMT_SYSTOLE_PYTHON to a Python with systole (it needs numpy <= 2.2, not this environment's)")
+    with Store(tmp_path / "s.sqlite") as store:
+        session = build_session(store, Protocol("sys", "", (Phase("rest", PhaseKind.REST, 90.0),)),
+                                parse_device_specs(["sim"], "P31"), speed=50, seed=8, ecg=True)  # fmt: skip
+        (sid,) = asyncio.run(session.run())
+        export_bids(store, tmp_path / "bids", [sid])
+        beats = len(store.beats(sid).t)
+    done = subprocess.run([python, "-c", _SYSTOLE, str(tmp_path / "bids"), "sub-P31", f"ses-{sid}"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert abs(got["n_beats"] - beats) <= 2  # systole's R peaks in our ECG = the strap's beats
+    assert got["viewer_file"].endswith("recording-ecg_physio.tsv.gz") and abs(got["viewer_peaks"] - beats) <= 2
