@@ -125,11 +125,12 @@ def test_without_its_marker_a_phase_ends_after_the_timeout_and_old_markers_are_i
 class _PsychoPy(threading.Thread):
     """Sends `imagery_start` / `imagery_end` when the session clock reads the given times."""
 
-    def __init__(self, name: str, clock, plan: list[tuple[float, str]]) -> None:
+    def __init__(self, name: str, clock, plan: list[tuple[float, str]], look=None) -> None:
         import pylsl
 
         super().__init__(daemon=True)
-        self.clock, self.plan = clock, plan
+        self.clock, self.plan, self.look = clock, plan, look
+        self.seen: list = []
         self.outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "Markers", 1, 0.0, pylsl.cf_string, name))
         self.sent: list[tuple[float, str]] = []
         self.stop = threading.Event()
@@ -140,6 +141,8 @@ class _PsychoPy(threading.Thread):
                 time.sleep(0.005)
             if self.stop.is_set():
                 return
+            if self.look is not None:
+                self.seen.append(self.look())  # what the experimenter's monitor shows just before the marker
             self.outlet.push_sample([value])
             self.sent.append((self.clock.now(), value))
 
@@ -153,7 +156,8 @@ def test_psychopy_markers_open_and_close_the_phase_in_a_live_session(tmp_path):
                            .replace("duration = 30", "duration = 6"))  # fmt: skip
     with Store(tmp_path / "s.sqlite") as store:
         session = build_session(store, proto, parse_device_specs(["sim"], "P11"), speed=2.0, seed=2)
-        sender = _PsychoPy(name, session.clock, [(5.5, "imagery_start"), (8.5, "imagery_end")])
+        sender = _PsychoPy(name, session.clock, [(5.5, "imagery_start"), (8.5, "imagery_end")],
+                           look=lambda: session.monitor_view().waiting_for_marker)
         session.add_listener(LslInlets(session, [name]))
         sender.start()
         (sid,) = asyncio.run(session.run())
@@ -174,6 +178,7 @@ def test_psychopy_markers_open_and_close_the_phase_in_a_live_session(tmp_path):
         ("phase_end", "recovery", pytest.approx(t_end + 4.0, abs=1e-9), "completed"),
     ]  # fmt: skip
     assert 5.4 < t_start < 5.8 and 8.4 < t_end < 8.8  # baseline held past its 4 s; imagery ended before its 6 s
+    assert sender.seen == ["imagery_start", None]  # the monitor said what baseline waited for; imagery was in time
 
 
 def test_the_command_line_records_the_protocols_marker_stream_by_itself(tmp_path, capsys):

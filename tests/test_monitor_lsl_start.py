@@ -122,3 +122,18 @@ def test_closing_the_monitor_before_the_start_records_nothing(tmp_path, qtbot):
         assert ids == session.session_ids
         (info,) = store.sessions()
         assert info.state == "stopped" and store.markers(info.id) == []
+
+
+def test_the_monitor_header_says_which_marker_a_phase_waits_for(qtbot):
+    from biofeedback.live.view_model import MonitorView
+
+    class Source:
+        def monitor_view(self) -> MonitorView:
+            return MonitorView(t=65.0, protocol_name="psychopy", phases=[("baseline", "rest", 0.0, 65.0)],
+                               current_phase_index=0, phase_time_left_s=0.0, paused=False, straps=[],
+                               waiting_for_marker="imagery_start")  # fmt: skip
+
+    monitor = MonitorWindow(Source(), None)
+    qtbot.addWidget(monitor)
+    assert monitor.lsl_bar is None  # no LSL outlets: no start bar
+    assert "waiting for marker <b>imagery_start</b>" in monitor.phase_label.text()

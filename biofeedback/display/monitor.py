@@ -11,6 +11,7 @@ how many streams have a consumer, with "Start when N connected" (the `--lsl-wait
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 from collections.abc import Callable
@@ -778,6 +779,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
             phase = "Protocol finished"
         else:
             phase = "Not started"
+        if v.waiting_for_marker is not None:
+            marker = html.escape(v.waiting_for_marker)
+            phase += f" &nbsp;<span style='color:#d29922'>waiting for marker <b>{marker}</b></span>"
         if v.paused:
             phase += " &nbsp;<span style='color:#d29922'><b>PAUSED</b></span>"
         if self.phase_label.text() != phase:

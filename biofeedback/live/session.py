@@ -751,6 +751,7 @@ class LiveSession:
             alerts=alerts,
             participant_alerts=participant_alerts,
             replay=self.replay,
+            waiting_for_marker=st.waiting_for_marker,
         )
 
     # -- main loop -------------------------------------------------------------------------------------------
