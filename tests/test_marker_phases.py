@@ -150,6 +150,7 @@ class _PsychoPy(threading.Thread):
 def test_psychopy_markers_open_and_close_the_phase_in_a_live_session(tmp_path):
     from biofeedback.live.lsl_inlets import LslInlets
     from biofeedback.live.recorder import build_session, parse_device_specs
+    from biofeedback.live.replay import build_replay
 
     name = f"PsychoPy-{uuid.uuid4().hex[:8]}"
     proto = parse_protocol(TOML.replace('"PsychoPy"', f'"{name}"').replace("duration = 10", "duration = 4")
@@ -166,6 +167,10 @@ def test_psychopy_markers_open_and_close_the_phase_in_a_live_session(tmp_path):
         (stream,) = store.lsl_streams(sid)
         got = store.lsl_samples(stream)
         phases = _phases(store.markers(sid))
+        with Store(tmp_path / "replay.sqlite") as into:  # a replay walks the same marker-set boundaries
+            replay = build_replay(store, sid, speed=4.0, record_into=into)
+            (rid,) = asyncio.run(replay.run())
+            replayed = _phases(into.markers(rid))
     assert [v[0] for v in got.values] == ["imagery_start", "imagery_end"]
     t_start, t_end = got.t
     np.testing.assert_allclose([t_start, t_end], [t for t, _ in sender.sent], atol=0.05)  # one machine, ×2 clock
@@ -178,6 +183,8 @@ def test_psychopy_markers_open_and_close_the_phase_in_a_live_session(tmp_path):
         ("phase_end", "recovery", pytest.approx(t_end + 4.0, abs=1e-9), "completed"),
     ]  # fmt: skip
     assert 5.4 < t_start < 5.8 and 8.4 < t_end < 8.8  # baseline held past its 4 s; imagery ended before its 6 s
+    assert [(k, n, e) for k, n, _, e in replayed] == [(k, n, e) for k, n, _, e in phases]
+    np.testing.assert_allclose([t for *_, t, _ in replayed][1:5], [t for *_, t, _ in phases][1:5], atol=0.05)
     assert sender.seen == ["imagery_start", None]  # the monitor said what baseline waited for; imagery was in time
 
 
