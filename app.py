@@ -301,8 +301,10 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             session.add_listener(outlets)
             console.print(f"Lab Streaming Layer: streaming {len(outlets.stream_names)} streams, "
                           f"{', '.join(outlets.stream_names)}")  # fmt: skip
-            if args.lsl_wait:
+            if args.lsl_wait and args.headless:  # with windows the monitor asks (and --lsl-wait N starts waiting)
                 _wait_for_lsl_consumers(store, session, outlets, args.lsl_wait, args.lsl_wait_timeout)
+        if protocol.marker_stream and protocol.marker_stream not in (args.lsl_in or []):
+            args.lsl_in = [*(args.lsl_in or []), protocol.marker_stream]  # its markers start/end phases
         if args.lsl_in:
             from biofeedback.live.lsl_inlets import LslInError, LslInlets
 
@@ -323,12 +325,19 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             else:
                 from biofeedback.display.app import run_with_displays
 
+                gate = None
+                if outlets is not None:
+                    from biofeedback.live.lsl_outlets import ConsumerGate
+
+                    gate = ConsumerGate(outlets, args.lsl_wait_timeout)
+                    if args.lsl_wait:
+                        gate.start_when(args.lsl_wait)
                 if web is None:
                     kept = {pid: n for pid, n in screens.items() if pid in {s.participant_id for s in plan.specs}}
-                    ids = run_with_displays(session, participant_screens=kept,
+                    ids = run_with_displays(session, participant_screens=kept, lsl_gate=gate,
                                             on_note=lambda line: console.print(line, highlight=False))
                 else:  # the participants' displays are their pages; the monitor shows their QR codes
-                    ids = run_with_displays(session, participant_windows=False, web_links=web.urls)
+                    ids = run_with_displays(session, participant_windows=False, web_links=web.urls, lsl_gate=gate)
         finally:
             if outlets is not None:
                 outlets.close()
@@ -340,6 +349,9 @@ def cmd_session_run(args: argparse.Namespace) -> int:
 
         if session.failure:  # already told, at the moment it happened (the alert line)
             return 1
+        if session.runner.state.t is None:  # the monitor closed before the session clock started
+            console.print("The monitor was closed before the session clock started: nothing was recorded.")
+            return 0
         for sid in ids:
             analysis = analyze_session(store, sid)
             _print_tabular(_phase_tabular(analysis))
@@ -790,9 +802,10 @@ def cmd_import_rr(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         if args.events:
             sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column,
-                                        unit=args.unit)  # fmt: skip
+                                        unit=args.unit, streams=args.stream or ())  # fmt: skip
         else:
-            sid = import_rr(store, Path(args.file), args.participant, column=args.column, unit=args.unit)
+            sid = import_rr(store, Path(args.file), args.participant, column=args.column, unit=args.unit,
+                            streams=args.stream or ())
         _print_import(store, sid, args.file)
     return 0
 
@@ -1504,6 +1517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column", help="CSV column holding the RR intervals")
     p.add_argument("--unit", choices=["ms", "s"],
                    help="unit of the RR values in a text or CSV file (default ms; a file that names its unit keeps it)")
+    p.add_argument("--stream", action="append", metavar="NAME",
+                   help="XDF: the RR (and/or ECG) stream to import when the file has several (repeatable); a "
+                        "stream of this recorder brings its strap's ECG along")  # fmt: skip
     p.add_argument("--events", metavar="EVENTS.tsv",
                    help="phases and markers: tab-separated onset, duration, trial_type[, phase_kind]; seconds since "
                         "the start of the RR series")  # fmt: skip

@@ -5,6 +5,10 @@ Format (one file = one protocol)::
     name = "cmt-soothing"              # required, non-empty
     description = "..."                # optional text for the experimenter
     version = "1"                      # optional, string or integer (default "1")
+    marker_stream = "PsychoPy"         # optional: the LSL stream (recorded with --lsl-in, added by itself) whose
+                                       # markers start/end phases that name one (start_on_marker/end_on_marker)
+    marker_timeout = "5min"            # optional (default 5 min): a phase waiting for its end marker ends by
+                                       # itself this long after its planned end (recorded "marker timeout")
 
     [[phase]]                          # one table per phase, in order; at least one
     name = "baseline"                  # required, unique within the protocol
@@ -17,6 +21,11 @@ Format (one file = one protocol)::
     instrument = "cmt-weekly-diary"    # kind "diary" only (and there it defaults to "cmt-weekly-diary"): the
                                        # diary or questionnaire answered in this phase, a built-in instrument's
                                        # name or the path of an instrument TOML file (relative to this file)
+    start_on_marker = "imagery_start"  # optional: the phase starts when this marker arrives on marker_stream (the
+                                       # phase before runs on past its duration until then); not on the first phase
+    end_on_marker = "imagery_end"      # optional: the phase ends when this marker arrives; either way the boundary
+                                       # is the marker's time on the session clock. A marker sent before the phase
+                                       # it would end started is ignored (it is still recorded).
 
     [phase.pacer]                      # optional breathing pacer for this phase
     rate_bpm = 6.0                     # required, 2-30 breaths per minute
@@ -43,6 +52,7 @@ from protocols.file_problems import FileProblems, TableChecker, closest, parse_t
 from protocols.file_problems import Problem as BaseProblem
 from protocols.instruments import DIARY_NAME, InstrumentError, builtin_instruments, load_instrument
 from protocols.model import (
+    DEFAULT_MARKER_TIMEOUT_S,
     INHALE_FRACTION_RANGE,
     MAX_PHASE_S,
     MAX_PHASES,
@@ -58,8 +68,9 @@ from protocols.model import (
     TimedPrompt,
 )
 
-TOP_FIELDS = ("name", "description", "version", "phase")
-PHASE_FIELDS = ("name", "kind", "duration", "prompt", "feedback", "show_numbers", "pacer", "prompts", "instrument")
+TOP_FIELDS = ("name", "description", "version", "phase", "marker_stream", "marker_timeout")
+PHASE_FIELDS = ("name", "kind", "duration", "prompt", "feedback", "show_numbers", "pacer", "prompts", "instrument",
+                "start_on_marker", "end_on_marker")  # fmt: skip
 PACER_FIELDS = ("rate_bpm", "ratio")
 PROMPT_FIELDS = ("at", "text")
 DEFAULT_RATIO = (4.0, 6.0)
@@ -209,11 +220,38 @@ def parse_protocol(text: str, source: str = "<string>", base_dir: str | Path | N
         if total > MAX_PROTOCOL_S:
             ck.add("phase", f"expected phases lasting at most {MAX_PROTOCOL_S / 3600:g} h in all, "
                             f"got {total / 3600:.4g} h")
+    stream = ck.text(data, "marker_stream", "marker_stream", required=False)
+    if stream is not None and not stream.strip():
+        ck.add("marker_stream", "expected the name of an LSL stream, got an empty string")
+        stream = None
+    timeout = DEFAULT_MARKER_TIMEOUT_S
+    if "marker_timeout" in data:
+        timeout = ck.duration(data, "marker_timeout", "marker_timeout", allow_zero=False) or timeout
+    _check_marker_phases(ck, phases, stream, raw_phases if isinstance(raw_phases, list) else [])
 
     if ck.problems:
         raise ProtocolError(ck.problems)
     assert name is not None
-    return Protocol(name=name, description=description, phases=tuple(phases), version=str(version))
+    return Protocol(name=name, description=description, phases=tuple(phases), version=str(version),
+                    marker_stream=stream, marker_timeout_s=timeout)  # fmt: skip
+
+
+def _check_marker_phases(ck: _Checker, phases: list[Phase], stream: str | None, raw: list) -> None:
+    """Marker boundaries: a marker_stream to come from, not the first phase's start, one marker per boundary."""
+    for i, ph in enumerate(phases):
+        where = next((j for j, r in enumerate(raw, 1) if isinstance(r, dict) and r.get("name") == ph.name), i + 1)
+        ck.phase_index, ck.phase_name = where, ph.name
+        for key in ("start_on_marker", "end_on_marker"):
+            if getattr(ph, key) is not None and stream is None:
+                ck.add(key, 'expected a top-level marker_stream = "<LSL stream name>" naming where the marker '
+                            "comes from, got none")  # fmt: skip
+        if i == 0 and ph.start_on_marker is not None:
+            ck.add("start_on_marker", "expected no start marker on the first phase: it starts with the session "
+                                      "(put a phase before it that ends on the marker)")  # fmt: skip
+        if i > 0 and ph.start_on_marker is not None and phases[i - 1].end_on_marker is not None:
+            ck.add("start_on_marker", f"expected one marker per boundary, but phase {phases[i - 1].name!r} already "
+                                      f"ends on {phases[i - 1].end_on_marker!r}")  # fmt: skip
+    ck.phase_index = ck.phase_name = None
 
 
 def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any], base_dir: str | Path | None) -> Phase | None:
@@ -237,10 +275,18 @@ def _parse_phase(ck: _Checker, index: int, raw: dict[str, Any], base_dir: str | 
     pacer = _parse_pacer(ck, raw["pacer"]) if "pacer" in raw else None
     prompts = _parse_prompts(ck, raw["prompts"], duration) if "prompts" in raw else ()
     instrument = _parse_instrument(ck, raw, kind, base_dir)
+    markers = {}
+    for key in ("start_on_marker", "end_on_marker"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, str) and value.strip():
+                markers[key] = value
+            else:
+                ck.add(key, f'expected a non-empty marker value such as "imagery_start", got {show(value)}')
     if len(ck.problems) > before:
         return None
     assert name is not None and kind is not None and duration is not None
-    return Phase(name, kind, duration, prompt, prompts, pacer, feedback, bool(show_numbers), instrument)
+    return Phase(name, kind, duration, prompt, prompts, pacer, feedback, bool(show_numbers), instrument, **markers)
 
 
 def _parse_instrument(

@@ -101,6 +101,9 @@ class Phase:
 
     `instrument` (kind `diary` only) names the diary or questionnaire the participant answers during the phase: a
     built-in instrument's name or the path of an instrument TOML file.
+
+    `start_on_marker` / `end_on_marker` name a marker value on the protocol's `marker_stream` (an LSL stream such
+    as PsychoPy's) that starts / ends the phase: the boundary lands on the marker's session time (see the runner).
     """
 
     name: str
@@ -112,10 +115,16 @@ class Phase:
     feedback: FeedbackMode = FeedbackMode.LIVE
     show_numbers: bool = False
     instrument: str | None = None
+    start_on_marker: str | None = None
+    end_on_marker: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ValueError("phase name must not be empty")
+        for key in ("start_on_marker", "end_on_marker"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"phase {self.name!r}: {key} must be a non-empty marker value, got {value!r}")
         object.__setattr__(self, "kind", PhaseKind(self.kind))
         if self.instrument is not None:
             if not (isinstance(self.instrument, str) and self.instrument.strip()):
@@ -149,14 +158,25 @@ class PhasePosition:
         return self.phase.duration_s - self.elapsed_s
 
 
+DEFAULT_MARKER_TIMEOUT_S = 300.0
+"""How long past its planned end a phase waits for the marker that ends it, unless the protocol says otherwise."""
+
+
 @dataclass(frozen=True)
 class Protocol:
-    """A named, versioned sequence of phases with unique names."""
+    """A named, versioned sequence of phases with unique names.
+
+    `marker_stream` names the LSL stream (recorded with --lsl-in) whose markers start/end phases that say
+    `start_on_marker`/`end_on_marker`; a phase waiting for its marker ends by itself `marker_timeout_s` after its
+    planned end (the fallback, recorded as `ended = "marker timeout"`).
+    """
 
     name: str
     description: str
     phases: tuple[Phase, ...]
     version: str = "1"
+    marker_stream: str | None = None
+    marker_timeout_s: float = DEFAULT_MARKER_TIMEOUT_S
     _starts: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -172,11 +192,19 @@ class Protocol:
             seen.add(ph.name)
         object.__setattr__(self, "phases", phases)
         object.__setattr__(self, "version", str(self.version))
+        _check_markers(self.name, phases, self.marker_stream, self.marker_timeout_s)
         starts, total = [], 0.0
         for ph in phases:
             starts.append(total)
             total += ph.duration_s
         object.__setattr__(self, "_starts", tuple(starts))
+
+    def boundary_marker(self, index: int) -> str | None:
+        """The marker value that ends phase `index` (its `end_on_marker`, or the next phase's `start_on_marker`)."""
+        own = self.phases[index].end_on_marker
+        if own is not None or index + 1 >= len(self.phases):
+            return own
+        return self.phases[index + 1].start_on_marker
 
     @property
     def total_duration_s(self) -> float:
@@ -208,3 +236,24 @@ class Protocol:
             for ph in self.phases
         )
         return replace(self, phases=phases)
+
+
+def _check_markers(name: str, phases: tuple[Phase, ...], stream: str | None, timeout_s: float) -> None:
+    """Marker-driven boundaries need a stream, cannot start the first phase and name each boundary once."""
+    if stream is not None and not (isinstance(stream, str) and stream.strip()):
+        raise ValueError(f"protocol {name!r}: marker_stream must be a non-empty LSL stream name, got {stream!r}")
+    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"protocol {name!r}: marker_timeout must be > 0 s, got {timeout_s!r}")
+    for i, ph in enumerate(phases):
+        for key in ("start_on_marker", "end_on_marker"):
+            value = getattr(ph, key)
+            if value is not None and stream is None:
+                raise ValueError(f"protocol {name!r}: phase {ph.name!r} has {key} = {value!r} but the protocol names "
+                                 "no marker_stream (the LSL stream the marker comes from)")  # fmt: skip
+        if i == 0 and ph.start_on_marker is not None:
+            raise ValueError(f"protocol {name!r}: the first phase {ph.name!r} cannot start on a marker: it starts "
+                             "with the session (put a phase before it that ends on the marker)")  # fmt: skip
+        if i > 0 and ph.start_on_marker is not None and phases[i - 1].end_on_marker is not None:
+            raise ValueError(f"protocol {name!r}: phase {phases[i - 1].name!r} ends on "
+                             f"{phases[i - 1].end_on_marker!r} and phase {ph.name!r} starts on "
+                             f"{ph.start_on_marker!r}: one boundary, one marker (keep one of them)")  # fmt: skip

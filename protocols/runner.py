@@ -4,6 +4,13 @@ Every call takes the current time `t` and returns the markers that became due up
 stamped with its exact time (a phase boundary at 300.0 s is marked 300.0 even if `update` is first called at
 300.7). Phase time excludes paused time, so a pause pushes every later boundary and prompt back by its length.
 Stopping and skipping are recorded neutrally: a participant who stops early has not failed anything.
+
+A phase whose end is a marker (its `end_on_marker`, or the next phase's `start_on_marker`) runs on past its planned
+duration until `on_marker(value, t_marker, t_now)` brings that marker; the boundary is `t_marker` (the marker's
+session time, which may lie a little before `t_now`, when it arrived), also when the marker comes before the
+planned end. A marker whose time lies before the current phase started, or that is not the current phase's
+boundary, changes nothing. Without the marker the phase ends by itself `protocol.marker_timeout_s` after its planned
+end (`ended = "marker timeout"`); skipping it (the experimenter) works as for any phase.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class RunnerState:
     elapsed_in_phase_s: float
     remaining_in_phase_s: float
     t: float | None
+    waiting_for_marker: str | None = None
+    """The marker the current phase is waiting for, once past its planned duration (else None)."""
 
 
 class ProtocolRunner:
@@ -108,14 +117,14 @@ class ProtocolRunner:
             detail["instrument"] = ph.instrument
         return [self._marker(t, "phase_start", ph.name, **detail), *self._due_prompts(t)]
 
-    def _phase_end_marker(self, t: float, ended: str) -> Marker:
+    def _phase_end_marker(self, t: float, ended: str, **extra: Any) -> Marker:
         ph = self._phase
         paused = self._paused_in_phase + (t - self._paused_since if self._paused_since is not None else 0.0)
         return self._marker(t, "phase_end", ph.name, planned_s=ph.duration_s, elapsed_s=self._elapsed(t),
-                            paused_s=paused, ended=ended)
+                            paused_s=paused, ended=ended, **extra)
 
-    def _end_phase(self, t: float, ended: str) -> list[Marker]:
-        out = [self._phase_end_marker(t, ended)]
+    def _end_phase(self, t: float, ended: str, **extra: Any) -> list[Marker]:
+        out = [self._phase_end_marker(t, ended, **extra)]
         if self._index + 1 < len(self.protocol.phases):
             out += self._begin_phase(self._index + 1, t)
         else:
@@ -136,14 +145,23 @@ class ProtocolRunner:
             self._next_prompt += 1
         return out
 
+    def _planned_end(self) -> tuple[float, str, dict[str, Any]]:
+        """When the current (unpaused) phase ends by itself, how that is recorded, and the detail."""
+        marker = self.protocol.boundary_marker(self._index)
+        if marker is None:
+            return self._at_phase_time(self._phase.duration_s), "completed", {}
+        timeout = self.protocol.marker_timeout_s
+        return self._at_phase_time(self._phase.duration_s + timeout), "marker timeout", {"waited_for": marker,
+                                                                                        "timeout_s": timeout}
+
     def _advance(self, t: float) -> list[Marker]:
         out: list[Marker] = []
         while self._started and not self._finished and self._paused_since is None:
             out += self._due_prompts(t)
-            end = self._at_phase_time(self._phase.duration_s)
+            end, ended, extra = self._planned_end()
             if end > t:
                 break
-            out += self._end_phase(end, "completed")
+            out += self._end_phase(end, ended, **extra)
         return out
 
     # ---- public API ---------------------------------------------------------------------------------------
@@ -218,11 +236,26 @@ class ProtocolRunner:
         out.append(self._marker(t, "session_end", "session ended", ended="stopped", reason=reason))
         return out
 
+    def on_marker(self, value: str, t_marker: float, t_now: float) -> list[Marker]:
+        """A marker `value` stamped `t_marker` arrived at `t_now`: if it is the current phase's boundary marker (and
+        not from before the phase started), the phase ends at `t_marker` and the next begins there."""
+        self._require_started("take a marker")
+        t_now = self._accept_time(t_now)
+        t_marker = float(t_marker)
+        if not math.isfinite(t_marker):
+            raise ValueError(f"marker time must be a finite number of seconds, got {t_marker!r}")
+        at = min(t_marker, t_now)
+        out = self._advance(at)  # whatever was due before the marker (normally already given)
+        if (self._finished or at < self._phase_start or self.protocol.boundary_marker(self._index) != value):
+            return out + self._advance(t_now)
+        out += self._end_phase(at, "marker", marker=value, marker_t=t_marker)
+        return out + self._advance(t_now)
+
     def next_deadline(self) -> float | None:
         """Session time of the next prompt or phase boundary; None if not started, paused or finished."""
         if not self._started or self._finished or self._paused_since is not None:
             return None
-        end = self._at_phase_time(self._phase.duration_s)
+        end = self._planned_end()[0]
         prompts = self._phase.prompts
         if self._next_prompt < len(prompts):
             return min(end, self._at_phase_time(prompts[self._next_prompt].at_s))
@@ -244,5 +277,7 @@ class ProtocolRunner:
             return RunnerState(self._started, self._finished, False, None, None, 0.0, 0.0, self._last_t)
         assert self._last_t is not None
         elapsed = self._elapsed(self._last_t)
+        marker = self.protocol.boundary_marker(self._index)
+        waiting = marker if marker is not None and elapsed >= self._phase.duration_s else None
         return RunnerState(True, False, self._paused_since is not None, self._index, self._phase, elapsed,
-                           self._phase.duration_s - elapsed, self._last_t)
+                           max(0.0, self._phase.duration_s - elapsed), self._last_t, waiting)

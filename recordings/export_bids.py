@@ -31,6 +31,13 @@ Choices (documented in the dataset's README as well):
 - Only the pseudonymous ID leaves the store. Free-text notes and typed labels of manual markers are exported only
   with `include_text=True`; otherwise such a marker is exported as `manual` without its label (the monitor's fixed
   labels, see `privacy`, are kept).
+- Streams recorded with `--lsl-in`: a numeric stream (skin conductance, a respiration belt …) is its own
+  `..._recording-<stream name, letters and digits>_physio.tsv.gz` with a `timestamp` column (each sample's LSL stamp
+  mapped onto the session clock, as received, never resampled) and one column per channel (labels and units from
+  the stream's description when it has them). `SamplingFrequency` is the stream's nominal rate, or for an irregular
+  stream (nominal rate 0) the mean rate measured over its samples, which the sidecar says (BIDS requires a number;
+  the `timestamp` column holds the real times). `StartTime` is the first sample's session time. A marker stream
+  (PsychoPy) goes into `events.tsv`: trial_type `lsl_marker`, the marker in `value`, the stream in `lsl_stream`.
 - Sessions without ECG get `..._recording-rr_physio.tsv.gz`, the RR interval in progress sampled at 4 Hz (n/a
   where data were lost), with the beats as its `physioevents`: a BIDS `physioevents` file must belong to a `physio`
   file.
@@ -58,7 +65,7 @@ from .ecg_time import map_ecg_chunks
 from .files import OutputExistsError, open_private_for_write, remove_stale
 from .privacy import exportable_label, fixed_labels
 from .rr_series import RR_SERIES_FS_HZ, rr_step_series
-from .store import Marker, SessionInfo, Store
+from .store import LslSamples, LslStream, Marker, SessionInfo, Store
 
 BIDS_VERSION = "1.10.0"
 GENERATOR = {"Name": "cmt-biofeedback", "Version": "0.1.0", "Description": "biofeedback session recorder"}
@@ -103,6 +110,8 @@ EVENT_LEVELS = {
     "disconnected": "The strap's link dropped; no data until the next `connected`",
     "connected": "The strap's link was (re-)established",
     "ecg_gap": "No ECG samples in this interval (duration); the physio file holds n/a rows",
+    "lsl_marker": "A marker another program sent on a Lab Streaming Layer stream (e.g. PsychoPy); the marker is in "
+    "`value`, the stream's name in `lsl_stream`",
 }
 _POINT_KINDS = {
     "session_start", "session_end", "prompt", "pause", "resume", "skip", "stop", "manual", "diary", "participant"
@@ -212,8 +221,12 @@ def _event_rows(
     if text:
         for t, note in store.notes(session_id):
             rows.append((t, [_num(t), "0", "note"] + ["n/a"] * 7 + [_cell(note)]))
+    for stream, samples in lsl_marker_streams(store, session_id):
+        for t, values in zip(samples.t.tolist(), samples.values, strict=True):
+            rows.append((t, [_num(t), "0", "lsl_marker", _cell(values[0] if values else None)] + ["n/a"] * 7
+                         + [_cell(stream.name)]))  # fmt: skip
     rows.sort(key=lambda r: r[0])
-    return [r for _, r in rows]
+    return [r if len(r) == len(EVENT_COLUMNS) else [*r, "n/a"] for _, r in rows]
 
 
 def _phase_event(start: Marker, end_t: float, ended: str) -> list[str]:
@@ -234,7 +247,7 @@ def _phase_event(start: Marker, end_t: float, ended: str) -> list[str]:
 
 
 EVENT_COLUMNS = ["onset", "duration", "trial_type", "value", "phase_index", "phase_name", "phase_kind", "feedback",
-                 "pacer_bpm", "ended", "label"]  # fmt: skip
+                 "pacer_bpm", "ended", "label", "lsl_stream"]  # fmt: skip
 
 
 def _events_sidecar(task: str, text: bool, present: Sequence[str] | None = None) -> dict[str, Any]:
@@ -246,7 +259,7 @@ def _events_sidecar(task: str, text: bool, present: Sequence[str] | None = None)
         "onset": {"Description": "Time of the event on the session clock (0 = session start)", "Units": "s"},
         "duration": {"Description": "Duration of the event (0 for point events)", "Units": "s"},
         "trial_type": {"LongName": "Event type", "Description": "What happened", "Levels": levels},
-        "value": {"Description": "Unused (always n/a); kept for tools that expect the column"},
+        "value": {"Description": "The marker an LSL marker stream sent (trial_type lsl_marker); n/a otherwise"},
         "phase_index": {"Description": "0-based index of the protocol phase the event belongs to"},
         "phase_name": {"Description": "Name of the protocol phase"},
         "phase_kind": {"Description": "What the phase asks of the participant", "Levels": dict(PHASE_KINDS)},
@@ -256,6 +269,7 @@ def _events_sidecar(task: str, text: bool, present: Sequence[str] | None = None)
         "label": {
             "Description": "Prompt text of the protocol, or an experimenter marker/note (exported only when asked)"
         },
+        "lsl_stream": {"Description": "Name of the LSL stream a lsl_marker came from (recorded with --lsl-in)"},
     }
 
 
@@ -388,9 +402,146 @@ def _beats_sidecar(onset_source: str, task: str) -> dict[str, Any]:
     }
 
 
+# -- streams recorded with --lsl-in --------------------------------------------------------------------------------
+
+_RESERVED_RECORDINGS = {"ecg", "rr"}
+
+
+def _is_marker_stream(stream: LslStream, samples: LslSamples) -> bool:
+    return stream.type.lower() == "markers" or any(v and isinstance(v[0], str) for v in samples.values[:1])
+
+
+def lsl_marker_streams(store: Store, session_id: int) -> list[tuple[LslStream, LslSamples]]:
+    """The session's LSL marker streams (string samples, e.g. PsychoPy) with their samples."""
+    out = []
+    for stream in store.lsl_streams(session_id):
+        samples = store.lsl_samples(stream)
+        if len(samples.t) and _is_marker_stream(stream, samples):
+            out.append((stream, samples))
+    return out
+
+
+def lsl_physio_streams(store: Store, session_id: int) -> list[tuple[LslStream, LslSamples, str]]:
+    """The session's numeric LSL streams with at least two samples, each with its `recording-<label>`: the stream
+    name's letters and digits (lower case `ecg`/`rr` and repeated labels get the stream's id appended)."""
+    out: list[tuple[LslStream, LslSamples, str]] = []
+    used = set(_RESERVED_RECORDINGS)
+    for stream in store.lsl_streams(session_id):
+        samples = store.lsl_samples(stream)
+        if len(samples.t) < 2 or _is_marker_stream(stream, samples):
+            continue
+        label = re.sub(r"[^A-Za-z0-9]", "", stream.name) or f"lsl{stream.id}"
+        if label.lower() in used:
+            label = f"{label}{stream.id}"
+        used.add(label.lower())
+        out.append((stream, samples, label))
+    return out
+
+
+def lsl_channels(stream: LslStream) -> list[tuple[str, str, str]]:
+    """(column name, unit, type) per channel from the stream's description (desc/channels/channel); the label
+    falls back to ch1, ch2 … and the unit to "" when the sender gave none."""
+    import xml.etree.ElementTree as ET
+
+    found: list[tuple[str, str, str]] = []
+    try:
+        root = ET.fromstring(stream.info_xml)
+        found = [((c.findtext("label") or "").strip(), (c.findtext("unit") or "").strip(),
+                  (c.findtext("type") or "").strip()) for c in root.findall("./desc/channels/channel")]  # fmt: skip
+    except ET.ParseError:
+        pass
+    if len(found) != stream.channel_count:
+        found = [("", "", "")] * stream.channel_count
+    labels = [lab for lab, _, _ in found]
+    if not all(labels) or len(set(labels)) != len(labels) or "timestamp" in labels:
+        labels = [f"ch{i + 1}" for i in range(stream.channel_count)]
+    return [(lab, unit, kind) for lab, (_, unit, kind) in zip(labels, found, strict=True)]
+
+
+def _desc_text(stream: LslStream, path: str) -> str | None:
+    import xml.etree.ElementTree as ET
+
+    try:
+        text = ET.fromstring(stream.info_xml).findtext(path)
+    except ET.ParseError:
+        return None
+    return text.strip() if text and text.strip() else None
+
+
+def measured_rate(t: np.ndarray) -> float:
+    """Mean sampling rate (Hz) over sample times `t` (at least two, increasing overall)."""
+    span = float(t[-1] - t[0])
+    return (len(t) - 1) / span if span > 0 else 0.0
+
+
+def _lsl_physio_files(
+    info: SessionInfo,
+    stream: LslStream,
+    samples: LslSamples,
+    base: str,
+    dest: Path,
+    written: list[Path],
+    extra: dict[str, Any],
+) -> None:
+    """One numeric LSL stream as a physio file pair (see the module docstring)."""
+    channels = lsl_channels(stream)
+    t = np.asarray(samples.t, dtype=float)
+    lines = []
+    for ti, values in zip(t.tolist(), samples.values, strict=True):
+        cells = [_num(float(v) if isinstance(v, int | float) else None, ".9g") for v in values]
+        lines.append("\t".join([f"{ti:.6f}", *cells]))
+    _write_gz(dest / f"{base}_physio.tsv.gz", "\n".join(lines) + "\n", True, written)
+    measured = measured_rate(t)
+    nominal = float(stream.nominal_srate)
+    if nominal > 0:  # per second of LSL time; the session clock runs `rate` times faster (1 but in simulations)
+        rate = nominal / float(stream.rate or 1.0)
+        rate_note = "the stream's nominal rate (its LSL description)"
+        if stream.rate != 1.0:
+            rate_note += f", per second of a session clock running ×{stream.rate:g}"
+    else:
+        rate = measured
+        rate_note = ("the mean rate measured over the samples: the stream is irregular (LSL nominal rate 0), so the "
+                     "timestamp column holds each sample's time")  # fmt: skip
+    sidecar: dict[str, Any] = {
+        "TaskName": info.protocol_name,
+        "SamplingFrequency": round(rate, 6),
+        "StartTime": round(float(t[0]), 6),
+        "Columns": ["timestamp", *(c[0] for c in channels)],
+        "PhysioType": "generic",
+        "RecordingType": "continuous",
+    }
+    for key, path in (("Manufacturer", "./desc/acquisition/manufacturer"),
+                      ("ManufacturersModelName", "./desc/acquisition/model")):  # fmt: skip
+        if value := _desc_text(stream, path):
+            sidecar[key] = value
+    sidecar |= extra
+    sidecar["timestamp"] = {
+        "Description": "Sample time on the session clock (0 = session start): the sender's LSL time stamp mapped "
+        "through the inlet's clock offset; samples as received, not resampled",
+        "Units": "s",
+    }
+    for label, unit, kind in channels:
+        col: dict[str, Any] = {"Description": f"Channel {label!r} of LSL stream {stream.name!r}"
+                               + (f" (type {kind})" if kind else "")}  # fmt: skip
+        if unit:
+            col["Units"] = unit
+        sidecar[label] = col
+    sidecar["LslStream"] = {
+        "Name": stream.name,
+        "Type": stream.type,
+        "SourceId": stream.source_id,
+        "NominalSamplingFrequency": nominal,
+        "MeasuredSamplingFrequency": round(measured, 6),
+        "SamplingFrequencySource": rate_note,
+    }
+    _write(dest / f"{base}_physio.json", _json_text(sidecar), True, written)
+
+
 def _expected_files(store: Store, info: SessionInfo, stem: str) -> set[str]:
     """The files a complete export of the session holds (to tell a complete session folder from a broken one)."""
     names = {f"{stem}_events.tsv", f"{stem}_events.json"}
+    for _stream, _samples, label in lsl_physio_streams(store, info.id):
+        names |= {f"{stem}_recording-{label}_physio.tsv.gz", f"{stem}_recording-{label}_physio.json"}
     counts = store.counts(info.id)
     if counts["ecg_chunks"]:
         rec = "ecg"
@@ -484,6 +635,8 @@ def _session_files(
         _write(dest / f"{stem}_recording-ecg_physioevents.json", beats_json, True, written)
     elif len(beats.t):
         _rr_files(info, beats, stem, dest, True, written, info_fields)
+    for stream, samples, label in lsl_physio_streams(store, session_id):
+        _lsl_physio_files(info, stream, samples, f"{stem}_recording-{label}", dest, written, info_fields)
     fixed = fixed_labels(store.protocol_dict(session_id))
     rows = _event_rows(store, session_id, store.markers(session_id), tl.gaps if tl else [], include_text, fixed)
     _write(dest / f"{stem}_events.tsv", _tsv_text(EVENT_COLUMNS, rows), True, written)
@@ -517,6 +670,9 @@ Heart-rate-variability biofeedback sessions recorded with a chest strap during s
 - `*_recording-ecg_physio.tsv.gz`: raw ECG (µV) with a `timestamp` column; `*_recording-ecg_physioevents.tsv.gz`:
   the strap's beats (onset = beat time, `rr` in ms). Sessions without ECG have
   `*_recording-rr_physio.tsv.gz` (RR in progress at 4 Hz) with the beats in `*_recording-rr_physioevents.tsv.gz`.
+- Streams of other programs recorded over Lab Streaming Layer (`--lsl-in`): numeric ones in
+  `*_recording-<stream>_physio.tsv.gz` (a `timestamp` column, then the stream's channels); markers (e.g. PsychoPy)
+  in `*_events.tsv` as trial_type `lsl_marker` (the marker in `value`, the stream in `lsl_stream`).
 - Time zero of all files is the session start (`acq_time` in `sub-<label>_sessions.tsv`). ECG times are the strap's
   clock mapped onto the session clock with drift correction; lost ECG is `n/a`, never interpolated.
 - Participant labels are the pseudonymous IDs of the recorder without separators (P-01 -> P01); `session_id`

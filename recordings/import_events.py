@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +90,10 @@ def parse_events_tsv(text: str, source: str = "<events>", series_end_s: float | 
 
 def import_rr_with_events(
     store: Store, rr_path: Path, participant_id: str, events_path: Path, column: str | None = None,
-    unit: str | None = None,
+    unit: str | None = None, streams: Sequence[str] = (),
 ) -> int:  # fmt: skip
     """A session from an RR file (any recognised format) whose phases and markers come from an events TSV."""
-    rr = read_rr_file(Path(rr_path), column=column, unit=unit)
+    rr = read_rr_file(Path(rr_path), column=column, unit=unit, streams=streams)
     if not rr.intervals:
         raise ImportFormatError(f"{rr_path}: no RR intervals found")
     st, _, _, _ = rr_file_beats(rr)

@@ -82,10 +82,14 @@ def sniff(data: bytes) -> str:
     return "text"
 
 
-def read_rr_file(path: Path, *, column: str | None = None, unit: str | None = None) -> RRFile:
-    """Recognise and parse one file; raises UnrecognisedFile/ImportFormatError with one line naming the file."""
+def read_rr_file(
+    path: Path, *, column: str | None = None, unit: str | None = None, streams: Sequence[str] = ()
+) -> RRFile:
+    """Recognise and parse one file; raises UnrecognisedFile/ImportFormatError with one line naming the file.
+
+    `streams` names the XDF streams to import (`--stream`); any other format refuses it."""
     try:
-        rr = _read_rr_file(path, column=column, unit=unit)
+        rr = _read_rr_file(path, column=column, unit=unit, streams=streams)
         check_start(rr.start_utc, f"{path}")
         check_span((iv.t_s for iv in rr.intervals if iv.t_s is not None), f"{path}")
         check_span((t for t, _ in rr.markers), f"{path}: markers")
@@ -94,14 +98,16 @@ def read_rr_file(path: Path, *, column: str | None = None, unit: str | None = No
     return rr
 
 
-def _read_rr_file(path: Path, *, column: str | None, unit: str | None) -> RRFile:
+def _read_rr_file(path: Path, *, column: str | None, unit: str | None, streams: Sequence[str]) -> RRFile:
     data = Path(path).read_bytes()
     kind = sniff(data)
     source = str(path)
     if kind == "fit":
         return parse_fit(path)
     if kind == "xdf":
-        return parse_xdf(path)
+        return parse_xdf(path, streams)
+    if streams:
+        raise ImportFormatError(f"{source}: --stream chooses streams of an XDF file, and this is not one")
     if kind == "psl":
         raise UnrecognisedFile(f"{source}: a Polar Sensor Logger file: import it with `import polar`")
     try:
@@ -438,8 +444,75 @@ def parse_fit(path: Path) -> RRFile:
                   notes=notes)  # fmt: skip
 
 
-def parse_xdf(path: Path) -> RRFile:
-    """XDF (LabRecorder): the first RR/IBI stream (ms) with its LSL stamps as beat times, ECG and Markers streams."""
+def choose_xdf_streams(
+    streams: Sequence[dict], source: str, names: Sequence[str] = ()
+) -> tuple[dict | None, dict | None, list[str]]:
+    """The RR stream and the ECG stream of one participant in an XDF file, and notes; pure.
+
+    Without `names`, a file with one RR and/or one ECG stream is unambiguous; several of a kind are refused with the
+    candidates listed. `names` (stream names, from `--stream`) pick them; an RR stream of this recorder
+    (source id `cmt-biofeedback/<device>/rr`) brings the ECG of the same strap with it.
+    """
+
+    def info(s, key):
+        v = s["info"].get(key, [""])
+        return (v[0] if isinstance(v, list) and v else v) or ""
+
+    def kind(s) -> str:
+        t = info(s, "type").lower()
+        return "rr" if t in ("rr", "ibi") else t
+
+    candidates = [s for s in streams if kind(s) in ("rr", "ecg") and len(s["time_stamps"])]
+    by_name: dict[str, list[dict]] = {}
+    for s in candidates:
+        by_name.setdefault(info(s, "name"), []).append(s)
+
+    def listing(kinds: Sequence[str] = ("rr", "ecg")) -> str:
+        return ", ".join(f"{info(s, 'name')!r} ({info(s, 'type')}, {len(s['time_stamps'])} samples)"
+                         for s in candidates if kind(s) in kinds)  # fmt: skip
+
+    notes: list[str] = []
+    if names:
+        chosen = []
+        for name in dict.fromkeys(names):
+            found = by_name.get(name, [])
+            if not found:
+                raise ImportFormatError(f"{source}: no RR or ECG stream named {name!r} in this XDF file; its RR/ECG "
+                                        f"streams: {listing() or 'none'}")  # fmt: skip
+            if len(found) > 1:
+                raise ImportFormatError(f"{source}: {len(found)} streams are named {name!r} (source ids "
+                                        f"{', '.join(info(s, 'source_id') for s in found)}): the file cannot tell "
+                                        "them apart")  # fmt: skip
+            chosen.append(found[0])
+        rr = [s for s in chosen if kind(s) == "rr"]
+        ecg = [s for s in chosen if kind(s) == "ecg"]
+        for k, got in (("RR", rr), ("ECG", ecg)):
+            if len(got) > 1:
+                raise ImportFormatError(f"{source}: --stream names {len(got)} {k} streams "
+                                        f"({', '.join(repr(info(s, 'name')) for s in got)}); a session holds one "
+                                        "participant: name one RR and/or one ECG stream")  # fmt: skip
+        if rr and not ecg:  # this recorder's own streams: the ECG of the same strap comes along
+            sid = info(rr[0], "source_id")
+            if sid.endswith("/rr"):
+                ecg = [s for s in candidates if kind(s) == "ecg" and info(s, "source_id") == sid[:-3] + "/ecg"]
+        left = sorted(info(s, "name") for s in candidates if s not in rr + ecg)
+        if left:
+            notes.append(f"streams not imported: {', '.join(left)}")
+        return (rr[0] if rr else None), (ecg[0] if ecg else None), notes
+    rr = [s for s in candidates if kind(s) == "rr"]
+    ecg = [s for s in candidates if kind(s) == "ecg"]
+    if len(rr) > 1 or len(ecg) > 1:
+        raise ImportFormatError(f"{source}: several RR/ECG streams, one participant per session: choose with "
+                                "--stream NAME (repeat for an RR and an ECG stream); candidates: "
+                                f"{listing()}")  # fmt: skip
+    return (rr[0] if rr else None), (ecg[0] if ecg else None), notes
+
+
+def parse_xdf(path: Path, streams_named: Sequence[str] = ()) -> RRFile:
+    """XDF (LabRecorder): an RR/IBI stream (ms) with its LSL stamps as beat times, an ECG and the Markers streams.
+
+    Several RR or ECG streams (a group, or several devices) are chosen by name with `streams_named`
+    (see `choose_xdf_streams`)."""
     import pyxdf
 
     source = str(path)
@@ -452,14 +525,14 @@ def parse_xdf(path: Path) -> RRFile:
         v = s["info"].get(key, [""])
         return (v[0] if isinstance(v, list) and v else v) or ""
 
-    rr = [s for s in streams if info(s, "type").lower() in ("rr", "ibi") and len(s["time_stamps"])]
-    ecg = [s for s in streams if info(s, "type").lower() == "ecg" and len(s["time_stamps"])]
+    chosen_rr, chosen_ecg, notes = choose_xdf_streams(streams, source, streams_named)
+    rr = [chosen_rr] if chosen_rr is not None else []
+    ecg = [chosen_ecg] if chosen_ecg is not None else []
     marks = [s for s in streams if info(s, "type").lower() == "markers" and len(s["time_stamps"])]
     if not rr and not ecg:
         kinds = sorted({info(s, "type") for s in streams})
         raise UnrecognisedFile(f"{source}: an XDF file without an RR or ECG stream (stream types {kinds})")
     stamps = [s["time_stamps"][0] for s in rr + ecg + marks]
-    notes = []
     if rr:
         s = rr[0]
         v = np.asarray(s["time_series"], dtype=float)
@@ -476,8 +549,6 @@ def parse_xdf(path: Path) -> RRFile:
         intervals, more = to_intervals(list(rr_ms), source, unit="ms", unit_given=True, times=times,
                                        gap_flags=flags)  # fmt: skip
         notes += [f"RR from stream {info(s, 'name')!r}", *more]
-        if len(rr) > 1:
-            notes.append(f"{len(rr) - 1} more RR stream(s) not imported (one participant per session)")
     ecg_data = None
     if ecg:
         s = ecg[0]

@@ -10,7 +10,7 @@ recognised and everything noticed on the way is kept in the session's settings (
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -114,17 +114,19 @@ def _whole_and_file_markers(store: Store, sid: int, markers: list[tuple[float, s
 
 def import_rr(
     store: Store, path: Path, participant_id: str, column: str | None = None, protocol: dict[str, Any] | None = None,
-    unit: str | None = None,
+    unit: str | None = None, streams: Sequence[str] = (),
 ) -> int:  # fmt: skip
-    """Create a session from an RR file recognised by its content; returns the session id.
+    """Create a session from an RR file recognised by its content; returns the session id. `streams` names the
+    RR/ECG streams of an XDF file to import (see `import_formats.choose_xdf_streams`).
 
     A Polar Sensor Logger file is imported as `import_polar` would (alone; give a recording's files together there).
     """
-    if protocol is None and column is None and unit is None and sniff(Path(path).read_bytes()[:4096]) == "psl":
+    plain = protocol is None and column is None and unit is None and not streams
+    if plain and sniff(Path(path).read_bytes()[:4096]) == "psl":
         from .import_polar import import_polar
 
         return import_polar(store, [Path(path)], participant_id)
-    rr = read_rr_file(Path(path), column=column, unit=unit)
+    rr = read_rr_file(Path(path), column=column, unit=unit, streams=streams)
     if not rr.intervals and rr.ecg is None:
         raise ImportFormatError(f"{path}: no RR intervals found")
     with store_rr_file(store, rr, participant_id, path, protocol=protocol) as (batch, _):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocols.model import Pacer, Phase, Protocol, TimedPrompt
+from protocols.model import DEFAULT_MARKER_TIMEOUT_S, Pacer, Phase, Protocol, TimedPrompt
 
 
 class ProtocolJsonError(ValueError):
@@ -30,6 +30,9 @@ def _phase_to_dict(ph: Phase) -> dict[str, Any]:
     }
     if ph.instrument is not None:  # only diary phases name one; older stored copies have no such key
         out["instrument"] = ph.instrument
+    for key in ("start_on_marker", "end_on_marker"):
+        if getattr(ph, key) is not None:
+            out[key] = getattr(ph, key)
     return out
 
 
@@ -39,6 +42,8 @@ def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
         "description": protocol.description,
         "version": protocol.version,
         "phases": [_phase_to_dict(ph) for ph in protocol.phases],
+        **({"marker_stream": protocol.marker_stream, "marker_timeout_s": protocol.marker_timeout_s}
+           if protocol.marker_stream is not None else {}),
     }
 
 
@@ -58,6 +63,8 @@ def _phase_from_dict(i: int, raw: Any) -> Phase:
             feedback=raw.get("feedback", "live"),
             show_numbers=bool(raw.get("show_numbers", False)),
             instrument=None if raw.get("instrument") is None else str(raw["instrument"]),
+            start_on_marker=raw.get("start_on_marker"),
+            end_on_marker=raw.get("end_on_marker"),
         )
     except KeyError as exc:
         raise ProtocolJsonError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -78,6 +85,8 @@ def protocol_from_dict(data: Any) -> Protocol:
             description=str(data.get("description", "")),
             phases=tuple(_phase_from_dict(i, ph) for i, ph in enumerate(phases)),
             version=str(data.get("version", "1")),
+            marker_stream=data.get("marker_stream"),
+            marker_timeout_s=float(data.get("marker_timeout_s", DEFAULT_MARKER_TIMEOUT_S)),
         )
     except KeyError as exc:
         raise ProtocolJsonError(f"stored protocol: missing field {exc.args[0]!r}") from None

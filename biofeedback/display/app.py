@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from PySide6 import QtCore, QtWidgets
 
@@ -19,18 +20,27 @@ from biofeedback.display.participant import ParticipantWindow
 from biofeedback.display.screens import place_windows, qt_screens, show_placed
 from biofeedback.live.session import LiveSession
 
+if TYPE_CHECKING:
+    from biofeedback.live.lsl_outlets import ConsumerGate
+
 
 class SessionThread(threading.Thread):
-    """Runs a session's asyncio loop beside Qt's; `result` holds the session ids, `error` what ended it badly."""
+    """Runs a session's asyncio loop beside Qt's; `result` holds the session ids, `error` what ended it badly.
 
-    def __init__(self, session: LiveSession) -> None:
+    With a `gate` (LSL consumers, see `lsl_outlets.ConsumerGate`) the session clock starts only when it opens;
+    an abandoned gate (the monitor closed first) runs nothing."""
+
+    def __init__(self, session: LiveSession, gate: ConsumerGate | None = None) -> None:
         super().__init__(name="session", daemon=True)
         self.session = session
+        self.gate = gate
         self.result: list[int] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
+            if self.gate is not None and not self.gate.wait():
+                return
             self.result = asyncio.run(self.session.run())
         except BaseException as exc:  # reported by run_with_displays in the main thread
             self.error = exc
@@ -48,13 +58,14 @@ class SessionWindows(QtCore.QObject):
     def __init__(self, session: LiveSession, *, participant_windows: bool = True,
                  participant_screens: Mapping[str, int] | None = None,
                  on_note: Callable[[str], None] | None = None,
-                 web_links: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 web_links: Mapping[str, str] | None = None, lsl_gate: ConsumerGate | None = None) -> None:  # fmt: skip
         super().__init__()
         self.session = session
         self.participant_screens = participant_screens
         self.on_note = on_note
-        self.worker = SessionThread(session)
-        self.monitor = MonitorWindow(session, session)
+        self.lsl_gate = lsl_gate
+        self.worker = SessionThread(session, lsl_gate)
+        self.monitor = MonitorWindow(session, session, lsl_gate=lsl_gate)
         if web_links:  # each participant's web display page, as QR codes on the monitor
             add_participant_links(self.monitor, dict(web_links))
         self.windows: list[QtWidgets.QWidget] = [self.monitor]
@@ -101,6 +112,9 @@ class SessionWindows(QtCore.QObject):
     def end(self, reason: str = "monitor closed") -> bool:
         """End the session (recorded as stopped by the experimenter) if it is still running; False when its protocol
         has not started yet (asked again shortly, so an early close still ends it)."""
+        if self.lsl_gate is not None and not self.lsl_gate.is_open:
+            self.lsl_gate.abandon()  # closed before the start: nothing runs
+            return True
         if not self.worker.is_alive():
             return True
         try:
@@ -133,6 +147,9 @@ class SessionWindows(QtCore.QObject):
         self.windows = []
         if self.worker.error is not None:
             raise self.worker.error
+        if not self.worker.result and self.session.runner.state.t is None:  # never started: nothing recorded
+            for sid in self.session.session_ids:
+                self.session.store.end_session(sid, "stopped", "the monitor closed before the session clock started")
         return self.worker.result or self.session.session_ids
 
 
@@ -143,15 +160,18 @@ def run_with_displays(
     participant_screens: Mapping[str, int] | None = None,
     on_note: Callable[[str], None] | None = None,
     web_links: Mapping[str, str] | None = None,
+    lsl_gate: ConsumerGate | None = None,
 ) -> list[int]:
     """Open the experimenter monitor (and a participant display per strap) and run the session to its end.
 
     Participant windows go on the screens `biofeedback.display.screens.place_windows` picks (`participant_screens`:
     {participant: screen number from 1}); what has to share a screen is said through `on_note` and on the monitor's
-    status bar. `web_links`: each participant's web display page, shown as QR codes on the monitor."""
+    status bar. `web_links`: each participant's web display page, shown as QR codes on the monitor. With `lsl_gate`
+    the monitor first shows how many LSL streams have a consumer and starts the session clock when the experimenter
+    says (now, or once N are connected); closed before that, the sessions end `stopped`."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     shown = SessionWindows(session, participant_windows=participant_windows, participant_screens=participant_screens,
-                           on_note=on_note, web_links=web_links)  # fmt: skip
+                           on_note=on_note, web_links=web_links, lsl_gate=lsl_gate)  # fmt: skip
     quit_on_close = app.quitOnLastWindowClosed()
 
     def quit_when_done() -> None:

@@ -4,13 +4,18 @@ The window pulls a `MonitorView` on a timer and updates pre-built plot items in 
 curves, a pool of gap regions and marker lines that are shown or hidden), so a frame costs little even with
 a minute of 130 Hz ECG per strap. Controls go through `SessionControls` only: buttons and keyboard shortcuts
 M (marker with a note), Space (pause/resume), N (skip phase), Ctrl+Q (end session, after confirmation).
+
+With LSL outlets (`--lsl`) and a `ConsumerGate`, a bar above the timeline shows, before the session clock starts,
+how many streams have a consumer, with "Start when N connected" (the `--lsl-wait` wait) and "Start now".
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyqtgraph as pg
@@ -20,6 +25,9 @@ from biofeedback.display.common import start_frame_timer
 from biofeedback.live.view_model import MonitorView, SessionControls, StrapView, ViewSource
 from devices.battery import LOW_BATTERY_PCT, battery_words
 from recordings.privacy import FIXED_MARKER_LABELS
+
+if TYPE_CHECKING:
+    from biofeedback.live.lsl_outlets import ConsumerGate
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +454,54 @@ class ShortcutKeys(QtCore.QObject):
         )
 
 
+class LslStartBar(QtWidgets.QFrame):
+    """Before the session clock starts: LSL streams with a consumer, "Start when N connected", "Start now"."""
+
+    def __init__(self, gate: ConsumerGate, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.gate = gate
+        self.setObjectName("lslStart")
+        self.setStyleSheet(f"#lslStart {{ background: {PANEL}; border-radius: 6px; }}")
+        row = QtWidgets.QHBoxLayout(self)
+        row.setContentsMargins(10, 6, 10, 6)
+        self.status = QtWidgets.QLabel()
+        self.status.setTextFormat(QtCore.Qt.TextFormat.PlainText)
+        self.count = QtWidgets.QSpinBox()
+        self.count.setRange(1, max(1, gate.total))
+        self.count.setValue(gate.waiting_for or gate.total)
+        self.count.setPrefix("N = ")
+        self.count.valueChanged.connect(self._label_buttons)
+        self.when_button = QtWidgets.QPushButton()
+        self.now_button = QtWidgets.QPushButton("Start now")
+        for w in (self.count, self.when_button, self.now_button):
+            w.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)  # Space, M and N keep their meaning
+        self.when_button.clicked.connect(lambda: self.gate.start_when(self.count.value()))
+        self.now_button.clicked.connect(self.gate.start_now)
+        row.addWidget(self.status, 1)
+        row.addWidget(self.count)
+        row.addWidget(self.when_button)
+        row.addWidget(self.now_button)
+        self._label_buttons()
+        self.refresh()
+
+    def _label_buttons(self) -> None:
+        self.when_button.setText(f"Start when {self.count.value()} connected")
+
+    def refresh(self) -> None:
+        """Called every frame until the gate opens; then the bar hides for good."""
+        if self.gate.is_open:
+            self.hide()
+            return
+        have, total = self.gate.consumed(), self.gate.total
+        text = f"Lab Streaming Layer: {have} of {total} streams have a consumer; the session clock has not started"
+        if self.gate.waiting_for is not None:
+            text += f" — starting when {self.gate.waiting_for} are connected"
+        if self.gate.message:
+            text += f" — {self.gate.message}"
+        if self.status.text() != text:
+            self.status.setText(text)
+
+
 class MonitorWindow(QtWidgets.QMainWindow):
     """The experimenter's window; pulls `source.monitor_view()` at `fps` and acts through `controls`."""
 
@@ -455,6 +511,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         controls: SessionControls,
         fps: float = 30.0,
         parent: QtWidgets.QWidget | None = None,
+        lsl_gate: ConsumerGate | None = None,
     ) -> None:
         super().__init__(parent)
         self.source = source
@@ -502,6 +559,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         top.addWidget(self.phase_label, 1)
         top.addWidget(self.clock_label)
         root.addLayout(top)
+        self.lsl_bar = LslStartBar(lsl_gate) if lsl_gate is not None else None
+        if self.lsl_bar is not None:
+            root.addWidget(self.lsl_bar)
         self.alert_label = QtWidgets.QLabel()  # a strap or the store stopped recording (MonitorView.alerts)
         self.alert_label.setTextFormat(QtCore.Qt.TextFormat.PlainText)
         self.alert_label.setWordWrap(True)
@@ -688,6 +748,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
             return
         self._last_error = ""
         self.view = view
+        if self.lsl_bar is not None and not self.lsl_bar.isHidden():
+            self.lsl_bar.refresh()
         self._update_header(view)
         self.timeline.set_view(view)
         self._ensure_panels([s.device_id for s in view.straps])
@@ -732,6 +794,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
             phase = "Protocol finished"
         else:
             phase = "Not started"
+        if v.waiting_for_marker is not None:
+            marker = html.escape(v.waiting_for_marker)
+            phase += f" &nbsp;<span style='color:#d29922'>waiting for marker <b>{marker}</b></span>"
         if v.paused:
             phase += " &nbsp;<span style='color:#d29922'><b>PAUSED</b></span>"
         if self.phase_label.text() != phase:

@@ -6,7 +6,9 @@ nothing within the timeout is refused with one line. Raw first, as with notifica
 as received (the sender's LSL stamps, the samples, and the inlet's `time_correction()` offset from the sender's clock
 to this machine's), and its session time is derived from them: ``t = (stamp + offset − lsl_zero) · rate``, where
 `lsl_zero` is the local LSL time when the session clock read 0 and `rate` the session clock's speed (1 in real time).
-Chunks are pulled without blocking in a task on the session's loop every `poll_s` and once more at the end.
+Chunks are pulled without blocking in a task on the session's loop every `poll_s` and once more at the end. The
+samples of the protocol's `marker_stream` are passed on (after they are stored) to `LiveSession.lsl_marker`, so a
+PsychoPy marker can start or end a phase at its session time.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pylsl
 from pylsl.util import TimeoutError as LslTimeoutError
 
 from biofeedback.live.session import LiveSession, SessionListener
-from recordings.store import StoreWriteError
+from recordings.store import StoreWriteError, lsl_session_time
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class LslInlets(SessionListener):
         self.poll_s = poll_s
         self.streams: list[_Recorded] = []
         self._task: asyncio.Task | None = None
+        self._zero_rate: tuple[float, float] | None = None  # (lsl_zero, rate) once the session clock started
         for name in dict.fromkeys(names):
             found = pylsl.resolve_byprop("name", name, minimum=1, timeout=resolve_timeout_s)
             if not found:
@@ -75,6 +79,7 @@ class LslInlets(SessionListener):
     def session_started(self, session: LiveSession) -> None:
         rate = float(getattr(session.clock, "speed", 1.0))
         lsl_zero = pylsl.local_clock() - session.clock.now() / rate
+        self._zero_rate = (lsl_zero, rate)
         for rec in self.streams:
             i = rec.info
             for sid in session.session_ids:
@@ -103,6 +108,11 @@ class LslInlets(SessionListener):
                 for stream_id in rec.stream_ids:
                     self._session.store.add_lsl_chunk(stream_id, now, rec.offset, stamps, chunk)
                 n += len(stamps)
+                if rec.name == self._session.protocol.marker_stream and self._zero_rate is not None:
+                    zero, rate = self._zero_rate
+                    for stamp, sample in zip(stamps, chunk, strict=True):
+                        t = float(lsl_session_time(np.asarray([stamp]), np.asarray([rec.offset]), zero, rate)[0])
+                        self._session.lsl_marker(rec.name, str(sample[0]) if len(sample) else "", t)
         return n
 
     async def _pump(self) -> None:

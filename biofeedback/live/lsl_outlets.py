@@ -17,7 +17,8 @@ are stamped from the strap's own clock (Polar PMD device time), mapped onto the 
 
 Outlets are created when `LslOutlets` is built, before the session clock starts; `wait_for_consumers(n)` blocks
 until `n` of the streams have a consumer (liblsl says whether a stream has consumers, not how many), so LabRecorder
-can subscribe before `session_start` is pushed. `close()` lets the outlets linger a few seconds so consumers
+can subscribe before `session_start` is pushed; `ConsumerGate` offers the same wait to the monitor's buttons ("Start
+when N connected" / "Start now"). `close()` lets the outlets linger a few seconds so consumers
 receive the last samples and `session_end` before the streams disappear. Pushing only copies into liblsl's queues
 and never blocks the recording loop.
 """
@@ -25,6 +26,7 @@ and never blocks the recording loop.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -171,9 +173,15 @@ class LslOutlets(SessionListener):
         return sum(1 for o in self._outlets if o.have_consumers())
 
     def wait_for_consumers(
-        self, n: int, timeout_s: float, on_progress: Callable[[int], None] | None = None, poll_s: float = 0.05
+        self,
+        n: int,
+        timeout_s: float,
+        on_progress: Callable[[int], None] | None = None,
+        poll_s: float = 0.05,
+        cancel: threading.Event | None = None,
     ) -> bool:
-        """Block until `n` streams have a consumer (call before the session runs); False after `timeout_s`."""
+        """Block until `n` streams have a consumer (call before the session runs); False after `timeout_s` or
+        once `cancel` is set."""
         n = min(n, len(self._outlets))
         deadline = time.monotonic() + timeout_s
         seen = -1
@@ -181,7 +189,7 @@ class LslOutlets(SessionListener):
             if have != seen and on_progress is not None:
                 on_progress(have)
             seen = have
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
                 return False
             time.sleep(poll_s)
         return True
@@ -222,3 +230,79 @@ class LslOutlets(SessionListener):
         self._straps.clear()
         self._outlets.clear()
         self._markers = None  # type: ignore[assignment]
+
+
+class ConsumerGate:
+    """Holds the session clock until the experimenter starts it from the monitor: at once (`start_now`), or once
+    `n` streams have a consumer (`start_when`, the `--lsl-wait` wait, `LslOutlets.wait_for_consumers`, in a thread).
+
+    A wait that times out leaves the gate closed with `message` saying so, for the experimenter to choose again.
+    Thread-safe: the monitor calls it from Qt's thread, the session thread blocks in `wait()`.
+    """
+
+    def __init__(self, outlets: LslOutlets, timeout_s: float = 300.0) -> None:
+        self.outlets = outlets
+        self.timeout_s = timeout_s
+        self.message = ""
+        self.waiting_for: int | None = None
+        """The number of consumed streams being waited for, while a `start_when` wait runs."""
+        self._open = threading.Event()
+        self._abandoned = False
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return len(self.outlets.stream_names)
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    def consumed(self) -> int:
+        return self.outlets.consumed_streams()
+
+    def start_now(self) -> None:
+        """Start the session clock now, whoever is listening."""
+        with self._lock:
+            self._cancel.set()
+            self._open.set()
+
+    def start_when(self, n: int) -> None:
+        """Start the session clock once `n` of the streams have a consumer (a running wait is replaced)."""
+        n = max(1, min(int(n), self.total))
+        with self._lock:
+            if self._open.is_set():
+                return
+            self._cancel.set()
+            cancel = self._cancel = threading.Event()
+            self.waiting_for, self.message = n, ""
+
+        def wait() -> None:
+            if self.outlets.wait_for_consumers(n, self.timeout_s, cancel=cancel):
+                with self._lock:
+                    if not cancel.is_set():
+                        self.waiting_for = None
+                        self._open.set()
+                return
+            with self._lock:
+                if not cancel.is_set():  # timed out (not replaced, not started by hand)
+                    self.waiting_for = None
+                    self.message = (f"only {self.consumed()} of {n} streams had a consumer after "
+                                    f"{self.timeout_s:g} s: start recording in LabRecorder, or start now")  # fmt: skip
+
+        self._thread = threading.Thread(target=wait, name="lsl-consumer-wait", daemon=True)
+        self._thread.start()
+
+    def abandon(self) -> None:
+        """The monitor closed before the start: `wait()` returns False and the session does not run."""
+        with self._lock:
+            self._abandoned = True
+            self._cancel.set()
+            self._open.set()
+
+    def wait(self) -> bool:
+        """Block until the gate opens; False when it was abandoned (nothing is to be recorded)."""
+        self._open.wait()
+        return not self._abandoned

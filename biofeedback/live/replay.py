@@ -3,7 +3,8 @@
 The stored raw packets and link events feed a `devices.replay.ReplayLink`; the protocol is rebuilt from the copy
 stored with the session (`protocol_from_dict`), and the experimenter's stored actions (pause, resume, skip, stop and
 manual markers) are repeated at their stored times, so the replay walks through the same phases at the same session
-times as the recording. Free-text notes are not replayed (they are sensitive and not needed to watch a session).
+times as the recording; so are phase boundaries that another program's LSL marker set (`ended = "marker"`).
+Free-text notes are not replayed (they are sensitive and not needed to watch a session).
 
 Nothing is written to the user's store: the replayed `LiveSession` needs a store of its own (it is the same code as
 a live session), so it records into a private temporary store that is deleted when the replay ends. Pass
@@ -61,6 +62,8 @@ class ReplaySession(LiveSession):
             self.skip_phase()
         elif action.kind == "stop":
             self.end_session(action.label.removeprefix("stopped: ") or "stopped in the recording")
+        elif action.kind == "lsl_marker":
+            self.lsl_marker(self.protocol.marker_stream or "", action.label, action.t)
         else:
             self.add_marker(action.label)
 
@@ -103,7 +106,9 @@ def stored_actions(store: Store, session_id: int) -> list[ReplayAction]:
             out.append(ReplayAction(mk.t, mk.kind, mk.label))
         elif mk.kind == "manual":
             out.append(ReplayAction(mk.t, "marker", mk.label))
-    return out
+        elif mk.kind == "phase_end" and mk.detail.get("ended") == "marker":
+            out.append(ReplayAction(float(mk.detail.get("marker_t", mk.t)), "lsl_marker", str(mk.detail["marker"])))
+    return sorted(out, key=lambda a: a.t)
 
 
 def build_replay(

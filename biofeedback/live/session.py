@@ -377,6 +377,9 @@ class LiveSession:
                     self._phase_ends[mk.phase_index] = mk.t
                 elif mk.kind == "prompt":
                     self._prompt = mk.label
+            if mk.kind == "phase_end" and mk.detail.get("ended") == "marker timeout":
+                self._alert(f"phase {mk.phase_name!r} ended without its marker {mk.detail.get('waited_for')!r}, "
+                            f"{mk.detail.get('timeout_s'):g} s after its planned end")  # fmt: skip
             if self.on_marker is not None:
                 self.on_marker(mk)
             self._notify("marker", mk)
@@ -418,6 +421,18 @@ class LiveSession:
                 self.events.append(SessionEvent(at, "manual", label, pids, EXPERIMENTER))
             detail = {"by": EXPERIMENTER, "target": target}
             self._notify("marker", Marker(at, "manual", None, None, label, detail))  # type: ignore[arg-type]
+
+        self._call(do)
+
+    def lsl_marker(self, stream: str, value: str, t: float) -> None:
+        """A marker `value` at session time `t` on LSL stream `stream` (from `LslInlets`): when it is the protocol's
+        `marker_stream`, it may start or end a phase (`ProtocolRunner.on_marker`)."""
+        if stream != self.protocol.marker_stream:
+            return
+
+        def do() -> None:
+            if self.runner.state.started and not self.runner.state.finished:
+                self._record_markers(self.runner.on_marker(value, t, self.clock.now()))
 
         self._call(do)
 
@@ -743,6 +758,7 @@ class LiveSession:
             alerts=alerts,
             participant_alerts=participant_alerts,
             replay=self.replay,
+            waiting_for_marker=st.waiting_for_marker,
         )
 
     # -- main loop -------------------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ class MonitorView:
     (per-participant ones) with their kind, targets and author; `participant_alerts` the participants paused
     or stopped now; `alerts` lines the experimenter must see at once: a strap or the store stopped recording.
     `replay`: a stored session is being watched; nothing is recorded and the controls do nothing.
+    `waiting_for_marker`: the marker (from the protocol's LSL `marker_stream`) the current phase, past its planned
+    duration, waits for before it ends; None otherwise.
     """
 
     t: float
@@ -191,6 +193,7 @@ class MonitorView:
     events: list[SessionEvent] = field(default_factory=list)
     participant_alerts: list[ParticipantAlert] = field(default_factory=list)
     replay: bool = False
+    waiting_for_marker: str | None = None
 
 
 class SessionControls(Protocol):
