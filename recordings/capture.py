@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,9 +31,10 @@ from devices.errors import MAX_ATTRIBUTE_BYTES
 from .decode import DecodeCounts, decode_packets
 from .files import open_private_for_write
 from .import_formats import ImportFormatError
+from .import_session import importing_session
 from .limits import MAX_RECORDING_S
 from .privacy import exportable_label, fixed_labels
-from .store import IMPORT_BATCH_S, Store, StoreError
+from .store import Store
 
 WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -203,26 +203,25 @@ def import_capture(
         devices = [device]
     elif len(devices) > 1:
         raise ImportFormatError(f"{path}: holds several straps {devices}; import each with --device NAME")
-    sid = store.create_session(
+    with importing_session(
+        store,
         participant_id,
         header.get("protocol_name", "whole"),
         header.get("protocol", WHOLE_PHASE),
         devices[0] or header.get("device") or "capture",
         source="capture",
         settings={"imported_from": Path(path).name},
-        state="importing",
         started_utc=header.get("started_utc"),
         week=header.get("week"),
-    )
-    batch = _Batches(store)
-    try:
+    ) as batch:
+        sid = batch.sid
         gaps = []
         for line in lines:
             if line.event is not None:
                 store.add_link_event(sid, line.t, line.device, line.event, line.reason)
                 if line.event == "disconnected":
                     gaps.append(line.t)
-                batch.maybe_commit()
+                batch.due()
 
         n_packets = sum(1 for line in lines if line.event is None)
 
@@ -233,7 +232,7 @@ def import_capture(
                     if on_packet is not None and done % 1000 == 0:
                         on_packet(done, n_packets)
                     done += 1
-                    batch.maybe_commit()  # between packets: the previous one's decoded rows are written
+                    batch.due()  # between packets: the previous one's decoded rows are written
                     pid = store.add_packet(sid, line.t, line.uuid or "", line.data, line.device)
                     yield pid, line.t, line.uuid or "", line.data
 
@@ -246,36 +245,7 @@ def import_capture(
                              phase_name=m["phase_name"], detail=m["detail"])  # fmt: skip
         if not markers:
             _add_whole_markers(store, sid, lines[0].t, lines[-1].t)
-        store.end_session(sid, "imported")
-    except BaseException:
-        _remove_partial_import(store, sid)
-        raise
     return sid, counts
-
-
-class _Batches:
-    """Commits a long import every `IMPORT_BATCH_S` of wall-clock time, so its hold on the write lock stays short."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.started = time.monotonic()
-
-    def maybe_commit(self) -> None:
-        if time.monotonic() - self.started >= IMPORT_BATCH_S:
-            self.store.flush()
-            self.started = time.monotonic()
-
-
-def _remove_partial_import(store: Store, sid: int) -> None:
-    """Take out what a failed import already committed (if the store still takes writes; else recovery marks it)."""
-    try:
-        with store.transaction():
-            for table in ("beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors",
-                          "markers", "link_events", "packets"):  # fmt: skip
-                store.connection.execute(f"DELETE FROM {table} WHERE session_id=?", (sid,))
-            store.connection.execute("DELETE FROM sessions WHERE id=?", (sid,))
-    except StoreError:
-        pass
 
 
 def _add_whole_markers(store: Store, sid: int, t0: float, t1: float) -> None:
