@@ -99,9 +99,9 @@ def parse_sim_faults(values: Sequence[str], participants: Sequence[str], seed: i
             try:
                 x = float(number)
             except ValueError:
-                x = math.nan
+                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a number") from None
             if not math.isfinite(x):
-                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a finite number") from None
+                raise DeviceSpecError(f"--sim-faults {value!r}: {number!r} is not a finite number")
             if key in _FAULT_KEYS:
                 if not x >= 0:
                     raise DeviceSpecError(f"--sim-faults {value!r}: rates cannot be negative")
