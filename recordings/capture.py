@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
+import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,7 +69,7 @@ CAPTURE_VERSION = 1
 
 def _check_header(obj: dict[str, Any], where: str) -> dict[str, Any]:
     """The header line of an exported capture, checked: what the session ran and when it started."""
-    unknown = set(obj) - {"capture", "protocol_name", "protocol", "started_utc", "device", "week"}
+    unknown = set(obj) - {"capture", "protocol_name", "protocol", "started_utc", "device", "week", "session_uuid"}
     if unknown or obj.get("capture") != CAPTURE_VERSION:
         raise ImportFormatError(f"{where}: not a capture header of version {CAPTURE_VERSION} (fields {sorted(obj)})")
     if not isinstance(obj.get("protocol_name"), str) or not isinstance(obj.get("protocol"), dict):
@@ -82,6 +84,11 @@ def _check_header(obj: dict[str, Any], where: str) -> dict[str, Any]:
     week = obj.get("week")
     if week is not None and (isinstance(week, bool) or not isinstance(week, int) or not 1 <= week < 10**6):
         raise ImportFormatError(f'{where}: "week" must be a whole number ≥ 1')
+    if "session_uuid" in obj:
+        try:
+            obj["session_uuid"] = str(uuidlib.UUID(str(obj["session_uuid"])[:64]))
+        except ValueError:
+            raise ImportFormatError(f'{where}: "session_uuid" is not a UUID') from None
     return obj
 
 
@@ -203,6 +210,12 @@ def import_capture(
         devices = [device]
     elif len(devices) > 1:
         raise ImportFormatError(f"{path}: holds several straps {devices}; import each with --device NAME")
+    same = header.get("session_uuid")
+    if same is not None:
+        row = store.connection.execute("SELECT id FROM sessions WHERE uuid=?", (same,)).fetchone()
+        if row is not None:
+            raise ImportFormatError(f"{path}: this recording is already in the store as session {row[0]} "
+                                    f"(session UUID {same})")  # fmt: skip
     with importing_session(
         store,
         participant_id,
@@ -215,6 +228,8 @@ def import_capture(
         week=header.get("week"),
     ) as batch:
         sid = batch.sid
+        if same is not None:  # the same recording keeps its identity, so a second import is recognised
+            store.connection.execute("UPDATE sessions SET uuid=? WHERE id=?", (same, sid))
         gaps = []
         for line in lines:
             if line.event is not None:
@@ -253,12 +268,21 @@ def _add_whole_markers(store: Store, sid: int, t0: float, t1: float) -> None:
     store.add_marker(sid, t1, "phase_end", "whole", phase_index=0, phase_name="whole", detail={"kind": "rest"})
 
 
+def _session_uuid(store: Store, session_id: int) -> str | None:
+    try:
+        row = store.connection.execute("SELECT uuid FROM sessions WHERE id=?", (session_id,)).fetchone()
+    except sqlite3.OperationalError:  # a store older than schema 4, opened read-only
+        return None
+    return None if row is None or not row[0] else str(row[0])
+
+
 def capture_lines(store: Store, session_id: int, *, include_text: bool = False) -> Iterator[str]:
     """A session as capture lines: its header, then notifications, link events and markers in time order."""
     info = store.session(session_id)
     protocol = store.protocol_dict(session_id)
     header = {"capture": CAPTURE_VERSION, "protocol_name": info.protocol_name, "protocol": protocol,
-              "started_utc": info.started_utc, "device": info.device, "week": info.week}  # fmt: skip
+              "started_utc": info.started_utc, "device": info.device, "week": info.week,
+              "session_uuid": _session_uuid(store, session_id)}  # fmt: skip
     yield json.dumps(header, separators=(",", ":"))
     fixed = fixed_labels(protocol)
     markers = [

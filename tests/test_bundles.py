@@ -28,7 +28,7 @@ from protocols.model import Phase, PhaseKind, Protocol
 from recordings.answers import AnswerStore
 from recordings.backup import backup_store, store_info
 from recordings.bundle import BundleError, DuplicateSessionError, export_bundle, import_bundle, merge_store
-from recordings.capture import export_capture, import_capture
+from recordings.capture import ImportFormatError, export_capture, import_capture
 from recordings.files import OutputExistsError
 from recordings.store import Store, StoreError
 
@@ -423,6 +423,22 @@ def test_capture_round_trip_is_exact(recorded, tmp_path):
             before[table].sort(key=lambda row: row[0])
         assert before[table] == after[table], table
         assert before[table]
+
+
+def test_a_capture_imported_twice_is_refused_by_its_session_uuid(recorded, tmp_path):
+    src, sid = recorded
+    with Store(src, readonly=True) as store:
+        cap = export_capture(store, sid, tmp_path)
+    dst = tmp_path / "b.sqlite"
+    with Store(dst) as store:
+        first, _ = import_capture(store, cap, "P01")
+        before = store.counts(first)
+        with pytest.raises(ImportFormatError, match=f"already in the store as session {first}"):
+            import_capture(store, cap, "P01")
+        assert [s.id for s in store.sessions()] == [first]
+        assert store.counts(first) == before
+    with Store(src) as store, pytest.raises(ImportFormatError, match=f"as session {sid} "):
+        import_capture(store, cap, "P01")  # back into the store it came from: the same recording
 
 
 def test_capture_without_a_header_still_imports_as_one_whole_phase(tmp_path):
