@@ -26,9 +26,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import butter, find_peaks, sosfiltfilt, welch
+from scipy.signal import find_peaks, welch
 
-BREATHING_BAND_HZ = (0.05, 0.7)
+from recordings.breathing import BREATHING_BAND_HZ, project_chest_movement
+
 MIN_DURATION_S = 30.0
 SEGMENT_S = 64.0
 PEAK_HALF_WIDTH_HZ = 0.02
@@ -92,11 +93,5 @@ def _check(samples_mg: np.ndarray, fs_hz: float, axis: int | None) -> np.ndarray
 
 
 def _movement(acc: np.ndarray, fs_hz: float, axis: int | None) -> tuple[np.ndarray, tuple[float, float, float]]:
-    sos = butter(2, BREATHING_BAND_HZ, btype="bandpass", fs=fs_hz, output="sos")
-    filtered = sosfiltfilt(sos, acc - np.median(acc, axis=0), axis=0)
-    if axis is not None:
-        direction = np.eye(3)[axis]
-    else:
-        _, _, vt = np.linalg.svd(filtered - filtered.mean(axis=0), full_matrices=False)
-        direction = vt[0] if vt[0][np.argmax(np.abs(vt[0]))] > 0 else -vt[0]
-    return filtered @ direction, (float(direction[0]), float(direction[1]), float(direction[2]))
+    signal, direction = project_chest_movement(acc, fs_hz, axis=axis)  # the exported waveform's own filter
+    return signal, (float(direction[0]), float(direction[1]), float(direction[2]))
