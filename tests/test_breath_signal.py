@@ -200,3 +200,41 @@ def test_analysis_counts_breaths_and_scores_pacer_compliance(sessions):
     assert results["follows"].acc_breathing_rate_bpm == pytest.approx(6.0, abs=0.3)
     # breathing at 6/min (near resonance) swings heart rate far more per breath than breathing at ~11/min
     assert results["follows"].rsa_p2t_bpm > 2 * results["ignores"].rsa_p2t_bpm
+
+
+def test_breaths_reach_the_long_table_the_report_and_the_terminal(sessions, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    from biofeedback.analysis.analyze import analyze_session
+    from biofeedback.analysis.report import render_report
+    from biofeedback.study.long_table import write_long_table
+
+    store, sid, _strap = sessions["follows"]
+    analysis = analyze_session(store, sid)
+    df = pd.read_csv(write_long_table(store, [sid], tmp_path))
+    table = df.set_index(["phase", "index"]).value
+    for p in analysis.phases:
+        for name in ("rsa_p2t_bpm", "n_breaths", "acc_breathing_rate_bpm", "pacer_compliance_pct", "pacer_rate_bpm"):
+            want = getattr(p, name)
+            assert (np.isnan(table[(p.name, name)]) if want is None else
+                    table[(p.name, name)] == pytest.approx(want, rel=1e-5)), (p.name, name)  # fmt: skip
+    assert "group_sync_r" not in set(df["index"])  # recorded alone
+    html = render_report(store, sid)
+    assert "<h2>Breathing from chest movement</h2>" in html and "<h2>Group synchrony</h2>" not in html
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, str(root / "app.py"), "analyze", str(sid), "--store", str(store.path)],
+                         cwd=root, capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Breathing from chest movement" in out.stdout
+    after = out.stdout[out.stdout.index("Breathing from chest movement"):].splitlines()
+    paced_line = next(line for line in after if line.startswith("│ paced "))
+    cells = [c.strip() for c in paced_line.strip("│").split("│")]
+    p = analysis.phases[1]
+    assert cells == ["paced", "6.0", f"{p.acc_breathing_rate_bpm:.1f}", str(p.n_breaths),
+                     f"{p.pacer_compliance_pct:.0f}", f"{p.rsa_p2t_bpm:.1f}"]  # fmt: skip

@@ -149,3 +149,75 @@ def test_a_session_outside_a_group_is_refused(store):
     store.end_session(sid)
     with pytest.raises(GroupError, match="not recorded as part of a group"):
         group_synchrony(store, sid)
+
+
+# -- in the table export, the report and the command line ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_group(store):
+    return make_group(store, 3, shared=True, seed=4)
+
+
+def test_long_table_carries_group_synchrony_per_session_and_phase(store, shared_group, tmp_path):
+    from biofeedback.study.long_table import write_long_table
+
+    solo = store.create_session("P08", "group-test", {}, "sim-9", source="simulated")
+    store.add_beats(solo, [(float(t), 1000.0 + 30 * np.sin(t), t == 1, 0.05, None) for t in range(1, 121)])
+    store.add_marker(solo, 0.0, "phase_start", "baseline", phase_index=0, phase_name="baseline",
+                     detail={"kind": "rest"})  # fmt: skip
+    store.add_marker(solo, 120.0, "phase_end", "baseline", phase_index=0, phase_name="baseline", detail={})
+    store.end_session(solo)
+    path = write_long_table(store, [*shared_group.values(), solo], tmp_path)
+    df = pd.read_csv(path)
+    expected = group_synchrony(store, shared_group["P01"])
+    for pid, sid in shared_group.items():
+        mine = df[df.session_id == sid].set_index(["phase_index", "index"]).value
+        for ph in expected.phases:
+            if ph.mean_r is None:
+                assert np.isnan(mine[(ph.phase_index, "group_sync_r")])
+                continue
+            assert mine[(ph.phase_index, "group_sync_r")] == pytest.approx(ph.mean_r, abs=1e-5)
+            assert mine[(ph.phase_index, "group_sync_p")] == pytest.approx(ph.p_value, abs=1e-5)
+            assert mine[(ph.phase_index, "group_sync_n")] == 3
+            assert mine[(ph.phase_index, "participant_sync_r")] == pytest.approx(ph.participant_r(pid), abs=1e-5)
+    assert not df[df.session_id == solo]["index"].str.startswith("group_sync").any()
+
+
+def test_report_shows_group_synchrony_only_for_group_sessions(store, shared_group):
+    from biofeedback.analysis.report import synchrony_section
+
+    text = synchrony_section(store, shared_group["P02"], "kubios")
+    assert "<h2>Group synchrony</h2>" in text and "P02&#x27;s mean r" in text and "P01, P02, P03" in text
+    solo = store.create_session("P07", "solo", {}, "sim-1", source="simulated")
+    store.end_session(solo)
+    assert synchrony_section(store, solo, "kubios") == ""
+
+
+def test_cli_analyze_group(store, shared_group):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    store.flush()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(root / "app.py"), "analyze", *args, "--store", str(store.path)],
+                              cwd=root, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    out = run(str(shared_group["P03"]), "--group", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["sessions"] == shared_group and data["seed"] == 0
+    assert [p["name"] for p in data["phases"]] == [name for name, *_ in PHASES]
+    assert data["phases"][1]["p_value"] < 0.05 and len(data["phases"][1]["pairs"]) == 3
+    table = run(str(shared_group["P03"]), "--group")
+    assert table.returncode == 0, table.stderr
+    assert "Group synchrony" in table.stdout and "Pairwise heart-rate correlation" in table.stdout
+    solo = store.create_session("P06", "solo", {}, "sim-1", source="simulated")
+    store.end_session(solo)
+    refused = run(str(solo), "--group")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [f"error: session {solo} was not recorded as part of a group session"]

@@ -196,9 +196,8 @@ def phase_synchrony(
         d = (shifts[:, j] - shifts[:, i]) % length
         ok = n_lag[d] >= min_joint
         z[ok, k] = np.arctanh(np.clip(r_lag[d][ok], -0.999999, 0.999999))
-    with np.errstate(invalid="ignore"):
-        surrogate = np.nanmean(z, axis=1) if len(iu) else np.zeros(0)
-    surrogate = surrogate[np.isfinite(surrogate)]
+    counted = np.isfinite(z).sum(axis=1)
+    surrogate = np.where(np.isfinite(z), z, 0.0).sum(axis=1)[counted > 0] / counted[counted > 0]
     p = float((1 + np.sum(surrogate >= observed)) / (1 + len(surrogate)))
     return (pairs, float(np.tanh(observed)), p, float(np.tanh(surrogate.mean())),
             float(np.tanh(np.percentile(surrogate, 95))))  # fmt: skip
@@ -229,11 +228,14 @@ def lagged_r(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def group_members(store: Store, session_id: int) -> list[SessionInfo]:
-    """The sessions recorded together with `session_id` (itself included), by participant; GroupError if none."""
+    """The finished sessions recorded together with `session_id` (itself included; sessions excluded from the study,
+    `sessions exclude`, left out); GroupError when fewer than two participants remain."""
     info = store.session(session_id)
     if not info.group_id:
         raise GroupError(f"session {session_id} was not recorded as part of a group session")
-    members = [s for s in store.sessions() if s.group_id == info.group_id and s.state != "running"]
+    excluded = store.exclusions("session")
+    members = [s for s in store.sessions() if s.group_id == info.group_id and s.state != "running"
+               and (s.id not in excluded or s.id == session_id)]  # fmt: skip
     if len({s.participant_id for s in members}) < 2:
         raise GroupError(f"session {session_id}'s group {info.group_id} has fewer than two finished participants")
     return members
