@@ -7,7 +7,8 @@ estimate, for a window of samples (n, 3) in mG:
 1. remove each axis's median, then band-pass 0.05-0.7 Hz (3-42 breaths/min): zero-phase 2nd-order Butterworth,
    ``scipy.signal.sosfiltfilt``;
 2. reduce to one chest-movement signal: the given `axis`, or by default the direction of largest band-passed
-   variance (first principal component), since how the strap sits on the chest varies between people;
+   variance (first principal component), since how the strap sits on the chest varies between people (steps 1-2 are
+   `recordings.breathing.project_chest_movement`, the same filter the exported breathing waveform uses);
 3. Welch spectrum of that signal (Hann segments of up to 64 s, half overlap, zero-padded to a 1/512 Hz grid) and
    the dominant frequency within the band; `peak_share` is the share of in-band power within ±0.02 Hz of it, a
    quality figure (a clean breathing signal gives well over 0.4, noise alone about 0.1-0.2);
