@@ -183,6 +183,61 @@ def _print_notes(analysis) -> None:
                                     f"{st['median_delay_s'] * 1000:.0f} ms"))  # fmt: skip
 
 
+def _breath_table(analysis) -> Tabular | None:
+    """Breath by breath from chest movement (ACC): measured rate beside the pacer, compliance, RSA per breath."""
+    if not any(p.n_breaths is not None for p in analysis.phases):
+        return None
+    cols = [("phase", None), ("pacer /min", ".1f"), ("measured /min", ".1f"), ("breaths", "d"),
+            ("on pacer %", ".0f"), ("RSA p–t bpm", ".1f")]  # fmt: skip
+    rows = []
+    for p in analysis.phases:
+        values = [p.name, p.pacer_rate_bpm, p.acc_breathing_rate_bpm, p.n_breaths, p.pacer_compliance_pct,
+                  p.rsa_p2t_bpm]  # fmt: skip
+        rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    from biofeedback.analysis.breath_cycles import COMPLIANCE_TOLERANCE
+
+    title = (f"Breathing from chest movement (on pacer: breaths within ±{COMPLIANCE_TOLERANCE:.0%} of its period; "
+             "RSA: median peak-to-trough HR per breath)")  # fmt: skip
+    return Tabular(title, [c for c, _ in cols], {c for c, spec in cols if spec is not None}, rows)
+
+
+def _synchrony_tables(result) -> tuple[Tabular, Tabular]:
+    """Group synchrony per phase (Fisher-z mean r, surrogate p) and every pair's r."""
+    cols = [("phase", None), ("kind", None), ("participants", "d"), ("pairs", "d"), ("mean r", ".2f"),
+            ("p", ".3f"), ("chance 95% r", ".2f")]  # fmt: skip
+    rows = []
+    for ph in result.phases:
+        values = [ph.name, ph.kind, len(ph.participants), len(ph.pairs), ph.mean_r, ph.p_value, ph.surrogate_95_r]
+        rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    who = ", ".join(f"{pid} (session {sid})" for pid, sid in result.sessions.items())
+    phases = Tabular(f"Group synchrony · group {result.group_id} · {who}", [c for c, _ in cols],
+                     {c for c, spec in cols if spec is not None}, rows)  # fmt: skip
+    pair_rows = [[ph.name, a, b, f"{r:.2f}", f"{s:.0f}"] for ph in result.phases for a, b, r, s in ph.pairs]
+    pairs = Tabular("Pairwise heart-rate correlation", ["phase", "a", "b", "r", "joint s"], {"r", "joint s"}, pair_rows)
+    return phases, pairs
+
+
+def _analyze_group(args: argparse.Namespace) -> int:
+    from biofeedback.analysis.synchrony import SETTINGS, group_synchrony
+
+    with _open_store(args, readonly=True) as store:
+        result = group_synchrony(store, args.session, correction=args.correction)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    phases, pairs = _synchrony_tables(result)
+    if args.csv:
+        _print_tabular(phases, args)
+        return 0
+    _print_tabular(phases)
+    _print_tabular(pairs)
+    for ph in result.phases:
+        for note in ph.notes:
+            console.print(Text.assemble("  ", (f"{ph.name}:", "dim"), f" {note}"))
+    console.print(Text.assemble("  ", ("method:", "dim"), f" {SETTINGS['synchrony']}; seed {result.seed}"))
+    return 0
+
+
 # -- commands --------------------------------------------------------------------------------------------------
 
 
@@ -356,6 +411,8 @@ def cmd_session_run(args: argparse.Namespace) -> int:
             analysis = analyze_session(store, sid)
             _print_tabular(_phase_tabular(analysis))
             _print_tabular(_index_table(analysis))
+            if (breaths := _breath_table(analysis)) is not None:
+                _print_tabular(breaths)
             _print_notes(analysis)
         if problems := session.problems():
             for line in problems:
@@ -580,6 +637,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from biofeedback.analysis.analyze import analyze_session
     from biofeedback.analysis.resonance import assess_session, is_resonance_assessment
 
+    if getattr(args, "group", False):
+        return _analyze_group(args)
     with _open_store(args, readonly=not args.save_resonance) as store:
         analysis = analyze_session(store, args.session, correction=args.correction)
         assessment = None
@@ -597,6 +656,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         else:
             _print_tabular(_phase_tabular(analysis))
             _print_tabular(_index_table(analysis))
+            if (breaths := _breath_table(analysis)) is not None:
+                _print_tabular(breaths)
             _print_notes(analysis)
             if assessment is not None:
                 _print_resonance(assessment)
@@ -1463,6 +1524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
     p.add_argument("--save-resonance", action="store_true",
                    help="resonance assessments: store the named rate for the participant's later sessions")  # fmt: skip
+    p.add_argument("--group", action="store_true",
+                   help="group sessions: per-phase heart-rate synchrony of everyone recorded with SESSION")  # fmt: skip
 
     resonance = sub.add_parser("resonance", help="resonance breathing rate").add_subparsers(dest="sub", required=True)
     p = command(resonance, "save", cmd_resonance_save,

@@ -5,6 +5,7 @@ Layout, per session::
     sub-<label>/ses-<n>/beh/sub-<label>_ses-<n>_task-<protocol>_events.tsv + .json        phases and markers
     sub-<label>/ses-<n>/beh/..._recording-ecg_physio.tsv.gz + .json                       raw ECG (when recorded)
     sub-<label>/ses-<n>/beh/..._recording-ecg_physioevents.tsv.gz + .json                 beats (R times, RR ms)
+    sub-<label>/ses-<n>/beh/..._recording-resp_physio.tsv.gz + .json                      breathing (when ACC recorded)
 
 Choices (documented in the dataset's README as well):
 
@@ -41,6 +42,9 @@ Choices (documented in the dataset's README as well):
 - Sessions without ECG get `..._recording-rr_physio.tsv.gz`, the RR interval in progress sampled at 4 Hz (n/a
   where data were lost), with the beats as its `physioevents`: a BIDS `physioevents` file must belong to a `physio`
   file.
+- Sessions with the strap's accelerometer get `..._recording-resp_physio.tsv.gz`: the chest-movement breathing waveform
+  (`recordings.breathing`: principal movement axis, band-pass 0.05-0.7 Hz, 25 Hz) in the BIDS column `respiratory`,
+  m/s², with a `timestamp` column on the session clock; rows where the accelerometer was lost are `n/a`.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from .breathing import BREATHING_BAND_HZ, MG_TO_M_S2, MIN_STRETCH_S, breathing_waveform
 from .ecg_time import map_ecg_chunks
 from .files import OutputExistsError, open_private_for_write, remove_stale
 from .privacy import exportable_label, fixed_labels
@@ -340,6 +345,49 @@ def _ecg_files(
     return tl
 
 
+def _resp_files(
+    store: Store, info: SessionInfo, stem: str, dest: Path, overwrite: bool, written: list[Path], extra: dict[str, Any]
+) -> None:
+    """With ACC: the chest-movement breathing waveform as `recording-resp` physio (column `respiratory`, m/s²)."""
+    chunks = store.acc_chunks(info.id)
+    if not chunks:
+        return
+    acc = map_ecg_chunks(chunks)
+    wf = breathing_waveform(acc)
+    lines = [f"{t:.6f}\t{_num(v * MG_TO_M_S2, '.7f')}" for t, v in zip(wf.t.tolist(), wf.values.tolist(), strict=True)]
+    _write_gz(dest / f"{stem}_recording-resp_physio.tsv.gz", "\n".join(lines) + "\n", overwrite, written)
+    lo, hi = BREATHING_BAND_HZ
+    sidecar = {
+        "TaskName": info.protocol_name,
+        "SamplingFrequency": wf.fs_hz,
+        "StartTime": round(wf.t0, 6),
+        "Columns": ["timestamp", "respiratory"],
+        "PhysioType": "generic",
+        "Manufacturer": MANUFACTURER if "polar" in info.device.lower() or "h10" in info.device.lower() else "n/a",
+        "ManufacturersModelName": info.device,
+        **_device_fields(info, extra),
+        "SoftwareVersions": GENERATOR["Version"],
+        "RecordingType": "continuous",
+        "timestamp": {"Description": "Sample time on the session clock (0 = session start)", "Units": "s"},
+        "respiratory": {
+            "LongName": "Respiration (chest movement)",
+            "Description": "Breathing waveform from the chest strap's accelerometer: per gap-free stretch, each axis's "
+            f"median removed, zero-phase 2nd-order Butterworth band-pass {lo:g}-{hi:g} Hz, projected onto the "
+            "direction of largest band-passed variance (its sign is arbitrary: no inhale/exhale reference), "
+            f"linearly resampled; n/a where the accelerometer was lost or a stretch was shorter than "
+            f"{MIN_STRETCH_S:g} s",
+            "Units": "m/s^2",
+        },
+        "DeviceClock": {
+            "NominalSamplingFrequency": acc.nominal_fs_hz,
+            "DeviceSamplingFrequency": round(acc.fs_device_hz, 6),
+            "DriftPpm": round(acc.drift_ppm, 3),
+            "Segments": acc.n_segments,
+        },
+    }
+    _write(dest / f"{stem}_recording-resp_physio.json", _json_text(sidecar), overwrite, written)
+
+
 def _beat_lines(beats) -> list[str]:
     return [
         f"{t:.6f}\t0\t{rr:.3f}\t{int(g)}"
@@ -404,7 +452,7 @@ def _beats_sidecar(onset_source: str, task: str) -> dict[str, Any]:
 
 # -- streams recorded with --lsl-in --------------------------------------------------------------------------------
 
-_RESERVED_RECORDINGS = {"ecg", "rr"}
+_RESERVED_RECORDINGS = {"ecg", "rr", "resp"}
 
 
 def _is_marker_stream(stream: LslStream, samples: LslSamples) -> bool:
@@ -423,7 +471,7 @@ def lsl_marker_streams(store: Store, session_id: int) -> list[tuple[LslStream, L
 
 def lsl_physio_streams(store: Store, session_id: int) -> list[tuple[LslStream, LslSamples, str]]:
     """The session's numeric LSL streams with at least two samples, each with its `recording-<label>`: the stream
-    name's letters and digits (lower case `ecg`/`rr` and repeated labels get the stream's id appended)."""
+    name's letters and digits (`ecg`, `rr`, `resp` and repeated labels get the stream's id appended)."""
     out: list[tuple[LslStream, LslSamples, str]] = []
     used = set(_RESERVED_RECORDINGS)
     for stream in store.lsl_streams(session_id):
@@ -543,6 +591,8 @@ def _expected_files(store: Store, info: SessionInfo, stem: str) -> set[str]:
     for _stream, _samples, label in lsl_physio_streams(store, info.id):
         names |= {f"{stem}_recording-{label}_physio.tsv.gz", f"{stem}_recording-{label}_physio.json"}
     counts = store.counts(info.id)
+    if counts["acc_chunks"]:
+        names |= {f"{stem}_recording-resp_physio.tsv.gz", f"{stem}_recording-resp_physio.json"}
     if counts["ecg_chunks"]:
         rec = "ecg"
     elif counts["beats"]:
@@ -637,6 +687,7 @@ def _session_files(
         _rr_files(info, beats, stem, dest, True, written, info_fields)
     for stream, samples, label in lsl_physio_streams(store, session_id):
         _lsl_physio_files(info, stream, samples, f"{stem}_recording-{label}", dest, written, info_fields)
+    _resp_files(store, info, stem, dest, True, written, info_fields)
     fixed = fixed_labels(store.protocol_dict(session_id))
     rows = _event_rows(store, session_id, store.markers(session_id), tl.gaps if tl else [], include_text, fixed)
     _write(dest / f"{stem}_events.tsv", _tsv_text(EVENT_COLUMNS, rows), True, written)
@@ -673,6 +724,8 @@ Heart-rate-variability biofeedback sessions recorded with a chest strap during s
 - Streams of other programs recorded over Lab Streaming Layer (`--lsl-in`): numeric ones in
   `*_recording-<stream>_physio.tsv.gz` (a `timestamp` column, then the stream's channels); markers (e.g. PsychoPy)
   in `*_events.tsv` as trial_type `lsl_marker` (the marker in `value`, the stream in `lsl_stream`).
+- `*_recording-resp_physio.tsv.gz` (sessions with the strap's accelerometer): the chest-movement breathing waveform
+  (column `respiratory`, m/s², 25 Hz; its sign is arbitrary), n/a where the accelerometer was lost.
 - Time zero of all files is the session start (`acq_time` in `sub-<label>_sessions.tsv`). ECG times are the strap's
   clock mapped onto the session clock with drift correction; lost ECG is `n/a`, never interpolated.
 - Participant labels are the pseudonymous IDs of the recorder without separators (P-01 -> P01); `session_id`

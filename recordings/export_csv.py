@@ -1,4 +1,5 @@
-"""Tidy CSV export of a session: beats.csv, markers.csv, (given by the caller) phases.csv, and one
+"""Tidy CSV export of a session: beats.csv, markers.csv, (given by the caller) phases.csv, resp.csv (with the strap's
+accelerometer: the chest-movement breathing waveform of `recordings.breathing`, 25 Hz, m/s², empty where lost), and one
 `lsl_<stream name>.csv` per Lab Streaming Layer stream recorded with `--lsl-in` (session time, the sender's LSL
 stamp, one column per channel named by the stream's channel labels).
 
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .breathing import MG_TO_M_S2, breathing_waveform
+from .ecg_time import map_ecg_chunks
 from .files import OutputExistsError, clean_partials, open_private_for_write
 from .privacy import exportable_label, fixed_labels
 from .store import LslStream, Store
@@ -60,6 +63,8 @@ def export_csv(
     out_dir = Path(out_dir)
     names = ["beats.csv", "markers.csv"] + (["phases.csv"] if phases is not None else [])
     names += ["notes.csv"] if include_text else []
+    acc_chunks = store.acc_chunks(session_id)
+    names += ["resp.csv"] if acc_chunks else []
     streams = store.lsl_streams(session_id)
     names += [lsl_file_name(st) for st in streams]
     clean_partials(out_dir, names)
@@ -125,6 +130,19 @@ def export_csv(
                 (
                     (info.participant_id, session_id, f"{t:.6f}", f"{lsl:.6f}", *values)
                     for t, lsl, values in zip(samples.t, samples.lsl_t, samples.values, strict=True)
+                ),
+                overwrite,
+            )
+        )
+    if acc_chunks:
+        wf = breathing_waveform(map_ecg_chunks(acc_chunks))
+        written.append(
+            _write_csv(
+                out_dir / "resp.csv",
+                ["participant_id", "session_id", "t_s", "resp_m_s2"],
+                (
+                    (info.participant_id, session_id, f"{t:.6f}", "" if v != v else f"{v * MG_TO_M_S2:.7f}")
+                    for t, v in zip(wf.t.tolist(), wf.values.tolist(), strict=True)
                 ),
                 overwrite,
             )

@@ -11,7 +11,11 @@ Choices:
 - `ECG chest` holds the stored samples unchanged, on the drift-corrected session clock (`ecg_time`); its sampling
   frequency is the *estimated true* rate (e.g. 130.16 Hz for an H10, not the nominal 130).
 - `MISC RR` is the strap's RR interval in progress (step function of the beats) at the ECG's rate, so no reader
-  resamples one channel to the other's rate; without ECG it is the only channel, at 4 Hz.
+  resamples one channel to the other's rate; without ECG it is at 4 Hz (25 Hz when there is a `Resp chest`).
+- `Resp chest` (type resp, m/s²), when the strap's accelerometer was recorded: the chest-movement breathing waveform
+  (`recordings.breathing`: principal movement axis, band-pass 0.05-0.7 Hz, sign arbitrary) evaluated on the same
+  sample grid as the other channels (the ECG's rate, else 25 Hz in records of exactly 1 s); a `Resp gap` annotation
+  marks where the accelerometer was lost.
 - No data (before the first sample, lost frames, no beat covering the time, the padding after the end) is the
   channel's *physical minimum* (its digital minimum −32768), a value no stored sample takes: for ECG −B µV where B
   lies above the recording's largest |sample|, for RR −1 ms. Each such stretch is also an `ECG gap` / `RR gap`
@@ -36,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from edfio import Edf, EdfAnnotation, EdfSignal, Patient, Recording
 
+from .breathing import MG_TO_M_S2, WAVEFORM_FS_HZ, breathing_waveform
 from .ecg_time import map_ecg_chunks
 from .files import open_private_for_write
 from .rr_series import RR_SERIES_FS_HZ, rr_step_series
@@ -43,6 +48,7 @@ from .store import Store
 
 ECG_LABEL = "ECG chest"
 RR_LABEL = "MISC RR"
+RESP_LABEL = "Resp chest"
 RR_NO_DATA_MS = -1.0
 """RR value (the channel's physical minimum) where no beat covers the time."""
 MAX_RECORD_BYTES = 61_440
@@ -143,8 +149,10 @@ def export_edf(
     info = store.session(session_id)
     beats = store.beats(session_id)
     chunks = store.ecg_chunks(session_id)
-    if not chunks and not len(beats.t):
-        raise EdfExportError(f"session {session_id} has neither ECG nor beats: nothing to put in an EDF file")
+    acc_chunks = store.acc_chunks(session_id)
+    acc = map_ecg_chunks(acc_chunks) if acc_chunks else None
+    if not chunks and not len(beats.t) and acc is None:
+        raise EdfExportError(f"session {session_id} has neither ECG nor beats (nor ACC): nothing to put in an EDF file")
     annotations = edf_annotations(store, session_id, include_text)
     ecg = None
     if chunks:
@@ -155,8 +163,11 @@ def export_edf(
         ecg = np.concatenate([np.full(lead, np.nan), grid])
         data_end = len(ecg) / fs
     else:
-        duration, per_record, fs = 1.0, int(RR_SERIES_FS_HZ), RR_SERIES_FS_HZ
+        rate = WAVEFORM_FS_HZ if acc is not None else RR_SERIES_FS_HZ
+        duration, per_record, fs = 1.0, int(rate), rate
         data_end = 0.0
+    if acc is not None:
+        data_end = max(data_end, float(acc.t[-1]))
     if len(beats.t):
         data_end = max(data_end, float(beats.t[-1]))
     ann_end = max((a.onset + (a.duration or 0.0) for a in annotations), default=0.0)
@@ -190,6 +201,19 @@ def export_edf(
                 np.nan_to_num(rr, nan=RR_NO_DATA_MS), fs, label=RR_LABEL, physical_dimension="ms",
                 physical_range=(RR_NO_DATA_MS, top), transducer_type="strap RR intervals",
                 prefiltering="step function of the beats; no data = physical minimum (-1 ms)",
+            )
+        )  # fmt: skip
+    if acc is not None:
+        resp = breathing_waveform(acc, fs, start_s=0.0, n=n).values * MG_TO_M_S2
+        annotations += _gap_annotations(resp, fs, "Resp gap")
+        present = resp[~np.isnan(resp)]
+        peak = float(np.max(np.abs(present))) if len(present) else 0.0
+        bound = max(0.01, math.ceil(1.1 * peak / 0.01) * 0.01)  # > peak: −bound is never a sample
+        signals.append(
+            EdfSignal(
+                np.nan_to_num(resp, nan=-bound), fs, label=RESP_LABEL, physical_dimension="m/s^2",
+                physical_range=(-bound, bound), transducer_type="chest strap accelerometer",
+                prefiltering="HP:0.05Hz LP:0.7Hz principal axis; no data = physical minimum",
             )
         )  # fmt: skip
     start = datetime.fromisoformat(info.started_utc)

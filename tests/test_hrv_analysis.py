@@ -16,7 +16,7 @@ EXPECTED_KEYS = {
     "name", "kind", "start_s", "end_s", "n_beats", "corrected_pct", "mean_hr_bpm", "rmssd_ms", "sdnn_ms",
     "pnn50_pct", "lf_ms2", "hf_ms2", "lf_peak_hz", "breathing_rate_bpm", "breathing_rate_source", "notes",
     "sd1_ms", "sd2_ms", "dfa_alpha1", "sample_entropy", "stress_index", "lf_nu", "hf_nu", "coherence_ratio",
-    "coherence_index",
+    "coherence_index", "acc_breathing_rate_bpm", "pacer_rate_bpm", "n_breaths", "rsa_p2t_bpm", "pacer_compliance_pct",
 }  # fmt: skip
 
 

@@ -199,7 +199,7 @@ def test_export_all_as_one_long_table_read_back_by_pandas(tmp_path, capsys) -> N
 
     import app
     from biofeedback.analysis.analyze import analyze_session
-    from biofeedback.study.long_table import COLUMNS, INDICES
+    from biofeedback.study.long_table import COLUMNS, INDICES, SYNC_INDICES
     from recordings.store import Store
 
     store = ["--store", str(tmp_path / "s.sqlite")]
@@ -218,7 +218,8 @@ def test_export_all_as_one_long_table_read_back_by_pandas(tmp_path, capsys) -> N
         sid = sessions[0].id
         analysis = analyze_session(s, sid)
     n_phases = len(analysis.phases)
-    assert len(df[df["session_id"] == sid]) == n_phases * len(INDICES)
+    grouped = sessions[0].group_id is not None  # simulated weeks are group sessions: synchrony rows too
+    assert len(df[df["session_id"] == sid]) == n_phases * (len(INDICES) + (len(SYNC_INDICES) if grouped else 0))
     wide = df[df["session_id"] == sid].pivot(index="phase_index", columns="index", values="value")
     for window, p in zip(analysis.windows, analysis.phases, strict=True):
         for name in ("rmssd_ms", "sd1_ms", "dfa_alpha1", "coherence_ratio", "lf_nu"):

@@ -7,7 +7,8 @@ estimate, for a window of samples (n, 3) in mG:
 1. remove each axis's median, then band-pass 0.05-0.7 Hz (3-42 breaths/min): zero-phase 2nd-order Butterworth,
    ``scipy.signal.sosfiltfilt``;
 2. reduce to one chest-movement signal: the given `axis`, or by default the direction of largest band-passed
-   variance (first principal component), since how the strap sits on the chest varies between people;
+   variance (first principal component), since how the strap sits on the chest varies between people (steps 1-2 are
+   `recordings.breathing.project_chest_movement`, the same filter the exported breathing waveform uses);
 3. Welch spectrum of that signal (Hann segments of up to 64 s, half overlap, zero-padded to a 1/512 Hz grid) and
    the dominant frequency within the band; `peak_share` is the share of in-band power within ±0.02 Hz of it, a
    quality figure (a clean breathing signal gives well over 0.4, noise alone about 0.1-0.2);
@@ -26,9 +27,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import butter, find_peaks, sosfiltfilt, welch
+from scipy.signal import find_peaks, welch
 
-BREATHING_BAND_HZ = (0.05, 0.7)
+from recordings.breathing import BREATHING_BAND_HZ, project_chest_movement
+
 MIN_DURATION_S = 30.0
 SEGMENT_S = 64.0
 PEAK_HALF_WIDTH_HZ = 0.02
@@ -92,11 +94,5 @@ def _check(samples_mg: np.ndarray, fs_hz: float, axis: int | None) -> np.ndarray
 
 
 def _movement(acc: np.ndarray, fs_hz: float, axis: int | None) -> tuple[np.ndarray, tuple[float, float, float]]:
-    sos = butter(2, BREATHING_BAND_HZ, btype="bandpass", fs=fs_hz, output="sos")
-    filtered = sosfiltfilt(sos, acc - np.median(acc, axis=0), axis=0)
-    if axis is not None:
-        direction = np.eye(3)[axis]
-    else:
-        _, _, vt = np.linalg.svd(filtered - filtered.mean(axis=0), full_matrices=False)
-        direction = vt[0] if vt[0][np.argmax(np.abs(vt[0]))] > 0 else -vt[0]
-    return filtered @ direction, (float(direction[0]), float(direction[1]), float(direction[2]))
+    signal, direction = project_chest_movement(acc, fs_hz, axis=axis)  # the exported waveform's own filter
+    return signal, (float(direction[0]), float(direction[1]), float(direction[2]))

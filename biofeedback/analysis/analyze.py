@@ -6,6 +6,9 @@ phase keeps the pacer rate, with a note when the participant breathed at a clear
 put on the session clock exactly like ECG samples (`recordings.ecg_time.map_ecg_chunks`: device-clock spacing,
 lower envelope of arrival times, new stretch at every device-time jump), and only the longest stretch within the
 phase is used. A rate whose spectral peak holds less than `MIN_ACC_PEAK_SHARE` of the band power is not trusted.
+A phase whose rate is trusted also gets its breath cycles from the chest-movement waveform (`recordings.breathing`):
+breaths counted, RSA per breath (median peak-to-trough HR) and, when paced, the share of breaths that follow the
+pacer (`breath_cycles`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from biofeedback.analysis.acc_breathing import breathing_rate_from_acc
-from biofeedback.analysis.hrv import PhaseMetrics, analyze_phases
+from biofeedback.analysis.breath_cycles import phase_breaths
+from biofeedback.analysis.hrv import PhaseMetrics, analyze_phases, corrected_beats
 from biofeedback.analysis.indices import INDEX_SETTINGS
+from recordings.breathing import breathing_waveform
 from recordings.ecg_time import EcgTimeError, EcgTimeline, map_ecg_chunks
 from recordings.store import SessionInfo, Store
 
@@ -159,6 +164,7 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
             metrics.notes.append(f"phase {window.ended} before its planned end")
         if window.paused_s > 0:
             metrics.notes.append(f"includes {window.paused_s:.0f} s of pause")
+    _add_breaths(phases, windows, acc, [rate for rate, _ in acc_results], beats, correction)
     counts = store.counts(session_id)
     lags = beats.arrival_lag_s
     quality = {
@@ -174,3 +180,24 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
         "beat_stretches": store.beat_stretches(session_id),
     }
     return SessionAnalysis(info, correction, phases, windows, quality)
+
+
+def _add_breaths(phases: list[PhaseMetrics], windows: list[PhaseWindow], acc: EcgTimeline | None,
+                 acc_rates: list[float | None], beats, correction: str) -> None:
+    """The pacer rate of every phase; with chest movement, the measured rate, RSA per breath and pacer compliance
+    (`breath_cycles`) of each phase whose breathing rhythm `phase_acc_rate` trusted."""
+    for metrics, window in zip(phases, windows, strict=True):
+        metrics.pacer_rate_bpm = window.pacer_rate_bpm
+    if acc is None or not any(r is not None for r in acc_rates) or not len(beats.t):
+        return
+    waveform = breathing_waveform(acc)
+    nn = corrected_beats(beats.t, beats.rr_ms, correction, beats.gap_before)  # type: ignore[arg-type]
+    for metrics, window, rate in zip(phases, windows, acc_rates, strict=True):
+        if rate is None:
+            continue
+        metrics.acc_breathing_rate_bpm = rate
+        breaths = phase_breaths(waveform, nn, window.start_s, window.end_s, rate, window.pacer_rate_bpm)
+        metrics.n_breaths = len(breaths.cycles)
+        metrics.rsa_p2t_bpm = breaths.rsa_p2t_bpm
+        metrics.pacer_compliance_pct = breaths.pacer_compliance_pct
+        metrics.notes.extend(breaths.notes)

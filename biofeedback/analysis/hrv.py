@@ -118,6 +118,12 @@ class PhaseMetrics:
     coherence_ratio: float | None = None
     coherence_index: float | None = None
     notes: list[str] = field(default_factory=list)
+    # breath by breath from chest movement (`breath_cycles`; set by `analyze`, None without ACC)
+    acc_breathing_rate_bpm: float | None = None
+    pacer_rate_bpm: float | None = None
+    n_breaths: int | None = None
+    rsa_p2t_bpm: float | None = None
+    pacer_compliance_pct: float | None = None
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (floats, None for missing values)."""

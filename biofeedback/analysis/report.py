@@ -27,8 +27,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from biofeedback.analysis.analyze import SessionAnalysis, analyze_session
+from biofeedback.analysis.breath_cycles import COMPLIANCE_TOLERANCE
 from biofeedback.analysis.hrv import SLOW_BREATHING_BPM, PhaseMetrics, corrected_beats
 from biofeedback.analysis.indices import RMSSD_STEP_S, RMSSD_WINDOW_S, rmssd_over_time
+from biofeedback.analysis.synchrony import N_SURROGATES, GroupError, group_synchrony
 from recordings.files import open_private_for_write
 from recordings.privacy import exportable_label, fixed_labels
 from recordings.store import Store
@@ -369,6 +371,50 @@ def index_table(phases: list[PhaseMetrics]) -> str:
     )  # fmt: skip
 
 
+def _table(head: tuple[str, ...], rows: list[list[str]]) -> str:
+    return (
+        "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        + "</tbody></table>"
+    )  # fmt: skip
+
+
+def breath_section(phases: list[PhaseMetrics]) -> str:
+    """Breath by breath from chest movement (ACC): empty when no phase has it."""
+    if not any(p.n_breaths is not None for p in phases):
+        return ""
+    head = ("phase", "pacer /min", "measured /min", "breaths", "breaths on the pacer %", "RSA per breath bpm")
+    rows = [[p.name, _f(p.pacer_rate_bpm), _f(p.acc_breathing_rate_bpm), "–" if p.n_breaths is None else
+             str(p.n_breaths), _f(p.pacer_compliance_pct, ".0f"), _f(p.rsa_p2t_bpm)] for p in phases]  # fmt: skip
+    return f"""<section><h2>Breathing from chest movement</h2>{_table(head, rows)}
+<p class="method">From the strap's accelerometer: the chest-movement waveform (principal movement axis, band-pass
+0.05–0.7 Hz), its breath cycles from trough to trough. Breaths on the pacer: the share of breaths whose length is within
+±{COMPLIANCE_TOLERANCE:.0%} of the pacer's period. RSA per breath: the median over breaths of the highest minus the
+lowest heart rate within each breath (peak-to-trough, Grossman et al. 1990).</p></section>
+"""
+
+
+def synchrony_section(store: Store, session_id: int, correction: str) -> str:
+    """Group synchrony of the group session this session belongs to: empty for a session recorded alone."""
+    try:
+        result = group_synchrony(store, session_id, correction=correction)
+    except GroupError:
+        return ""
+    me = store.session(session_id).participant_id
+    head = ("phase", "participants", "group mean r", "p (surrogates)", "chance 95% r", f"{me}'s mean r")
+    rows = [[ph.name, str(len(ph.participants)), _f(ph.mean_r, ".2f"), _f(ph.p_value, ".3f"),
+             _f(ph.surrogate_95_r, ".2f"), _f(ph.participant_r(me) if ph.pairs else None, ".2f")]
+            for ph in result.phases]  # fmt: skip
+    who = ", ".join(html.escape(p) for p in result.sessions)
+    return f"""<section><h2>Group synchrony</h2>{_table(head, rows)}
+<p class="method">Recorded together with: {who}. Per phase, the Pearson correlation of every pair's heart rate on the
+shared clock (4 Hz, linear trend and components slower than 0.02 Hz removed), their Fisher-z mean, and the one-sided
+p of exceeding chance: the share of {N_SURROGATES} surrogate groups, each heart shifted in time by its own random lag
+(seed {result.seed}), whose mean reached the observed one. A shared pacer or prompt is a legitimate common cause.</p>
+</section>
+"""
+
+
 def render_report(
     store: Store,
     session_id: int,
@@ -393,6 +439,7 @@ def render_report(
     step(REPORT_STEPS[4])
     soothing = soothing_figure(phases)
     step(REPORT_STEPS[5])
+    extra_html = breath_section(phases) + synchrony_section(store, session_id, correction)
     q = a.quality
     duration = (a.windows[-1].end_s - a.windows[0].start_s) if a.windows else 0.0
     lag = q.get("median_arrival_lag_s")
@@ -455,6 +502,7 @@ spectrum (an estimate: Mayer waves, talking or movement can mislead it).</p></se
 <p class="caption">Each phase's RMSSD and HF power as a percentage of the baseline phase (100 %). When breathing is
 slower than {SLOW_BREATHING_BPM:g}/min, respiratory sinus arrhythmia moves into the LF band and HF power no longer
 reflects vagal activity (hatched).</p></section>
+{extra_html}
 {notes_html}
 <footer>Generated {generated} by cmt-biofeedback · pseudonymous data only · keep this file private</footer>
 </main></body></html>

@@ -2,7 +2,8 @@
 
 One row per session × phase × index: participant, session, week, protocol, start (UTC), correction, phase (index,
 name, kind, start/end s), index name, value (empty when missing), unit and the settings used for that index.
-The week is the session's study week as recorded when it started (`SessionInfo.week`).
+The week is the session's study week as recorded when it started (`SessionInfo.week`). A session recorded in a
+group session also gets its phases' group synchrony (`SYNC_INDICES`, from `biofeedback.analysis.synchrony`).
 Plain CSV (UTF-8, comma, header row, `.` decimals); no free
 text: the automatic quality notes stay in `analyze` and the report.
 """
@@ -15,10 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from biofeedback.analysis.analyze import analyze_session
+from biofeedback.analysis.breath_cycles import COMPLIANCE_TOLERANCE
 from biofeedback.analysis.hrv import MIN_LF_WINDOW_S, MIN_SHORT_WINDOW_S
 from biofeedback.analysis.indices import INDEX_SETTINGS
+from biofeedback.analysis.synchrony import SETTINGS as SYNC_SETTINGS
+from biofeedback.analysis.synchrony import GroupError, PhaseSynchrony, group_synchrony
 from recordings.files import write_private_text
-from recordings.store import Store
+from recordings.store import SessionInfo, Store
 
 _TIME = f"time domain over NN in gap-free runs; needs >= {MIN_SHORT_WINDOW_S:.0f} s"
 _FREQ = "Welch PSD of the 4 Hz tachogram, longest gap-free run, absolute"
@@ -42,6 +46,17 @@ INDICES: dict[str, tuple[str, str]] = {
     "stress_index": ("", INDEX_SETTINGS["stress_index"]),
     "coherence_ratio": ("", INDEX_SETTINGS["coherence_ratio"]),
     "coherence_index": ("", INDEX_SETTINGS["coherence_index"]),
+    "pacer_rate_bpm": ("1/min", "the protocol's pacer rate (empty: no pacer)"),
+    "acc_breathing_rate_bpm": ("1/min", "breaths counted in the chest movement (ACC), paced or not"),
+    "n_breaths": ("count", "complete breath cycles (trough to trough) in the chest-movement waveform"),
+    "rsa_p2t_bpm": ("1/min", "RSA per breath: median over breaths of max - min HR within the breath (peak-valley)"),
+    "pacer_compliance_pct": ("%", f"breaths within ±{COMPLIANCE_TOLERANCE:.0%} of the pacer's period"),
+}
+SYNC_INDICES: dict[str, tuple[str, str]] = {
+    "group_sync_r": ("", "group session: Fisher-z mean of pairwise HR correlations; " + SYNC_SETTINGS["synchrony"]),
+    "group_sync_p": ("", "group session: one-sided surrogate p of group_sync_r exceeding chance"),
+    "group_sync_n": ("count", "group session: participants with beats in the phase"),
+    "participant_sync_r": ("", "group session: Fisher-z mean of this participant's pairwise HR correlations"),
 }
 COLUMNS = ["participant", "session_id", "week", "protocol", "started_utc", "correction", "phase_index", "phase",
            "phase_kind", "phase_start_s", "phase_end_s", "index", "value", "unit", "settings"]  # fmt: skip
@@ -54,19 +69,55 @@ def long_table(
     """The long table of the given sessions (an unfinished, still running session is left out); `on_session(id)`
     after each session, for progress."""
     rows = []
+    groups: dict[str, dict[int, PhaseSynchrony]] = {}
     for sid in session_ids:
         info = store.session(sid)
         if info.state != "running":
-            analysis = analyze_session(store, sid, correction=correction)
-            for metrics, window in zip(analysis.phases, analysis.windows, strict=True):
-                for name, (unit, setting) in INDICES.items():
-                    rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
-                                 correction, window.index, metrics.name, metrics.kind, metrics.start_s,
-                                 metrics.end_s, name, getattr(metrics, name), unit, setting])  # fmt: skip
+            rows += _session_rows(store, info, correction, groups)
         if on_session is not None:
             on_session(sid)
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.astype({"week": "Int64", "value": "float64"})
+
+
+def _session_rows(store: Store, info: SessionInfo, correction: str,
+                  groups: dict[str, dict[int, PhaseSynchrony]]) -> list[list]:
+    """One session's rows: every index of every phase, and the group synchrony indices for a group session."""
+    rows = []
+    sid = info.id
+    analysis = analyze_session(store, sid, correction=correction)
+    sync = _group_phases(store, sid, info.group_id, correction, groups)
+    for metrics, window in zip(analysis.phases, analysis.windows, strict=True):
+        for name, (unit, setting) in INDICES.items():
+            rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
+                         correction, window.index, metrics.name, metrics.kind, metrics.start_s, metrics.end_s,
+                         name, getattr(metrics, name), unit, setting])  # fmt: skip
+        if sync is None:
+            continue
+        ph = sync.get(window.index)
+        values = {"group_sync_r": ph.mean_r, "group_sync_p": ph.p_value, "group_sync_n": len(ph.participants),
+                  "participant_sync_r": ph.participant_r(info.participant_id) if ph.pairs else None,
+                  } if ph is not None else {}  # fmt: skip
+        for name, (unit, setting) in SYNC_INDICES.items():
+            rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
+                         correction, window.index, metrics.name, metrics.kind, metrics.start_s, metrics.end_s,
+                         name, values.get(name), unit, setting])  # fmt: skip
+    return rows
+
+
+def _group_phases(store: Store, session_id: int, group_id: str | None, correction: str,
+                  cache: dict[str, dict[int, PhaseSynchrony]]) -> dict[int, PhaseSynchrony] | None:
+    """Synchrony per phase index of the session's group (computed once per group), None for a session alone."""
+    if not group_id:
+        return None
+    if group_id not in cache:
+        try:
+            result = group_synchrony(store, session_id, correction=correction)
+        except GroupError:
+            cache[group_id] = {}
+        else:
+            cache[group_id] = {ph.phase_index: ph for ph in result.phases}
+    return cache[group_id] or None
 
 
 def write_long_table(
