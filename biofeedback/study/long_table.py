@@ -43,26 +43,31 @@ INDICES: dict[str, tuple[str, str]] = {
     "coherence_ratio": ("", INDEX_SETTINGS["coherence_ratio"]),
     "coherence_index": ("", INDEX_SETTINGS["coherence_index"]),
 }
-COLUMNS = ["participant", "session_id", "week", "protocol", "started_utc", "correction", "phase_index", "phase",
-           "phase_kind", "phase_start_s", "phase_end_s", "index", "value", "unit", "settings"]  # fmt: skip
+COLUMNS = ["participant", "session_id", "week", "protocol", "started_utc", "correction", "beats", "phase_index",
+           "phase", "phase_kind", "phase_start_s", "phase_end_s", "grade", "index", "value", "unit",
+           "settings"]  # fmt: skip
+"""`beats`: the beat source analysed (`beat_source`); `grade`: the phase's quality grade (`review.quality_grade`)."""
 
 
 def long_table(
     store: Store, session_ids: Sequence[int], correction: str = "kubios",
-    on_session: Callable[[int], None] | None = None,
+    on_session: Callable[[int], None] | None = None, beats: str | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """The long table of the given sessions (an unfinished, still running session is left out); `on_session(id)`
-    after each session, for progress."""
+    after each session, for progress; `beats`: the beat source (None: reviewed where a session has a review, else
+    auto)."""
     rows = []
     for sid in session_ids:
         info = store.session(sid)
         if info.state != "running":
-            analysis = analyze_session(store, sid, correction=correction)
-            for metrics, window in zip(analysis.phases, analysis.windows, strict=True):
+            analysis = analyze_session(store, sid, correction=correction, beats=beats)
+            for i, (metrics, window) in enumerate(zip(analysis.phases, analysis.windows, strict=True)):
+                grade = analysis.review[i]["grade"] if analysis.review else None
                 for name, (unit, setting) in INDICES.items():
                     rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
-                                 correction, window.index, metrics.name, metrics.kind, metrics.start_s,
-                                 metrics.end_s, name, getattr(metrics, name), unit, setting])  # fmt: skip
+                                 analysis.correction, analysis.beats, window.index, metrics.name, metrics.kind,
+                                 metrics.start_s, metrics.end_s, grade, name, getattr(metrics, name), unit,
+                                 setting])  # fmt: skip
         if on_session is not None:
             on_session(sid)
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -72,9 +77,10 @@ def long_table(
 def write_long_table(
     store: Store, session_ids: Sequence[int], out_dir: Path, *, correction: str = "kubios", overwrite: bool = False,
     on_session: Callable[[int], None] | None = None,
+    beats: str | None = None,
 ) -> Path:
     """Write `hrv_long.csv` into `out_dir` (private, never silently replaced)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = long_table(store, session_ids, correction, on_session).to_csv(index=False, float_format="%.6g")
+    text = long_table(store, session_ids, correction, on_session, beats).to_csv(index=False, float_format="%.6g")
     return write_private_text(out_dir / "hrv_long.csv", text, overwrite=overwrite)
