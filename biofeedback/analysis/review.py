@@ -173,9 +173,10 @@ def apply_edits(beats: Beats, edits: Sequence[ReviewEdit], *, strict: bool = Fal
 
 
 def quality_grade(
-    artifact_pct: float, bad_pct: float, gap_pct: float, *, reviewed: bool, usable_s: float
+    artifact_pct: float, bad_pct: float, gap_pct: float, *, reviewed: bool, usable_s: float, undecided: int = 0
 ) -> tuple[str, str]:
-    """The phase's grade A/B/C and the reason (the rule is in the module docstring)."""
+    """The phase's grade A/B/C and the reason (the rule is in the module docstring); `reviewed`: the beats come from
+    a review, `undecided`: automatic corrections in the phase the reviewer has not accepted or rejected."""
     lost = bad_pct + gap_pct
     if usable_s < MIN_USABLE_S:
         return "C", f"only {usable_s:.0f} s of usable data (< {MIN_USABLE_S:.0f} s)"
@@ -190,6 +191,8 @@ def quality_grade(
         missed.append(f"{lost:.1f} % lost > {A_LOST_PCT:g} %")
     if not reviewed:
         missed.append("not reviewed")
+    elif undecided:
+        missed.append(f"{undecided} correction{'s' if undecided > 1 else ''} not yet accepted or rejected")
     if missed:
         return "B", "; ".join(missed)
     return "A", f"reviewed, artifacts {artifact_pct:.1f} %, {lost:.1f} % lost"
@@ -247,8 +250,8 @@ def phase_review(
         n_recorded = len(_in(recorded_t, start, end))
         artifact_pct = 100.0 * (len(events) + manual) / n_recorded if n_recorded else 0.0
         undecided = int(sum(1 for x in events if not np.any(np.abs(accepted - x) < DECISION_MATCH_S)))
-        grade, why = quality_grade(artifact_pct, bad_pct, gap_pct, reviewed=reviewed is not None and not undecided,
-                                   usable_s=covered)  # fmt: skip
+        grade, why = quality_grade(artifact_pct, bad_pct, gap_pct, reviewed=reviewed is not None, usable_s=covered,
+                                   undecided=undecided)  # fmt: skip
         rows.append({"edits": counts, "n_edits": sum(counts.values()), "artifact_pct": artifact_pct,
                      "bad_segment_pct": bad_pct, "gap_pct": gap_pct, "undecided_corrections": undecided,
                      "grade": grade, "grade_reason": why})  # fmt: skip
