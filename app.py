@@ -851,12 +851,12 @@ def cmd_review(args: argparse.Namespace) -> int:
         console.print(f"stored {edit.describe()} by {edit.reviewer} (`review {args.session} --undo` takes it back)",
                       highlight=False)  # fmt: skip
         return 0
+    from biofeedback.analysis.review_session import ReviewSession
     from biofeedback.display.review import run_review_window
 
     reviewer = args.reviewer or os.environ.get("CMT_REVIEWER") or ""
     with _open_store(args) as store:
-        store.session(args.session)
-    return run_review_window(_open_store(args), args.session, reviewer)
+        return run_review_window(ReviewSession(store, args.session), reviewer)
 
 
 def _review_list(args: argparse.Namespace) -> int:

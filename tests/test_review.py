@@ -279,12 +279,13 @@ def _key(qtbot, win, key, mod=None) -> None:
 def test_review_window_edits_by_click_and_key_change_the_analysis(store, qtbot):
     from PySide6 import QtCore, QtWidgets
 
+    from biofeedback.analysis.review_session import ReviewSession
     from biofeedback.display.review import ReviewWindow
 
     K = QtCore.Qt.Key
     sid = _sid(store)
     before = _raw_and_decoded(store, sid)
-    win = ReviewWindow(store, sid, reviewer="AB")
+    win = ReviewWindow(ReviewSession(store, sid), reviewer="AB")
     qtbot.addWidget(win)
     win.resize(1400, 860)
     win.show()
@@ -370,10 +371,11 @@ def test_review_window_edits_by_click_and_key_change_the_analysis(store, qtbot):
 def test_review_window_refuses_an_edit_without_a_valid_reviewer(store, qtbot):
     from PySide6 import QtCore, QtWidgets
 
+    from biofeedback.analysis.review_session import ReviewSession
     from biofeedback.display.review import ReviewWindow
 
     sid = _sid(store)
-    win = ReviewWindow(store, sid, reviewer="")
+    win = ReviewWindow(ReviewSession(store, sid), reviewer="")
     qtbot.addWidget(win)
     win.show()
     qtbot.waitExposed(win)

@@ -10,6 +10,9 @@ correction, A accept, R reject, M mark, U unmark, D delete the selected beat, B 
 the selected span as a bad segment of the chosen kind, Ctrl+Z undo. Every edit goes through
 `beat_source.record_edit` / `recordings.review.undo_last`, so it is stored with time, reviewer and reason; the
 phase table (RMSSD, grade, edits) and the audit list update after each edit.
+
+The window is handed a `biofeedback.analysis.review_session.ReviewSession` (by `app.py`): it draws the model's
+state and calls its `record` / `undo`, and never imports the analysis layer itself.
 """
 
 from __future__ import annotations
@@ -18,12 +21,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from biofeedback.analysis.analyze import analyze_session, phase_windows
-from biofeedback.analysis.beat_source import candidate_corrections, record_edit
-from biofeedback.analysis.review import DECISION_MATCH_S, apply_edits
-from recordings.ecg_time import EcgTimeError, map_ecg_chunks
-from recordings.review import SEGMENT_KINDS, ReviewError, edits, edits_in_force, undo_last
-from recordings.store import Store, StoreError
+from recordings.review import SEGMENT_KINDS, ReviewError
+from recordings.store import StoreError
 
 R_PEAK_SNAP_S = 0.08
 CORRECTION_REACH_S = 2.0
@@ -55,20 +54,14 @@ class _SpanViewBox(pg.ViewBox):
 
 
 class ReviewWindow(QtWidgets.QMainWindow):
-    """Review one session's beats; `store` must be writable (edits are stored at once)."""
+    """Review one session's beats through `model` (a `ReviewSession` on a writable store: edits are stored at once)."""
 
-    def __init__(self, store: Store, session_id: int, reviewer: str = "") -> None:
+    def __init__(self, model, reviewer: str = "") -> None:
         super().__init__()
-        self.store, self.session_id = store, session_id
-        info = store.session(session_id)
-        self.setWindowTitle(f"Beat review · session {session_id} · {info.participant_id}")
-        self.strap = store.beats(session_id)
-        try:
-            chunks = store.ecg_chunks(session_id)
-            self.ecg = map_ecg_chunks(chunks) if chunks else None
-        except EcgTimeError:
-            self.ecg = None
-        self.windows = phase_windows(store, session_id)
+        self.model = model
+        self.setWindowTitle(f"Beat review · session {model.session_id} · {model.info.participant_id}")
+        self.ecg = model.ecg
+        self.windows = model.windows
         self.sel_t: float | None = None
         self.cursor_t: float | None = None
         self.span: tuple[float, float] | None = None
@@ -201,12 +194,20 @@ class ReviewWindow(QtWidgets.QMainWindow):
             self.rr_plot.setXRange(float(t[0]) - 2, float(t[-1]) + 2, padding=0)
 
     # -- state --------------------------------------------------------------------------------------------------
+    @property
+    def state(self):
+        return self.model.state
+
+    @property
+    def analysis(self):
+        return self.model.analysis
+
+    @property
+    def corrections(self) -> np.ndarray:
+        return self.model.corrections
+
     def refresh(self) -> None:
-        """Re-read the review from the store and redraw everything (after each edit)."""
-        live = edits_in_force(self.store, self.session_id)
-        self.state = apply_edits(self.strap, live)
-        self.corrections = candidate_corrections(self.state)
-        self.analysis = analyze_session(self.store, self.session_id, beats="reviewed" if live else "auto")
+        """Redraw everything from the model (after each edit)."""
         b = self.state.edited
         cut = np.flatnonzero(b.gap_before[1:]) + 1
         self.rr_line.setData(np.insert(b.t, cut, np.nan), np.insert(b.rr_ms, cut, np.nan), connect="finite")
@@ -220,12 +221,10 @@ class ReviewWindow(QtWidgets.QMainWindow):
             xs = [float(x) for x in times if round(float(x), 6) in rr_at]
             return xs, [rr_at[round(x, 6)] for x in xs]
 
-        accepted = self.state.accepted_t
-        rejected = self.state.rejected_t
-        undecided = [c for c in self.corrections if not _near(accepted, c) and not _near(rejected, c)]
-        self.undecided_dots.setData(*at(undecided))
-        self.accepted_dots.setData(*at([c for c in self.corrections if _near(accepted, c)]))
-        self.rejected_dots.setData(*at([c for c in self.corrections if _near(rejected, c)]))
+        status = [self.model.status(c) for c in self.corrections]
+        for dots, name in ((self.undecided_dots, "undecided"), (self.accepted_dots, "accepted"),
+                           (self.rejected_dots, "rejected")):  # fmt: skip
+            dots.setData(*at([c for c, s in zip(self.corrections, status, strict=True) if s == name]))
         self.marked_dots.setData(*at(self.state.marked_t))
         self.added_dots.setData(*at(self.state.added_t))
         if self.ecg is not None and self.ecg_plot is not None:
@@ -260,7 +259,7 @@ class ReviewWindow(QtWidgets.QMainWindow):
                 self.phase_table.setItem(i, j, QtWidgets.QTableWidgetItem(text))
         self.phase_table.resizeColumnsToContents()
         self.audit_list.clear()
-        for e in edits(self.store, self.session_id):
+        for e in self.model.audit():
             status = "" if e.in_force or e.action == "undo" else f"  (undone by #{e.undone_by})"
             reason = f" — {e.reason}" if e.reason else ""
             self.audit_list.addItem(f"{e.describe()} · {e.reviewer} · {e.utc[11:19]}{reason}{status}")
@@ -351,8 +350,8 @@ class ReviewWindow(QtWidgets.QMainWindow):
     # -- edits --------------------------------------------------------------------------------------------------
     def _edit(self, action: str, t: float, **kw) -> bool:
         try:
-            edit = record_edit(self.store, self.session_id, action, reviewer=self.reviewer_edit.text(), t=t,
-                               reason=self.reason_edit.text(), **kw)  # fmt: skip
+            edit = self.model.record(action, reviewer=self.reviewer_edit.text(), t=t, reason=self.reason_edit.text(),
+                                     **kw)  # fmt: skip
         except (ReviewError, StoreError) as exc:
             self.say(f"not stored: {exc}")
             return False
@@ -392,8 +391,7 @@ class ReviewWindow(QtWidgets.QMainWindow):
 
     def undo(self) -> None:
         try:
-            done = undo_last(self.store, self.session_id, reviewer=self.reviewer_edit.text(),
-                             reason=self.reason_edit.text())  # fmt: skip
+            done = self.model.undo(reviewer=self.reviewer_edit.text(), reason=self.reason_edit.text())
         except (ReviewError, StoreError) as exc:
             self.say(f"not undone: {exc}")
             return
@@ -401,18 +399,11 @@ class ReviewWindow(QtWidgets.QMainWindow):
         self.say(f"undid {done.describe()}")
 
 
-def _near(values: np.ndarray, x: float) -> bool:
-    return bool(len(values)) and bool(np.min(np.abs(np.asarray(values) - x)) < DECISION_MATCH_S)
-
-
-def run_review_window(store: Store, session_id: int, reviewer: str = "") -> int:
-    """Open the review window on `store` (closed when the window closes); returns 0."""
+def run_review_window(model, reviewer: str = "") -> int:
+    """Open the review window on `model` (a `ReviewSession`) until it is closed; returns 0."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    try:
-        window = ReviewWindow(store, session_id, reviewer)
-        window.resize(1400, 860)
-        window.show()
-        app.exec()
-    finally:
-        store.close()
+    window = ReviewWindow(model, reviewer)
+    window.resize(1400, 860)
+    window.show()
+    app.exec()
     return 0
