@@ -389,3 +389,24 @@ def test_review_window_refuses_an_edit_without_a_valid_reviewer(store, qtbot):
     qtbot.keyClick(win.plots, QtCore.Qt.Key.Key_R)
     assert [e.action for e in edits(store, sid)] == ["reject"]
     assert len(win.analysis.timeline.rejected_t) == 1
+
+
+def test_the_review_command_opens_the_window_on_the_session(store, monkeypatch):
+    from PySide6 import QtWidgets
+
+    from biofeedback.display.review import ReviewWindow
+
+    sid = _sid(store)
+    path = str(store.path)
+    store.close()
+    seen = []
+
+    def fake_exec(_app=None):
+        (win,) = [w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, ReviewWindow) and w.isVisible()]
+        seen.append((win.windowTitle(), win.reviewer_edit.text(), win.phase_table.rowCount()))
+        win.close()
+        return 0
+
+    monkeypatch.setattr(QtWidgets.QApplication, "exec", fake_exec)
+    assert app.main(["review", str(sid), "--reviewer", "AB", "--store", path]) == 0
+    assert seen == [(f"Beat review · session {sid} · P01", "AB", 2)]

@@ -122,10 +122,12 @@ def candidate_corrections(review: ReviewedBeats) -> np.ndarray:
 
 def record_edit(
     store: Store, session_id: int, action: str, *, reviewer: str, t: float, t_end: float | None = None,
-    kind: str | None = None, reason: str = "",
+    kind: str | None = None, reason: str = "", corrections: np.ndarray | None = None,
 ) -> ReviewEdit:  # fmt: skip
     """Check that an edit applies to the session's current review, name exactly the beat or correction it means
-    (the nearest within `BEAT_MATCH_S`), and store it (`recordings.review.add_edit`). Raises ReviewError."""
+    (the nearest within `BEAT_MATCH_S`), and store it (`recordings.review.add_edit`). Raises ReviewError.
+
+    `corrections`: the caller's `candidate_corrections` of the current review, when it has them (saves a run)."""
     check_edit(action, t, t_end, kind)
     strap = store.beats(session_id)
     live = edits_in_force(store, session_id)
@@ -143,7 +145,7 @@ def record_edit(
             raise ReviewError(f"no beat marked as an artifact within {BEAT_MATCH_S * 1000:.0f} ms of {at:.3f} s")
         at = float(near[np.argmin(np.abs(near - at))])
     elif action in ("accept", "reject"):
-        cands = candidate_corrections(state)
+        cands = candidate_corrections(state) if corrections is None else np.asarray(corrections, dtype=float)
         i = int(np.argmin(np.abs(cands - at))) if len(cands) else None
         if i is None or abs(cands[i] - at) > BEAT_MATCH_S:
             raise ReviewError(f"no automatic correction within {BEAT_MATCH_S * 1000:.0f} ms of {at:.3f} s")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from biofeedback.analysis.analyze import SessionAnalysis, analyze_session, phase_windows
-from biofeedback.analysis.beat_source import candidate_corrections, record_edit
+from biofeedback.analysis.beat_source import record_edit
 from biofeedback.analysis.review import DECISION_MATCH_S, ReviewedBeats, apply_edits
 from recordings.ecg_time import EcgTimeError, EcgTimeline, map_ecg_chunks
 from recordings.review import ReviewEdit, edits, edits_in_force, undo_last
@@ -41,8 +41,9 @@ class ReviewSession:
     def refresh(self) -> None:
         live = edits_in_force(self.store, self.session_id)
         self.state = apply_edits(self.strap, live)
-        self.corrections = candidate_corrections(self.state)
         self.analysis = analyze_session(self.store, self.session_id, beats="reviewed" if live else "auto")
+        tl = self.analysis.timeline  # the same beats and rejections `candidate_corrections` would correct again
+        self.corrections = np.sort(np.concatenate([tl.event_t, tl.rejected_t]))
 
     def status(self, t: float) -> str:
         """`accepted`, `rejected` or `undecided` for the correction at `t`."""
@@ -54,7 +55,7 @@ class ReviewSession:
     def record(self, action: str, *, reviewer: str, t: float, t_end: float | None = None, kind: str | None = None,
                reason: str = "") -> ReviewEdit:  # fmt: skip
         edit = record_edit(self.store, self.session_id, action, reviewer=reviewer, t=t, t_end=t_end, kind=kind,
-                           reason=reason)  # fmt: skip
+                           reason=reason, corrections=self.corrections)  # fmt: skip
         self.refresh()
         return edit
 
