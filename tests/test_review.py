@@ -410,3 +410,34 @@ def test_the_review_command_opens_the_window_on_the_session(store, monkeypatch):
     monkeypatch.setattr(QtWidgets.QApplication, "exec", fake_exec)
     assert app.main(["review", str(sid), "--reviewer", "AB", "--store", path]) == 0
     assert seen == [(f"Beat review · session {sid} · P01", "AB", 2)]
+
+
+def test_ecg_beats_are_imported_only_when_asked_and_become_gapped_beats(store, monkeypatch):
+    import sys
+    import types
+
+    t = np.array([1.0, 1.8, 2.6, 3.4, 8.0, 8.8, 9.6])  # a 4.6 s pause: no interval across it
+    b = __import__("biofeedback.analysis.beat_source", fromlist=["beats_from_times"]).beats_from_times(t)
+    np.testing.assert_allclose(b.t, [1.8, 2.6, 3.4, 8.8, 9.6])
+    np.testing.assert_allclose(b.rr_ms, [800, 800, 800, 800, 800])
+    assert b.gap_before.tolist() == [True, False, False, True, False]
+    fake = types.ModuleType("biofeedback.analysis.ecg_beats")
+    strap = store.beats(_sid(store))
+    fake.ecg_beat_times = lambda _store, _sid: strap.t[::2]  # every other beat: a distinct series
+    monkeypatch.setitem(sys.modules, "biofeedback.analysis.ecg_beats", fake)
+    ecg = analyze_session(store, _sid(store), beats="ecg")
+    assert ecg.beats == "ecg" and "ECG" in ecg.beats_note
+    assert ecg.phases[0].mean_hr_bpm == pytest.approx(analyze_session(store, _sid(store)).phases[0].mean_hr_bpm / 2,
+                                                      rel=0.05)  # fmt: skip
+
+
+def test_the_report_shows_the_beats_used_the_edits_and_the_grade_per_phase(store, tmp_path):
+    from biofeedback.analysis.report import render_report
+
+    sid = _sid(store)
+    record_edit(store, sid, "bad-segment", reviewer="AB", t=130.0, t_end=140.0, kind="noise")
+    text = render_report(store, sid)
+    assert "reviewed beats (1 edits in force by AB)" in text and "1 bad-segment" in text
+    assert "<th>grade</th>" in text and "Quality grade: A when artifacts" in text
+    strap = render_report(store, sid, beats="strap")
+    assert "the strap&#x27;s beats as recorded (no correction)" in strap

@@ -1,8 +1,8 @@
 """The beat review window (`app.py review SESSION`): RR tachogram and ECG on the session clock, edits by click or key.
 
-Top: the RR tachogram of the reviewed beats (grey dots; the automatic correction's result as an orange dashed line;
-corrections still to decide as orange rings, accepted green, rejected blue; beats marked as artifacts red crosses,
-added beats green pluses; left-out beats faded; bad segments shaded). Below it, where recorded, the ECG with a tick
+Top: the RR tachogram of the reviewed beats (grey dots, hollow where left out; the automatic correction's result as
+an orange dashed line; corrections still to decide as orange rings, accepted green, rejected blue; beats marked as
+artifacts red crosses, added beats green pluses; bad segments shaded). Below it, where recorded, the ECG with a tick
 at every beat. Clicking either plot selects the nearest beat and puts the cursor there (on the ECG it snaps to the
 R-peak within 80 ms); Shift-drag on the tachogram selects a span for a bad segment (or `[` and `]` set its start and
 end at the selected beat). Keys (and the buttons showing them): ←/→ previous/next beat, N/P next/previous
@@ -28,7 +28,10 @@ R_PEAK_SNAP_S = 0.08
 CORRECTION_REACH_S = 2.0
 """Accept/reject act on the correction nearest the selected beat, when it is at most this far away."""
 BEAT_BRUSH = pg.mkBrush("#9aa7b4")
-FADED_BRUSH = pg.mkBrush(154, 167, 180, 60)
+FADED_BRUSH = pg.mkBrush(None)
+FADED_PEN = pg.mkPen("#9aa7b4", width=1)
+NO_PEN = pg.mkPen(None)
+"""Left-out beats (marked, in or touching a bad segment) are drawn hollow."""
 SEGMENT_BRUSHES = {"noise": pg.mkBrush(214, 96, 88, 55), "movement": pg.mkBrush(210, 153, 34, 55),
                    "other": pg.mkBrush(150, 150, 170, 55)}  # fmt: skip
 SELECT_PEN = pg.mkPen("#e3b341", width=1.5)
@@ -214,7 +217,9 @@ class ReviewWindow(QtWidgets.QMainWindow):
         tl = self.analysis.timeline
         self.corrected_line.setData(tl.t, tl.rr, connect="finite")
         excluded = np.isin(b.t, self.state.excluded_t)
-        self.beat_dots.setData(b.t, b.rr_ms, brush=[FADED_BRUSH if x else BEAT_BRUSH for x in excluded])
+        self.beat_dots.setData(b.t, b.rr_ms, brush=[FADED_BRUSH if x else BEAT_BRUSH for x in excluded],
+                               pen=[FADED_PEN if x else NO_PEN for x in excluded],
+                               size=[7 if x else 5 for x in excluded])  # fmt: skip
         rr_at = dict(zip(np.round(b.t, 6), b.rr_ms, strict=True))
 
         def at(times) -> tuple[list[float], list[float]]:
