@@ -90,6 +90,8 @@ def load_report_data(
             down = None
     if down is not None and len(chosen.t):
         gaps.append((down, float(chosen.t[-1])))
+    review = analysis.selection.review if analysis.selection else None
+    gaps += [(s, e) for s, e, _kind in review.segments] if review else []  # left out like gaps: drawn like them
     fixed = fixed_labels(store.protocol_dict(session_id))
     markers = [
         (m.t, m.kind, exportable_label(m.kind, m.label, fixed, include_text))
@@ -439,8 +441,9 @@ def render_report(
 <section><h2>Signal quality</h2><dl class="facts">{_facts(quality_facts)}</dl></section>
 <section><h2>Heart rate and RR over time</h2>
 <img alt="Heart rate and RR intervals over the session, protocol phases shaded" src="data:image/png;base64,{timeline}">
-<p class="caption">Phases are shaded by kind; hatched bands are signal gaps (disconnects); dashed lines are manual
-markers, dotted lines pauses, skips and stops. Lines are never drawn across a gap.</p></section>
+<p class="caption">Phases are shaded by kind; hatched bands are signal gaps (disconnects) and bad segments marked in
+the beat review; dashed lines are manual markers, dotted lines pauses, skips and stops. Lines are never drawn across
+a gap.</p></section>
 <section><h2>HRV per phase</h2>{phase_table(phases, a.review)}
 <p class="method">Beats: {html.escape(a.beats_note)}.
 Artifact correction: {html.escape(_correction_text(a.correction))}. RMSSD, SDNN, pNN50 and HF need
