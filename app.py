@@ -143,15 +143,17 @@ def _phase_tabular(analysis) -> Tabular:
     cols = [
         ("phase", None), ("kind", None), ("start s", ".1f"), ("end s", ".1f"), ("beats", "d"),
         ("corr %", ".1f"), ("HR", ".1f"), ("RMSSD", ".1f"), ("SDNN", ".1f"), ("pNN50", ".1f"),
-        ("LF ms²", ".0f"), ("HF ms²", ".0f"), ("breaths/min", ".1f"),
+        ("LF ms²", ".0f"), ("HF ms²", ".0f"), ("breaths/min", ".1f"), ("grade", None), ("edits", "d"),
     ]  # fmt: skip
     rows = []
-    for p in analysis.phases:
+    for i, p in enumerate(analysis.phases):
+        review = analysis.review[i] if analysis.review else {"grade": "–", "n_edits": 0}
         values = [p.name, p.kind, p.start_s, p.end_s, p.n_beats, p.corrected_pct, p.mean_hr_bpm, p.rmssd_ms,
-                  p.sdnn_ms, p.pnn50_pct, p.lf_ms2, p.hf_ms2, p.breathing_rate_bpm]  # fmt: skip
+                  p.sdnn_ms, p.pnn50_pct, p.lf_ms2, p.hf_ms2, p.breathing_rate_bpm, review["grade"],
+                  review["n_edits"]]  # fmt: skip
         rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
     title = (f"Session {analysis.session.id} · {analysis.session.participant_id} · {analysis.session.protocol_name}"
-             f" · correction {analysis.correction}")  # fmt: skip
+             f" · beats {analysis.beats} · correction {analysis.correction}")  # fmt: skip
     return Tabular(title, [c for c, _ in cols], {c for c, spec in cols if spec is not None}, rows)
 
 
@@ -640,7 +642,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if getattr(args, "group", False):
         return _analyze_group(args)
     with _open_store(args, readonly=not args.save_resonance) as store:
-        analysis = analyze_session(store, args.session, correction=args.correction)
+        analysis = analyze_session(store, args.session, correction=args.correction, beats=args.beats)
         assessment = None
         if is_resonance_assessment(store.protocol_dict(args.session)):
             assessment = assess_session(store, args.session, correction=args.correction)
@@ -659,6 +661,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if (breaths := _breath_table(analysis)) is not None:
                 _print_tabular(breaths)
             _print_notes(analysis)
+            _print_beat_source(analysis.beats_note, _phase_edit_lines(analysis))
             if assessment is not None:
                 _print_resonance(assessment)
         if args.save_resonance and assessment is not None:
@@ -789,7 +792,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             with _progress(f"BIDS export to {out}", len(ids)) as progress:
                 result = export_bids(store, out, ids, include_text=args.include_text, overwrite=args.force,
                                      on_session=lambda sid: progress.advance(detail=f"session {sid}"),
-                                     dataset_info=dataset_info)  # fmt: skip
+                                     dataset_info=dataset_info,
+                                     beats_for=lambda sid: _say_beats(store, sid, args.beats).beats)  # fmt: skip
             for sid in result.kept_sessions:
                 console.print(f"kept session {sid}: already in {out} (use --force to rewrite it)")
             for sid in result.redone_sessions:
@@ -800,9 +804,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.format == "table":
             from biofeedback.study.long_table import write_long_table
 
+            for sid in ids:
+                _say_beats(store, sid, args.beats)
             with _progress(f"table of {len(ids)} sessions", len(ids)) as progress:
                 path = write_long_table(store, ids, out, correction=args.correction, overwrite=args.force,
-                                        on_session=lambda sid: progress.advance(detail=f"session {sid}"))
+                                        on_session=lambda sid: progress.advance(detail=f"session {sid}"),
+                                        beats=args.beats)  # fmt: skip
             console.print(f"wrote {path} (sessions {ids}, one row per session × phase × index)")
             return 0
         with _progress(f"{args.format} export to {out}", len(ids)) as progress:
@@ -819,18 +826,135 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with _open_store(args, readonly=True) as store, _progress(f"report of session {args.session}") as progress:
         out = write_report(store, args.session, Path(args.out), overwrite=args.force, correction=args.correction,
-                           include_text=args.include_text,
+                           include_text=args.include_text, beats=args.beats,
                            on_step=lambda name: progress.step(name, REPORT_STEPS))  # fmt: skip
         progress.update(len(REPORT_STEPS), len(REPORT_STEPS), "done")
+        _say_beats(store, args.session, args.beats)
     console.print(f"wrote {out}")
+    return 0
+
+
+def _edit_counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "no edits"
+
+
+def _phase_edit_lines(analysis) -> list[str]:
+    return [f"{p.name}: {_edit_counts_text(r['edits'])}, grade {r['grade']} ({r['grade_reason']})"
+            for p, r in zip(analysis.phases, analysis.review, strict=True)]  # fmt: skip
+
+
+def _print_beat_source(note: str, lines: Sequence[str]) -> None:
+    console.print(Text.assemble(("beats:", "dim"), f" {note}"), highlight=False)
+    for line in lines:
+        console.print(Text.assemble("  ", ("edits", "dim"), f" {line}"), highlight=False)
+
+
+def _say_beats(store, sid: int, source: str | None):
+    """Select the beats of `source` for session `sid` and say which, with the review's edits per phase."""
+    from biofeedback.analysis.analyze import phase_windows
+    from biofeedback.analysis.beat_source import select_beats
+
+    selection = select_beats(store, sid, source)
+    lines = []
+    if selection.source == "reviewed":
+        for w in phase_windows(store, sid):
+            counts: dict[str, int] = {}
+            for e in selection.audit:
+                end = e.t_end if e.action == "bad-segment" else e.t
+                if e.in_force and e.t < w.end_s and end >= w.start_s:
+                    counts[e.action] = counts.get(e.action, 0) + 1
+            lines.append(f"{w.name}: {_edit_counts_text(counts)}")
+    console.print(Text.assemble((f"session {sid} beats:", "dim"), f" {selection.describe()}"), highlight=False)
+    for line in lines:
+        console.print(Text.assemble("  ", ("edits", "dim"), f" {line}"), highlight=False)
+    return selection
+
+
+def _reviewer(args: argparse.Namespace) -> str:
+    code = args.reviewer or os.environ.get("CMT_REVIEWER")
+    if not code:
+        raise UserError("say who reviews: --reviewer CODE (initials such as AB, or a pseudonymous code; or set "
+                        "$CMT_REVIEWER)")  # fmt: skip
+    from recordings.review import check_reviewer
+
+    return check_reviewer(code)
+
+
+REVIEW_EDIT_OPTIONS = ("mark", "unmark", "delete", "add", "accept", "reject")
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from biofeedback.analysis.beat_source import record_edit
+    from recordings.review import undo_last
+
+    edits = [(name, getattr(args, name)) for name in REVIEW_EDIT_OPTIONS if getattr(args, name) is not None]
+    edits += [("bad-segment", args.mark_bad)] if args.mark_bad is not None else []
+    if sum([bool(edits), args.undo, args.list]) > 1 or len(edits) > 1:
+        raise UserError("give one of: an edit (--mark, --unmark, --delete, --add, --accept, --reject, --mark-bad), "
+                        "--undo, --list; or none to open the review window")  # fmt: skip
+    if args.list:
+        return _review_list(args)
+    if edits or args.undo:
+        who = _reviewer(args)
+        with _open_store(args) as store:
+            store.session(args.session)
+            if args.undo:
+                done = undo_last(store, args.session, reviewer=who, reason=args.reason)
+                console.print(f"undid {done.describe()} (the audit keeps both)", highlight=False)
+                return 0
+            action, value = edits[0]
+            if action == "bad-segment":
+                start, end = value
+                edit = record_edit(store, args.session, action, reviewer=who, t=start, t_end=end, kind=args.kind,
+                                   reason=args.reason)  # fmt: skip
+            else:
+                edit = record_edit(store, args.session, action, reviewer=who, t=value, reason=args.reason)
+        console.print(f"stored {edit.describe()} by {edit.reviewer} (`review {args.session} --undo` takes it back)",
+                      highlight=False)  # fmt: skip
+        return 0
+    from biofeedback.analysis.review_session import ReviewSession
+    from biofeedback.display.review import run_review_window
+
+    reviewer = args.reviewer or os.environ.get("CMT_REVIEWER") or ""
+    with _open_store(args) as store:
+        return run_review_window(ReviewSession(store, args.session), reviewer)
+
+
+def _review_list(args: argparse.Namespace) -> int:
+    from biofeedback.analysis.analyze import analyze_session
+    from biofeedback.analysis.beat_source import select_beats
+
+    with _open_store(args, readonly=True) as store:
+        selection = select_beats(store, args.session, None)
+        analysis = analyze_session(store, args.session, beats=selection.source)
+        audit = selection.audit
+        cols = ["id", "when (UTC)", "reviewer", "edit", "reason", "status"]
+        rows = [[str(e.id), e.utc, e.reviewer, e.describe().split(" ", 1)[1], e.reason,
+                 "undo" if e.action == "undo" else ("in force" if e.in_force else f"undone by #{e.undone_by}")]
+                for e in audit]  # fmt: skip
+        title = f"Review of session {args.session}: every edit, undone ones included"
+        _print_tabular(Tabular(title, cols, {"id"}, rows, records=[e.to_dict() for e in audit]), args)
+        if not (args.json or args.csv):
+            tl = analysis.timeline
+            review = selection.review
+            accepted = review.accepted_t if review is not None else []
+            shown = [[f"{t:.3f}", "accepted" if any(abs(a - t) < 0.001 for a in accepted) else "undecided"]
+                     for t in tl.event_t]  # fmt: skip
+            shown += [[f"{t:.3f}", "rejected"] for t in tl.rejected_t]
+            shown.sort(key=lambda r: float(r[0]))
+            _print_tabular(Tabular("Automatic corrections", ["first replaced beat s", "status"],
+                                   {"first replaced beat s"}, shown))  # fmt: skip
+            _print_beat_source(analysis.beats_note, _phase_edit_lines(analysis))
     return 0
 
 
 def _export_one(store, sid: int, args: argparse.Namespace, out: Path) -> list[Path]:
     from biofeedback.study.session_export import export_session
 
+    if args.format in ("csv", "edf", "kubios"):
+        _say_beats(store, sid, args.beats)
     return export_session(store, sid, args.format, out, correction=args.correction, include_text=args.include_text,
-                          overwrite=args.force, own_folder=args.session is None)  # fmt: skip
+                          overwrite=args.force, own_folder=args.session is None, beats=args.beats)  # fmt: skip
 
 
 def cmd_import_capture(args: argparse.Namespace) -> int:
@@ -1402,6 +1526,13 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-excluded", action="store_true", help="also take excluded sessions and answer sets")
 
 
+def _add_beats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beats", choices=["reviewed", "auto", "strap", "ecg"], default=None,
+                   help="which beats: reviewed (the researcher's review), auto (automatic correction), strap (as "
+                        "recorded, no correction), ecg (R-peaks of the ECG); default reviewed when the session has "
+                        "a review, else auto")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="app.py", description="Biofeedback session recorder for compassion-focused research.")
     _add_store(parser, default=None)
@@ -1522,6 +1653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=record_id)
     _add_formats(p)
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    _add_beats(p)
     p.add_argument("--save-resonance", action="store_true",
                    help="resonance assessments: store the named rate for the participant's later sessions")  # fmt: skip
     p.add_argument("--group", action="store_true",
@@ -1547,6 +1679,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "session carrying everything recorded in it (`import bundle` reads it back)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (for bids: the dataset root)")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    _add_beats(p)
     p.add_argument("--include-text", action="store_true",
                    help="also export free-text notes and typed marker labels (sensitive)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -1558,9 +1691,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=record_id)
     p.add_argument("--out", required=True, metavar="FILE.html")
     p.add_argument("--correction", choices=["kubios", "none"], default="kubios")
+    _add_beats(p)
     p.add_argument("--include-text", action="store_true",
                    help="also include free-text notes and typed marker labels (sensitive)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing report")
+
+    p = command(sub, "review", cmd_review,
+                "review a session's beats: a window (RR tachogram, ECG, automatic corrections), or one edit from "
+                "the command line; every edit is stored with time, reviewer and reason, raw and decoded beats "
+                "never change")  # fmt: skip
+    p.add_argument("session", type=int)
+    p.add_argument("--reviewer", metavar="CODE", help="who reviews: initials (AB) or a pseudonymous code "
+                   "(default $CMT_REVIEWER)")  # fmt: skip
+    p.add_argument("--reason", default="", help="why (kept with the edit)")
+    p.add_argument("--list", action="store_true", help="list every edit (undone ones too) and the automatic "
+                   "corrections with their status")  # fmt: skip
+    _add_formats(p)
+    for name, what in (("mark", "mark the beat at T s as an artifact"), ("unmark", "take back the mark at T s"),
+                       ("delete", "delete the beat at T s"), ("add", "add a beat at T s"),
+                       ("accept", "accept the automatic correction at T s"),
+                       ("reject", "reject the automatic correction at T s (keep the beats as recorded)")):
+        p.add_argument(f"--{name}", type=float, metavar="T", help=what)
+    p.add_argument("--mark-bad", type=float, nargs=2, metavar=("START", "END"),
+                   help="mark START-END s as a bad segment, left out of analysis like a gap")  # fmt: skip
+    p.add_argument("--kind", choices=["noise", "movement", "other"], default="noise",
+                   help="kind of a bad segment (default noise)")  # fmt: skip
+    p.add_argument("--undo", action="store_true", help="undo the latest edit in force (the audit keeps both)")
 
     devices = sub.add_parser("devices", help="Bluetooth straps").add_subparsers(dest="sub", required=True)
     p = command(devices, "scan", cmd_devices_scan, "list straps advertising the Heart Rate Service")

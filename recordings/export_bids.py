@@ -70,7 +70,7 @@ from .ecg_time import map_ecg_chunks
 from .files import OutputExistsError, open_private_for_write, remove_stale
 from .privacy import exportable_label, fixed_labels
 from .rr_series import RR_SERIES_FS_HZ, rr_step_series
-from .store import LslSamples, LslStream, Marker, SessionInfo, Store
+from .store import Beats, LslSamples, LslStream, Marker, SessionInfo, Store
 
 BIDS_VERSION = "1.10.0"
 GENERATOR = {"Name": "cmt-biofeedback", "Version": "0.1.0", "Description": "biofeedback session recorder"}
@@ -618,6 +618,7 @@ def export_bids_session(
     overwrite: bool = False,
     result: BidsExportResult | None = None,
     info_fields: dict[str, Any] | None = None,
+    beats_for: Callable[[int], Beats] | None = None,
 ) -> BidsExportResult:
     """Write one session under `root` (a BIDS dataset, created if needed); the dataset index files are the caller's.
 
@@ -644,7 +645,8 @@ def export_bids_session(
     dest = staging / "beh"
     written: list[Path] = []
     try:
-        _session_files(store, info, stem, dest, include_text, written, info_fields or {})
+        beats = beats_for(session_id) if beats_for is not None else store.beats(session_id)
+        _session_files(store, info, stem, dest, include_text, written, info_fields or {}, beats)
         if os.path.lexists(final):  # an incomplete folder, or one to be replaced (--force): swap, then drop
             old = final.with_name(f".{ses}.old")
             if os.path.lexists(old):
@@ -673,11 +675,11 @@ def _session_files(
     include_text: bool,
     written: list[Path],
     info_fields: dict[str, Any],
+    beats: Beats,
 ) -> None:
     """Every file of one session into the (fresh) folder `dest`."""
     session_id = info.id
     tl = _ecg_files(store, info, stem, dest, True, written, info_fields)
-    beats = store.beats(session_id)
     if tl is not None:
         body = "\n".join(_beat_lines(beats)) + ("\n" if len(beats.t) else "")
         _write_gz(dest / f"{stem}_recording-ecg_physioevents.tsv.gz", body, True, written)
@@ -902,6 +904,7 @@ def export_bids(
     overwrite: bool = False,
     on_session: Callable[[int], None] | None = None,
     dataset_info: DatasetInfo | None = None,
+    beats_for: Callable[[int], Beats] | None = None,
 ) -> BidsExportResult:
     """Export sessions into the BIDS dataset at `root` (created or extended); `on_session` is called after each.
 
@@ -931,7 +934,7 @@ def export_bids(
     sidecar = dict(dataset_info.sidecar) if dataset_info else {}
     for info in infos:
         export_bids_session(store, info.id, root, include_text=include_text, overwrite=overwrite, result=result,
-                            info_fields=sidecar)  # fmt: skip
+                            info_fields=sidecar, beats_for=beats_for)  # fmt: skip
         if on_session is not None:
             on_session(info.id)
     _write_dataset_files(store, root, result, infos, desc, dataset_info)

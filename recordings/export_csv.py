@@ -22,7 +22,7 @@ from .breathing import MG_TO_M_S2, breathing_waveform
 from .ecg_time import map_ecg_chunks
 from .files import OutputExistsError, clean_partials, open_private_for_write
 from .privacy import exportable_label, fixed_labels
-from .store import LslStream, Store
+from .store import Beats, LslStream, Store
 
 
 def lsl_channel_labels(stream: LslStream) -> list[str]:
@@ -58,8 +58,10 @@ def export_csv(
     phases: Sequence[dict[str, Any]] | None = None,
     include_text: bool = False,
     overwrite: bool = False,
+    beats: Beats | None = None,
 ) -> list[Path]:
-    """Write the session's tables into `out_dir`; returns the files written."""
+    """Write the session's tables into `out_dir`; returns the files written. `beats`: the beats to write (chosen
+    above, `biofeedback.analysis.beat_source`; default the stored beats)."""
     out_dir = Path(out_dir)
     names = ["beats.csv", "markers.csv"] + (["phases.csv"] if phases is not None else [])
     names += ["notes.csv"] if include_text else []
@@ -73,7 +75,7 @@ def export_csv(
         if existing:
             raise OutputExistsError(f"{out_dir} already holds {existing}; not overwriting (use --force)")
     info = store.session(session_id)
-    beats = store.beats(session_id)
+    beats = store.beats(session_id) if beats is None else beats
     fixed = fixed_labels(store.protocol_dict(session_id))
     written = [
         _write_csv(

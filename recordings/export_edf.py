@@ -44,7 +44,7 @@ from .breathing import MG_TO_M_S2, WAVEFORM_FS_HZ, breathing_waveform
 from .ecg_time import map_ecg_chunks
 from .files import open_private_for_write
 from .rr_series import RR_SERIES_FS_HZ, rr_step_series
-from .store import Store
+from .store import Beats, Store
 
 ECG_LABEL = "ECG chest"
 RR_LABEL = "MISC RR"
@@ -143,11 +143,13 @@ def _fit(values: np.ndarray, n: int) -> np.ndarray:
 
 
 def export_edf(
-    store: Store, session_id: int, path: Path, *, include_text: bool = False, overwrite: bool = False
+    store: Store, session_id: int, path: Path, *, include_text: bool = False, overwrite: bool = False,
+    beats: Beats | None = None,
 ) -> Path:
-    """Write the session as an EDF+ file at `path`; returns the path."""
+    """Write the session as an EDF+ file at `path`; returns the path. `beats`: the beats for the RR channel
+    (default the stored beats)."""
     info = store.session(session_id)
-    beats = store.beats(session_id)
+    beats = store.beats(session_id) if beats is None else beats
     chunks = store.ecg_chunks(session_id)
     acc_chunks = store.acc_chunks(session_id)
     acc = map_ecg_chunks(acc_chunks) if acc_chunks else None

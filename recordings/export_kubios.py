@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import OutputExistsError, open_private_for_write
-from .store import Store
+from .store import Beats, Store
 
 
 class KubiosExportError(ValueError):
@@ -41,11 +41,13 @@ def _phase_slug(index: int | None, name: str | None) -> str:
     return f"phase-{index if index is not None else 'x'}-{re.sub(r'[^A-Za-z0-9]', '', name or '') or 'phase'}"
 
 
-def export_kubios(store: Store, session_id: int, out_dir: Path, *, overwrite: bool = False) -> list[Path]:
+def export_kubios(
+    store: Store, session_id: int, out_dir: Path, *, overwrite: bool = False, beats: Beats | None = None
+) -> list[Path]:
     """Write `sub-<ID>_ses-<n>_rr.txt`, `..._phases.csv` and one `..._phase-<i>-<name>_rr.txt` per phase with beats
-    into `out_dir`; returns the paths written."""
+    into `out_dir`; returns the paths written. `beats`: the beats to write (default the stored beats)."""
     info = store.session(session_id)
-    beats = store.beats(session_id)
+    beats = store.beats(session_id) if beats is None else beats
     if not len(beats.t):
         raise KubiosExportError(f"session {session_id} has no beats to export")
     stem = f"sub-{re.sub(r'[^A-Za-z0-9_-]', '', info.participant_id)}_ses-{session_id}"

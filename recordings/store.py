@@ -51,10 +51,10 @@ import platformdirs
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2: sessions.week, sources `imported-*`, exclusions and audit log; 3: sessions.end_reason (why a session
 ended `failed` or `incomplete`) and beat stretches; 4: sessions.uuid (bundles and merges recognise a session by it)
-and the `backups` table."""
+and the `backups` table; 5: review_edits (a researcher's beat review, `recordings.review`)."""
 BUSY_TIMEOUT_MS = 20
 """SQLite's own wait for a lock on each attempt; `_retry_busy` retries attempts until `WRITE_BUSY_BUDGET_S`."""
 WRITE_BUSY_BUDGET_S = 30.0
@@ -239,7 +239,7 @@ SOURCE_CHOICES = ("live", "simulated", "replay-copy", "imported")
 _LEGACY_SOURCES = {"capture": "imported-capture", "rr": "imported-rr", "polar-sensor-logger": "imported-polar"}
 """Sources written before schema 2, and what they are called now."""
 SESSION_TABLES = ("packet_errors", "beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks", "markers",
-                  "notes", "link_events", "packets")  # fmt: skip
+                  "notes", "link_events", "review_edits", "packets")  # fmt: skip
 """Tables holding a session's data (deleted with it, children before `packets`)."""
 PARTICIPANT_PATTERN_ENV = "CMT_PARTICIPANT_PATTERN"
 PARTICIPANT_RULE = (
@@ -534,6 +534,23 @@ def check_participant_code(code: str, pattern: str | None = None) -> str:
     raise StoreError(f"participant code {code!r} is not a pseudonymous code: {PARTICIPANT_RULE}")
 
 
+_REVIEW_EDITS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_edits (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    utc TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    action TEXT NOT NULL,
+    t REAL,
+    t_end REAL,
+    kind TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    undoes INTEGER REFERENCES review_edits(id)
+)"""
+"""A review edit (accept, reject, mark, unmark, add, delete, bad-segment, undo) of one session's beats: appended,
+never updated; raw packets and decoded beats are never touched by a review."""
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a store written by an older version up to this schema (columns added with defaults, data kept).
 
@@ -669,6 +686,7 @@ class Store:
         with self._lock:
             _migrate(self._raw)  # schema 2: weeks and sources
             _migrate_uuids(self._raw)  # schema 4: session UUIDs and backups
+            self._raw.execute(_REVIEW_EDITS_SCHEMA)  # schema 5: the beat review (`recordings.review`)
         self._begin()
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.flush()

@@ -30,7 +30,7 @@ from recordings.backup import backup_store, store_info
 from recordings.bundle import BundleError, DuplicateSessionError, export_bundle, import_bundle, merge_store
 from recordings.capture import ImportFormatError, export_capture, import_capture
 from recordings.files import OutputExistsError
-from recordings.store import Store, StoreError
+from recordings.store import SCHEMA_VERSION, Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = Protocol("short", "rest then paced", (Phase("baseline", PhaseKind.REST, 40.0),
@@ -388,7 +388,7 @@ def test_store_backup_and_info_cli(tmp_path, capsys):
     assert app.main(["--store", str(path), "store", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["last_backup"] is None and info["sessions_by_source"] == {"simulated": 1}
-    assert info["schema_version"] == 4 and info["participants"] == 1 and info["bytes"] > 0
+    assert info["schema_version"] == SCHEMA_VERSION and info["participants"] == 1 and info["bytes"] > 0
     assert app.main(["--store", str(path), "store", "backup", str(tmp_path / "b.sqlite"), "--by", "ra1"]) == 0
     assert "1 sessions" in capsys.readouterr().out
     assert app.main(["--store", str(path), "store", "backup", str(tmp_path / "b.sqlite")]) == 2

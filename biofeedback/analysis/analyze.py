@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from biofeedback.analysis.acc_breathing import breathing_rate_from_acc
+from biofeedback.analysis.beat_source import BeatSelection, select_beats
 from biofeedback.analysis.breath_cycles import phase_breaths
-from biofeedback.analysis.hrv import PhaseMetrics, analyze_phases, corrected_beats
+from biofeedback.analysis.hrv import CorrectedBeats, PhaseMetrics, analyze_phases
 from biofeedback.analysis.indices import INDEX_SETTINGS
+from biofeedback.analysis.review import phase_review
 from recordings.breathing import breathing_waveform
 from recordings.ecg_time import EcgTimeError, EcgTimeline, map_ecg_chunks
 from recordings.store import SessionInfo, Store
@@ -53,16 +55,28 @@ class SessionAnalysis:
     phases: list[PhaseMetrics]
     windows: list[PhaseWindow]
     quality: dict[str, Any] = field(default_factory=dict)
+    beats: str = "auto"
+    """The beat source analysed (`beat_source.BEAT_SOURCES`)."""
+    beats_note: str = ""
+    review: list[dict[str, Any]] = field(default_factory=list)
+    """Per phase: edits in force by action, the shares the grade rests on, the grade (`review.phase_review`)."""
+    timeline: CorrectedBeats | None = field(default=None, repr=False)
+    selection: BeatSelection | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         phases = []
-        for metrics, window in zip(self.phases, self.windows, strict=True):
+        for i, (metrics, window) in enumerate(zip(self.phases, self.windows, strict=True)):
             row = metrics.to_dict()
             row["feedback"] = window.feedback
             row["ended"] = window.ended
+            if self.review:
+                row["review"] = self.review[i]
+                row["grade"] = self.review[i]["grade"]
             phases.append(row)
         return {
             "session": self.session.to_dict(),
+            "beats": self.beats,
+            "beats_note": self.beats_note,
             "correction": self.correction,
             "index_settings": dict(INDEX_SETTINGS),
             "quality": self.quality,
@@ -71,10 +85,16 @@ class SessionAnalysis:
 
     def phase_rows(self) -> list[dict[str, Any]]:
         """One flat row per phase for table exports: the metrics, feedback, how it ended, and the settings used."""
-        settings = json.dumps({"correction": self.correction, **INDEX_SETTINGS}, ensure_ascii=False)
+        settings = json.dumps({"beats": self.beats, "correction": self.correction, **INDEX_SETTINGS},
+                              ensure_ascii=False)  # fmt: skip
         rows = []
-        for metrics, window in zip(self.phases, self.windows, strict=True):
-            rows.append({**metrics.to_dict(), "feedback": window.feedback, "ended": window.ended,
+        for i, (metrics, window) in enumerate(zip(self.phases, self.windows, strict=True)):
+            extra: dict[str, Any] = {}
+            if self.review:
+                r = self.review[i]
+                extra = {"beats": self.beats, "grade": r["grade"], "n_edits": r["n_edits"],
+                         "edits": "; ".join(f"{k}={v}" for k, v in sorted(r["edits"].items()))}  # fmt: skip
+            rows.append({**metrics.to_dict(), "feedback": window.feedback, "ended": window.ended, **extra,
                          "settings": settings})  # fmt: skip
         return rows
 
@@ -143,20 +163,31 @@ def phase_acc_rate(acc: EcgTimeline, start_s: float, end_s: float) -> tuple[floa
     return estimate.rate_bpm, None
 
 
-def analyze_session(store: Store, session_id: int, correction: str = "kubios") -> SessionAnalysis:
+def analyze_session(
+    store: Store, session_id: int, correction: str = "kubios", beats: str | None = None
+) -> SessionAnalysis:
+    """Per-phase HRV of a session from the beats of `beats` (`beat_source.select_beats`: None = reviewed when the
+    session has a review, else auto), with the edits per phase and the quality grade (`review.phase_review`)."""
     info = store.session(session_id)
-    beats = store.beats(session_id)
+    selection = select_beats(store, session_id, beats)
+    chosen = selection.beats
+    correction = correction if selection.correct else "none"
+    timeline = selection.timeline(correction)
     windows = phase_windows(store, session_id)
     acc = acc_timeline(store, session_id)
     acc_results = [phase_acc_rate(acc, w.start_s, w.end_s) if acc else (None, None) for w in windows]
     phases = analyze_phases(
-        beats.t,
-        beats.rr_ms,
+        chosen.t,
+        chosen.rr_ms,
         [(w.name, w.kind, w.start_s, w.end_s, w.pacer_rate_bpm) for w in windows],
         correction=correction,
-        gap_before=beats.gap_before,
+        gap_before=chosen.gap_before,
         acc_rates=[rate for rate, _ in acc_results],
+        timeline=timeline,
     )
+    review = phase_review([(w.start_s, w.end_s) for w in windows], timeline.seg_span, timeline.recorded_t,
+                          timeline.event_t, selection.audit, selection.review)  # fmt: skip
+    beats_ = store.beats(session_id)
     for metrics, window, (_, acc_note) in zip(phases, windows, acc_results, strict=True):
         if acc_note:
             metrics.notes.append(acc_note)
@@ -164,12 +195,12 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
             metrics.notes.append(f"phase {window.ended} before its planned end")
         if window.paused_s > 0:
             metrics.notes.append(f"includes {window.paused_s:.0f} s of pause")
-    _add_breaths(phases, windows, acc, [rate for rate, _ in acc_results], beats, correction)
+    _add_breaths(phases, windows, acc, [rate for rate, _ in acc_results], timeline)
     counts = store.counts(session_id)
-    lags = beats.arrival_lag_s
+    lags = beats_.arrival_lag_s
     quality = {
-        "n_beats": len(beats.t),
-        "gaps": int(beats.gap_before.sum()) - (1 if len(beats.t) else 0),
+        "n_beats": len(beats_.t),
+        "gaps": int(beats_.gap_before.sum()) - (1 if len(beats_.t) else 0),
         "malformed_packets": counts["packet_errors"],
         "packets": counts["packets"],
         "disconnects": sum(1 for e in store.link_events(session_id) if e[2] == "disconnected"),
@@ -179,19 +210,21 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
         # notification arrived over the fitted line (the live anchor's initial error) and the median delay
         "beat_stretches": store.beat_stretches(session_id),
     }
-    return SessionAnalysis(info, correction, phases, windows, quality)
+    quality["analysed_beats"] = len(chosen.t)
+    return SessionAnalysis(info, correction, phases, windows, quality, beats=selection.source,
+                           beats_note=selection.describe(), review=review, timeline=timeline,
+                           selection=selection)  # fmt: skip
 
 
 def _add_breaths(phases: list[PhaseMetrics], windows: list[PhaseWindow], acc: EcgTimeline | None,
-                 acc_rates: list[float | None], beats, correction: str) -> None:
+                 acc_rates: list[float | None], nn: CorrectedBeats) -> None:
     """The pacer rate of every phase; with chest movement, the measured rate, RSA per breath and pacer compliance
     (`breath_cycles`) of each phase whose breathing rhythm `phase_acc_rate` trusted."""
     for metrics, window in zip(phases, windows, strict=True):
         metrics.pacer_rate_bpm = window.pacer_rate_bpm
-    if acc is None or not any(r is not None for r in acc_rates) or not len(beats.t):
+    if acc is None or not any(r is not None for r in acc_rates) or not len(nn.t):
         return
     waveform = breathing_waveform(acc)
-    nn = corrected_beats(beats.t, beats.rr_ms, correction, beats.gap_before)  # type: ignore[arg-type]
     for metrics, window, rate in zip(phases, windows, acc_rates, strict=True):
         if rate is None:
             continue

@@ -40,6 +40,7 @@ correction flag rests on. `inject` makes the artifacts the validation uses (benc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import neurokit2 as nk
@@ -134,6 +135,35 @@ def rmssd(rr: np.ndarray, n_placed: int = 0) -> float:
     d = np.diff(np.asarray(rr, dtype=float))
     dof = d.size - n_placed
     return float(np.sqrt(np.sum(d**2) / dof)) if dof > 0 else float("nan")
+
+
+def revert_events(rr_ms: np.ndarray, fix: Correction, keep: Sequence[Artifact]) -> Correction:
+    """`fix` with the events in `keep` undone: their recorded beats and intervals come back exactly as recorded.
+
+    A reviewer's "reject" of an automatic correction (`biofeedback.analysis.review`); the other events stay.
+    """
+    rr = np.asarray(rr_ms, dtype=float)
+    revert = sorted(set(keep) & set(fix.events), key=lambda e: e.first)
+    if not revert:
+        return fix
+    src = fix.beat_source
+    pos = {int(r): k for k, r in enumerate(src) if r >= 0}  # recorded beat -> corrected beat index
+    out_src, out_rr, out_syn = [int(src[0])], [], []
+    k = 1
+    for e in revert:
+        ka, kb = pos[e.first], pos[e.last]
+        out_src += [int(v) for v in src[k : ka + 1]]
+        out_rr += [float(v) for v in fix.rr[k - 1 : ka]]
+        out_syn += [bool(v) for v in fix.synthetic[k - 1 : ka]]
+        out_src += list(range(e.first + 1, e.last + 1))
+        out_rr += [float(v) for v in rr[e.first : e.last]]
+        out_syn += [False] * (e.last - e.first)
+        k = kb + 1
+    out_src += [int(v) for v in src[k:]]
+    out_rr += [float(v) for v in fix.rr[k - 1 :]]
+    out_syn += [bool(v) for v in fix.synthetic[k - 1 :]]
+    return Correction(np.array(out_rr), np.array(out_syn, dtype=bool), np.array(out_src, dtype=int),
+                      tuple(e for e in fix.events if e not in revert))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- detection

@@ -83,6 +83,8 @@ SPONTANEOUS_BREATHING_HZ = 0.13
 SLOW_PEAK_DOMINANCE = 5.0
 INTERPOLATION_HZ = 4
 _MIN_SEGMENT_BEATS_FOR_CORRECTION = 5
+EVENT_MATCH_S = 0.001
+"""A reviewer's decision names an artifact by its first replaced beat's time; it matches within this many seconds."""
 
 
 @dataclass
@@ -148,6 +150,7 @@ class CorrectedBeats:
     recorded_t: np.ndarray  # times of all recorded beats
     placed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per beat: placed by the correction
     event_t: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per artifact: its first recorded beat's time
+    rejected_t: np.ndarray = field(default_factory=lambda: np.zeros(0))  # artifacts a reviewer kept as recorded
 
 
 def analyze_phases(
@@ -157,12 +160,15 @@ def analyze_phases(
     correction: Literal["kubios", "none"] = "kubios",
     gap_before: np.ndarray | None = None,
     acc_rates: Sequence[float | None] | None = None,
+    timeline: CorrectedBeats | None = None,
 ) -> list[PhaseMetrics]:
     """HRV metrics for each phase, in the order given (see the module docstring for the method).
 
     `acc_rates`: per phase, the breathing rate (breaths/min) measured from chest movement, or None.
+    `timeline`: the caller's `corrected_beats` of these beats (to correct them once), else computed here.
     """
-    timeline = corrected_beats(beat_t, rr_ms, correction, gap_before)
+    if timeline is None:
+        timeline = corrected_beats(beat_t, rr_ms, correction, gap_before)
     checked = [_validate_phase(i, p) for i, p in enumerate(phases)]
     if acc_rates is None:
         acc_rates = [None] * len(checked)
@@ -184,12 +190,18 @@ def corrected_beats(
     rr_ms: np.ndarray,
     correction: Literal["kubios", "none"] = "kubios",
     gap_before: np.ndarray | None = None,
+    keep_events: Sequence[float] = (),
 ) -> CorrectedBeats:
-    """The beats exactly as `analyze_phases` uses them (validated, corrected per gap-free segment)."""
+    """The beats exactly as `analyze_phases` uses them (validated, corrected per gap-free segment).
+
+    `keep_events`: times of artifacts (their first replaced beat, as in `event_t`) a reviewer rejected: those are
+    left as recorded (`artifacts.revert_events`); `rejected_t` lists the ones found.
+    """
     t, rr, starts = _validate(beat_t, rr_ms, gap_before)
     if correction not in ("kubios", "none"):
         raise ValueError(f"correction must be 'kubios' or 'none', got {correction!r}")
-    return _build_timeline(t, rr, starts, correct=correction == "kubios")
+    keep = np.asarray(keep_events, dtype=float)
+    return _build_timeline(t, rr, starts, correct=correction == "kubios", keep=keep)
 
 
 def gap_free_runs(beats: CorrectedBeats, start_s: float, end_s: float) -> list[np.ndarray]:
@@ -254,7 +266,11 @@ def _segments(starts: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b - 1) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: bool) -> CorrectedBeats:
+def _build_timeline(
+    t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: bool, keep: np.ndarray | None = None
+) -> CorrectedBeats:
+    keep = np.zeros(0) if keep is None else keep
+    rejected: list[np.ndarray] = []
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     changed: list[np.ndarray] = []
     removed: list[np.ndarray] = []
@@ -268,7 +284,8 @@ def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: 
         else:
             seg_rr[0] = np.nan
         if correct and seg_t.size >= _MIN_SEGMENT_BEATS_FOR_CORRECTION:
-            new_t, new_rr, ch, rm, ev = _corrected_segment(seg_t, seg_rr)
+            new_t, new_rr, ch, rm, ev, rej = _corrected_segment(seg_t, seg_rr, keep)
+            rejected.append(rej)
             changed.append(ch)
             removed.append(rm)
             events.append(ev)
@@ -289,15 +306,20 @@ def _build_timeline(t: np.ndarray, rr: np.ndarray, starts: np.ndarray, correct: 
         recorded_t=t,
         placed=np.isin(np.concatenate([p[0] for p in parts]), np.concatenate(changed) if changed else []),
         event_t=np.concatenate(events) if events else np.zeros(0),
+        rejected_t=np.concatenate(rejected) if rejected else np.zeros(0),
     )
 
 
 def _corrected_segment(
-    seg_t: np.ndarray, seg_rr: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    seg_t: np.ndarray, seg_rr: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Correct one gap-free segment (`biofeedback.analysis.artifacts`); returns new times, new RR, placed-beat times,
-    replaced-beat times and artifact times. Recorded beats keep their time and untouched RR their value."""
+    replaced-beat times, artifact times and the times of artifacts left as recorded because they are in `keep`.
+    Recorded beats keep their time and untouched RR their value."""
     fix = artifacts.correct_rr(seg_rr[1:])
+    rejected = [e for e in fix.events if keep.size and np.min(np.abs(keep - seg_t[e.first + 1])) < EVENT_MATCH_S]
+    if rejected:
+        fix = artifacts.revert_events(seg_rr[1:], fix, rejected)
     src = fix.beat_source
     cum_orig = np.concatenate([[0.0], np.cumsum(seg_rr[1:])])
     cum_new = np.concatenate([[0.0], np.cumsum(fix.rr)])
@@ -306,7 +328,7 @@ def _corrected_segment(
     new_rr = np.concatenate([[np.nan], fix.rr])
     removed = seg_t[np.setdiff1d(np.arange(seg_t.size), src)]
     event_t = np.array([seg_t[e.first + 1] for e in fix.events])
-    return new_t, new_rr, new_t[src < 0], removed, event_t
+    return new_t, new_rr, new_t[src < 0], removed, event_t, np.array([seg_t[e.first + 1] for e in rejected])
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -30,6 +30,7 @@ from biofeedback.analysis.analyze import SessionAnalysis, analyze_session
 from biofeedback.analysis.breath_cycles import COMPLIANCE_TOLERANCE
 from biofeedback.analysis.hrv import SLOW_BREATHING_BPM, PhaseMetrics, corrected_beats
 from biofeedback.analysis.indices import RMSSD_STEP_S, RMSSD_WINDOW_S, rmssd_over_time
+from biofeedback.analysis.review import A_ARTIFACT_PCT, A_LOST_PCT, B_ARTIFACT_PCT, B_LOST_PCT, MIN_USABLE_S
 from biofeedback.analysis.synchrony import N_SURROGATES, GroupError, group_synchrony
 from recordings.files import open_private_for_write
 from recordings.privacy import exportable_label, fixed_labels
@@ -77,10 +78,11 @@ class ReportData:
 
 
 def load_report_data(
-    store: Store, session_id: int, *, correction: str = "kubios", include_text: bool = False
+    store: Store, session_id: int, *, correction: str = "kubios", include_text: bool = False, beats: str | None = None
 ) -> ReportData:
-    analysis = analyze_session(store, session_id, correction=correction)
-    beats = store.beats(session_id)
+    """`beats`: the beat source (`beat_source.select_beats`; None = reviewed when there is a review, else auto)."""
+    analysis = analyze_session(store, session_id, correction=correction, beats=beats)
+    chosen = analysis.selection.beats if analysis.selection else store.beats(session_id)
     gaps, down = [], None
     for t, _dev, state, _reason in store.link_events(session_id):
         if state == "disconnected" and down is None:
@@ -88,8 +90,10 @@ def load_report_data(
         elif state == "connected" and down is not None:
             gaps.append((down, t))
             down = None
-    if down is not None and len(beats.t):
-        gaps.append((down, float(beats.t[-1])))
+    if down is not None and len(chosen.t):
+        gaps.append((down, float(chosen.t[-1])))
+    review = analysis.selection.review if analysis.selection else None
+    gaps += [(s, e) for s, e, _kind in review.segments] if review else []  # left out like gaps: drawn like them
     fixed = fixed_labels(store.protocol_dict(session_id))
     markers = [
         (m.t, m.kind, exportable_label(m.kind, m.label, fixed, include_text))
@@ -97,13 +101,14 @@ def load_report_data(
         if m.kind in MARKER_KINDS
     ]  # a free-text manual label only with include_text; the dashed line is drawn either way
     ecg_seconds = sum(len(s) / fs for _t, _ns, fs, s in store.ecg_chunks(session_id))
-    tl = corrected_beats(beats.t, beats.rr_ms, correction, beats.gap_before)
+    tl = analysis.timeline if analysis.timeline is not None else corrected_beats(chosen.t, chosen.rr_ms, correction,
+                                                                                   chosen.gap_before)  # fmt: skip
     rmssd_t, rmssd = rmssd_over_time(tl.t, tl.rr, tl.seg, tl.seg_span)
     return ReportData(
         analysis=analysis,
-        beat_t=beats.t,
-        rr_ms=beats.rr_ms,
-        gap_before=beats.gap_before,
+        beat_t=chosen.t,
+        rr_ms=chosen.rr_ms,
+        gap_before=chosen.gap_before,
         gaps=gaps,
         markers=markers,
         ecg_minutes=ecg_seconds / 60.0,
@@ -335,25 +340,32 @@ def overall_corrected_pct(phases: list[PhaseMetrics]) -> float | None:
     return sum(c * n for c, n in weighted) / total if total else None
 
 
-def phase_table(phases: list[PhaseMetrics]) -> str:
+def phase_table(phases: list[PhaseMetrics], review: list[dict] | None = None) -> str:
     head = ("phase", "kind", "start", "length", "beats", "corrected %", "HR bpm", "RMSSD ms", "SDNN ms", "pNN50 %",
-            "LF ms²", "HF ms²", "breaths/min", "quality notes")  # fmt: skip
+            "LF ms²", "HF ms²", "breaths/min", "grade", "edits", "quality notes")  # fmt: skip
     rows = []
-    for p in phases:
+    for i, p in enumerate(phases):
         breathing = _f(p.breathing_rate_bpm)
         if p.breathing_rate_source:
             breathing += f" ({'pacer' if p.breathing_rate_source == 'pacer' else 'RSA'})"
         cells = [p.name, p.kind, _mmss(p.start_s), _mmss(p.end_s - p.start_s), str(p.n_beats), _f(p.corrected_pct),
                  _f(p.mean_hr_bpm), _f(p.rmssd_ms), _f(p.sdnn_ms), _f(p.pnn50_pct), _f(p.lf_ms2, ".0f"),
                  _f(p.hf_ms2, ".0f"), breathing]  # fmt: skip
+        r = review[i] if review else None
+        cells += [r["grade"], _edits_text(r["edits"])] if r else ["–", "–"]
         swatch = f'<span class="swatch" style="background:{KIND_COLOURS.get(p.kind, "#f0f0f0")}"></span>'
         tds = [f"<td>{swatch}{html.escape(cells[0])}</td>"] + [f"<td>{html.escape(c)}</td>" for c in cells[1:]]
-        tds.append(f'<td class="notes">{"<br>".join(html.escape(n) for n in p.notes) or "–"}</td>')
+        notes = ([f"grade {r['grade']}: {r['grade_reason']}"] if r else []) + list(p.notes)
+        tds.append(f'<td class="notes">{"<br>".join(html.escape(n) for n in notes) or "–"}</td>')
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return (
         "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
         + "".join(rows) + "</tbody></table>"
     )  # fmt: skip
+
+
+def _edits_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "none"
 
 
 def index_table(phases: list[PhaseMetrics]) -> str:
@@ -422,11 +434,12 @@ def render_report(
     correction: str = "kubios",
     include_text: bool = False,
     on_step: Callable[[str], None] | None = None,
+    beats: str | None = None,
 ) -> str:
-    """The report of one session as one HTML document (a string)."""
+    """The report of one session as one HTML document (a string); `beats`: the beat source (`load_report_data`)."""
     step = on_step or (lambda _name: None)
     step(REPORT_STEPS[0])
-    data = load_report_data(store, session_id, correction=correction, include_text=include_text)
+    data = load_report_data(store, session_id, correction=correction, include_text=include_text, beats=beats)
     a = data.analysis
     info = a.session
     phases = a.phases
@@ -446,7 +459,7 @@ def render_report(
     session_facts = [
         ("participant", info.participant_id), ("protocol", info.protocol_name), ("date (UTC)", _date(info.started_utc)),
         ("length", f"{duration / 60:.1f} min"), ("session", f"#{info.id} · {info.state}"), ("device", info.device),
-        ("source", info.source), ("artifact correction", a.correction),
+        ("source", info.source), ("artifact correction", a.correction), ("beats", a.beats),
     ]  # fmt: skip
     corrected = overall_corrected_pct(phases)
     quality_facts = [
@@ -475,12 +488,18 @@ def render_report(
 <section><h2>Signal quality</h2><dl class="facts">{_facts(quality_facts)}</dl></section>
 <section><h2>Heart rate and RR over time</h2>
 <img alt="Heart rate and RR intervals over the session, protocol phases shaded" src="data:image/png;base64,{timeline}">
-<p class="caption">Phases are shaded by kind; hatched bands are signal gaps (disconnects); dashed lines are manual
-markers, dotted lines pauses, skips and stops. Lines are never drawn across a gap.</p></section>
-<section><h2>HRV per phase</h2>{phase_table(phases)}
-<p class="method">Artifact correction: {html.escape(_correction_text(a.correction))}. RMSSD, SDNN, pNN50 and HF need
+<p class="caption">Phases are shaded by kind; hatched bands are signal gaps (disconnects) and bad segments marked in
+the beat review; dashed lines are manual markers, dotted lines pauses, skips and stops. Lines are never drawn across
+a gap.</p></section>
+<section><h2>HRV per phase</h2>{phase_table(phases, a.review)}
+<p class="method">Beats: {html.escape(a.beats_note)}.
+Artifact correction: {html.escape(_correction_text(a.correction))}. RMSSD, SDNN, pNN50 and HF need
 at least 60 s of data in a phase, LF at least 120 s; missing values are shown as –. LF/HF in absolute ms² (Welch PSD of
-the 4 Hz tachogram).</p></section>
+the 4 Hz tachogram). Quality grade: A when artifacts (automatic corrections applied plus beats marked, added or deleted
+by the reviewer) are at most {A_ARTIFACT_PCT:g} per 100 recorded beats, at most {A_LOST_PCT:g} % of the phase is lost
+to bad segments and gaps, and the beats were reviewed with every correction in the phase accepted or rejected; B
+with at most {B_ARTIFACT_PCT:g} % artifacts and {B_LOST_PCT:g} % lost; C otherwise or with less than
+{MIN_USABLE_S:.0f} s of usable data.</p></section>
 <section><h2>RMSSD over time</h2>
 <img alt="RMSSD over time in sliding windows" src="data:image/png;base64,{rmssd_plot}">
 <p class="caption">RMSSD of the corrected beats over {RMSSD_WINDOW_S:.0f} s windows every {RMSSD_STEP_S:.0f} s,
@@ -531,13 +550,15 @@ def write_report(
     correction: str = "kubios",
     include_text: bool = False,
     on_step: Callable[[str], None] | None = None,
+    beats: str | None = None,
 ) -> Path:
     """Render and write the report to `out`, private to the user; an existing file is kept unless `overwrite`."""
     out = Path(out)
     if out.exists() and not overwrite:  # check before the (slow) rendering; open_private_for_write checks again
         with open_private_for_write(out, overwrite=False):
             pass
-    text = render_report(store, session_id, correction=correction, include_text=include_text, on_step=on_step)
+    text = render_report(store, session_id, correction=correction, include_text=include_text, on_step=on_step,
+                         beats=beats)  # fmt: skip
     with open_private_for_write(out, overwrite=overwrite) as fh:
         fh.write(text)
     return out

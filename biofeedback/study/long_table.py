@@ -58,22 +58,25 @@ SYNC_INDICES: dict[str, tuple[str, str]] = {
     "group_sync_n": ("count", "group session: participants with beats in the phase"),
     "participant_sync_r": ("", "group session: Fisher-z mean of this participant's pairwise HR correlations"),
 }
-COLUMNS = ["participant", "session_id", "week", "protocol", "started_utc", "correction", "phase_index", "phase",
-           "phase_kind", "phase_start_s", "phase_end_s", "index", "value", "unit", "settings"]  # fmt: skip
+COLUMNS = ["participant", "session_id", "week", "protocol", "started_utc", "correction", "beats", "phase_index",
+           "phase", "phase_kind", "phase_start_s", "phase_end_s", "grade", "index", "value", "unit",
+           "settings"]  # fmt: skip
+"""`beats`: the beat source analysed (`beat_source`); `grade`: the phase's quality grade (`review.quality_grade`)."""
 
 
 def long_table(
     store: Store, session_ids: Sequence[int], correction: str = "kubios",
-    on_session: Callable[[int], None] | None = None,
+    on_session: Callable[[int], None] | None = None, beats: str | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """The long table of the given sessions (an unfinished, still running session is left out); `on_session(id)`
-    after each session, for progress."""
+    after each session, for progress; `beats`: the beat source (None: reviewed where a session has a review, else
+    auto)."""
     rows = []
     groups: dict[str, dict[int, PhaseSynchrony]] = {}
     for sid in session_ids:
         info = store.session(sid)
         if info.state != "running":
-            rows += _session_rows(store, info, correction, groups)
+            rows += _session_rows(store, info, correction, groups, beats)
         if on_session is not None:
             on_session(sid)
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -81,17 +84,18 @@ def long_table(
 
 
 def _session_rows(store: Store, info: SessionInfo, correction: str,
-                  groups: dict[str, dict[int, PhaseSynchrony]]) -> list[list]:
+                  groups: dict[str, dict[int, PhaseSynchrony]], beats: str | None) -> list[list]:
     """One session's rows: every index of every phase, and the group synchrony indices for a group session."""
     rows = []
     sid = info.id
-    analysis = analyze_session(store, sid, correction=correction)
+    analysis = analyze_session(store, sid, correction=correction, beats=beats)
     sync = _group_phases(store, sid, info.group_id, correction, groups)
-    for metrics, window in zip(analysis.phases, analysis.windows, strict=True):
+    for i, (metrics, window) in enumerate(zip(analysis.phases, analysis.windows, strict=True)):
+        grade = analysis.review[i]["grade"] if analysis.review else None
+        head = [info.participant_id, sid, info.week, info.protocol_name, info.started_utc, analysis.correction,
+                analysis.beats, window.index, metrics.name, metrics.kind, metrics.start_s, metrics.end_s, grade]
         for name, (unit, setting) in INDICES.items():
-            rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
-                         correction, window.index, metrics.name, metrics.kind, metrics.start_s, metrics.end_s,
-                         name, getattr(metrics, name), unit, setting])  # fmt: skip
+            rows.append([*head, name, getattr(metrics, name), unit, setting])
         if sync is None:
             continue
         ph = sync.get(window.index)
@@ -99,9 +103,7 @@ def _session_rows(store: Store, info: SessionInfo, correction: str,
                   "participant_sync_r": ph.participant_r(info.participant_id) if ph.pairs else None,
                   } if ph is not None else {}  # fmt: skip
         for name, (unit, setting) in SYNC_INDICES.items():
-            rows.append([info.participant_id, sid, info.week, info.protocol_name, info.started_utc,
-                         correction, window.index, metrics.name, metrics.kind, metrics.start_s, metrics.end_s,
-                         name, values.get(name), unit, setting])  # fmt: skip
+            rows.append([*head, name, values.get(name), unit, setting])
     return rows
 
 
@@ -123,9 +125,10 @@ def _group_phases(store: Store, session_id: int, group_id: str | None, correctio
 def write_long_table(
     store: Store, session_ids: Sequence[int], out_dir: Path, *, correction: str = "kubios", overwrite: bool = False,
     on_session: Callable[[int], None] | None = None,
+    beats: str | None = None,
 ) -> Path:
     """Write `hrv_long.csv` into `out_dir` (private, never silently replaced)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = long_table(store, session_ids, correction, on_session).to_csv(index=False, float_format="%.6g")
+    text = long_table(store, session_ids, correction, on_session, beats).to_csv(index=False, float_format="%.6g")
     return write_private_text(out_dir / "hrv_long.csv", text, overwrite=overwrite)
