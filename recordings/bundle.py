@@ -66,6 +66,8 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
                     ("nominal_srate", "f"), ("info_xml", "s"), ("lsl_zero", "f"), ("rate", "f")),
     "lsl_chunks": (("stream_id", "i"), ("t_arrival", "f"), ("clock_offset", "f"), ("stamps", "b"),
                    ("values_json", "j")),
+    "review_edits": (("id", "i"), ("utc", "s"), ("reviewer", "s"), ("action", "s"), ("t", "f?"), ("t_end", "f?"),
+                     ("kind", "s?"), ("reason", "s"), ("undoes", "i?")),
     "instrument_defs": (("name", "s"), ("version", "s"), ("toml", "s"), ("stored_utc", "s")),
     "answer_sets": (("id", "i"), ("instrument", "s"), ("instrument_version", "s"), ("time_point", "s"),
                     ("week", "i?"), ("answered_utc", "s"), ("entered_by", "s"), ("source", "s")),
@@ -76,7 +78,7 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "answer_exclusions": (("set_id", "i"), ("reason", "s"), ("excluded_by", "s"), ("excluded_utc", "s")),
 }  # fmt: skip
 SESSION_TABLES = ("packets", "packet_errors", "beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks",
-                  "markers", "notes", "link_events", "lsl_streams", "lsl_chunks")  # fmt: skip
+                  "markers", "notes", "link_events", "lsl_streams", "lsl_chunks", "review_edits")  # fmt: skip
 ANSWER_TABLES = ("instrument_defs", "answer_sets", "answer_values", "answer_texts", "answer_edits",
                  "answer_exclusions")  # fmt: skip
 SESSION_FIELDS: tuple[tuple[str, str], ...] = (
@@ -170,6 +172,8 @@ def read_session(store: Store, session_id: int, *, include_text: bool = False) -
         fixed = fixed_labels(json.loads(session["protocol_json"]))
         for r in data.rows["markers"]:
             r[4] = exportable_label(r[1], r[4], fixed, False)
+        for r in data.rows["review_edits"]:
+            r[7] = ""  # a reviewer's reason is free text
     data.rows.update(read_answers(db, "session_id=?", (session_id,), include_text=include_text))
     return data
 
@@ -418,6 +422,11 @@ def _check_references(data: SessionData, src: str) -> None:
     for i, r in enumerate(rows["lsl_chunks"], start=1):
         if r[0] not in streams or len(r[3]) % 8:
             raise BundleError(f"{src}: lsl_chunks.jsonl line {i}: unknown stream or stamps not 8-byte floats")
+    seen: set[int] = set()
+    for i, r in enumerate(rows["review_edits"], start=1):
+        if r[0] in seen or (r[8] is not None and r[8] not in seen):
+            raise BundleError(f"{src}: review_edits.jsonl line {i}: repeats an edit id or undoes an edit not before it")
+        seen.add(r[0])
     sets = {r[0] for r in rows["answer_sets"]}
     for table in ("answer_values", "answer_texts", "answer_edits", "answer_exclusions"):
         for i, r in enumerate(rows[table], start=1):
@@ -503,6 +512,13 @@ def insert_session(store: Store, data: SessionData, *, by: str, origin: str) -> 
         stream_ids[row[0]] = int(cur.lastrowid)
     _insert(store, "lsl_chunks", [n for n, _k in TABLES["lsl_chunks"]],
             [[stream_ids[r[0]], *r[1:]] for r in rows["lsl_chunks"]])  # fmt: skip
+    edit_ids: dict[int, int] = {}
+    for row in rows["review_edits"]:  # in order: an undo follows the edit it undoes
+        cols = [n for n, _k in TABLES["review_edits"][1:]]
+        values = [*row[1:-1], None if row[-1] is None else edit_ids[row[-1]]]
+        cur = db.execute(f"INSERT INTO review_edits(session_id, {', '.join(cols)}) VALUES "
+                         f"({', '.join('?' * (len(cols) + 1))})", (sid, *values))  # fmt: skip
+        edit_ids[row[0]] = int(cur.lastrowid)
     for r in rows["answer_sets"]:
         del r[len(TABLES["answer_sets"]):]  # a bundle's answer sets all belong to its session and participant
         r += [data.participant["id"], s["uuid"]]

@@ -25,6 +25,7 @@ from devices.clock import ScaledClock
 from devices.virtual_time import LoopClock, run_virtual
 from protocols.instruments import DIARY_NAME, get_instrument
 from protocols.model import Phase, PhaseKind, Protocol
+from recordings import review
 from recordings.answers import AnswerStore
 from recordings.backup import backup_store, store_info
 from recordings.bundle import BundleError, DuplicateSessionError, export_bundle, import_bundle, merge_store
@@ -56,6 +57,9 @@ def _record(store: Store, participant: str, seed: int = 1, *, everything: bool =
         set_id = answers.add(DIARY, participant, seed, WEEK, {"week_notes": SECRET}, session_id=sid)
         answers.edit(set_id, values={"sc_often": 8}, texts={"week_notes": "kitchen"}, by="ra2", reason="re-checked")
         store.exclude("answer_set", set_id, "paper form unclear", by="ra2")
+        review.add_edit(store, sid, "mark", t=float(store.beats(sid).t[10]), reviewer="AB", reason="looks ectopic")
+        review.add_edit(store, sid, "bad-segment", t=20.0, t_end=25.0, kind="movement", reviewer="AB", reason="moved")
+        review.undo_last(store, sid, reviewer="AB", reason="not a movement after all")
         store.flush()
     return sid
 
@@ -76,8 +80,11 @@ def dump_session(path: Path, sid: int) -> dict[str, list[tuple]]:
         answers = db.execute("SELECT 1 FROM sqlite_master WHERE name='answer_sets'").fetchone() is not None
         sets = [r[0] for r in db.execute("SELECT id FROM answer_sets WHERE session_id=? ORDER BY id", (sid,))] \
             if answers else []  # fmt: skip
-        by_rank = {i: dict(zip(ids, range(len(ids)), strict=True)) for i, ids in enumerate((packets, streams, sets))}
-        rank = {"packet_id": by_rank[0], "stream_id": by_rank[1], "set_id": by_rank[2], "object_id": by_rank[2]}
+        edits = [r[0] for r in db.execute("SELECT id FROM review_edits WHERE session_id=? ORDER BY id", (sid,))]
+        by_rank = {i: dict(zip(ids, range(len(ids)), strict=True))
+                   for i, ids in enumerate((packets, streams, sets, edits))}  # fmt: skip
+        rank = {"packet_id": by_rank[0], "stream_id": by_rank[1], "set_id": by_rank[2], "object_id": by_rank[2],
+                "undoes": by_rank[3]}
 
         def rows(table: str, where: str, args: list) -> list[tuple]:
             cols = [c[1] for c in db.execute(f"PRAGMA table_info({table})")]
@@ -145,7 +152,8 @@ def test_bundle_round_trip_keeps_every_table_and_the_raw_bytes(recorded, tmp_pat
     for table, rows in before.items():
         assert rows == after[table], table
     for table in ("packets", "packet_errors", "beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks",
-                  "markers", "notes", "link_events", "lsl_chunks", "answer_values", "answer_texts", "answer_edits",
+                  "markers", "notes", "link_events", "lsl_chunks", "review_edits", "answer_values", "answer_texts",
+                  "answer_edits",
                   "answer_exclusions", "session_exclusion"):  # fmt: skip
         assert before[table], f"the recorded session has no {table}: the test would prove nothing"
 
@@ -157,6 +165,7 @@ def test_bundle_without_include_text_leaves_free_text_out(recorded, tmp_path):
     with zipfile.ZipFile(bundle) as zf:
         everything = b"".join(zf.read(n) for n in zf.namelist())
     assert b"seemed tired" not in everything and b"yawned" not in everything and b"kitchen" not in everything
+    assert b"looks ectopic" not in everything  # a reviewer's reason is free text too
     with Store(tmp_path / "b.sqlite") as store:
         new = import_bundle(store, bundle, by="ra3")
         assert store.notes(new) == []
