@@ -19,6 +19,7 @@ from biofeedback.analysis.analyze import analyze_session
 from biofeedback.analysis.report import relative_to_baseline, render_report, write_report
 from biofeedback.live.recorder import build_session, parse_device_specs
 from devices.simulator import SimFaults
+from devices.virtual_time import LoopClock, run_virtual
 from protocols.library import get_protocol
 from recordings.files import OutputExistsError
 from recordings.store import Store
@@ -28,12 +29,14 @@ NOTE = "participant mentioned a difficult week"
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """cmt-soothing at ×300 with one disconnect, a burst of malformed packets and a manual marker with a note."""
+    """cmt-soothing on virtual time (never at the mercy of a loaded machine) with one disconnect, a burst of
+    malformed packets and a manual marker with a note."""
     path = tmp_path_factory.mktemp("report") / "store.sqlite"
     store = Store(path)
     faults = {"P02": SimFaults(disconnects=[(400.0, 8.0)], malformed_bursts=[(700.0, 3.0)])}
     session = build_session(
-        store, get_protocol("cmt-soothing"), parse_device_specs(["sim"], "P02"), speed=300, seed=4, faults=faults
+        store, get_protocol("cmt-soothing"), parse_device_specs(["sim"], "P02"), seed=4, faults=faults,
+        clock=LoopClock(),
     )
 
     async def run():
@@ -46,7 +49,7 @@ def recorded(tmp_path_factory):
         await task
         return ids
 
-    (sid,) = asyncio.run(run())
+    (sid,) = run_virtual(run())
     yield store, sid, path
     store.close()
 
