@@ -104,7 +104,7 @@ def test_marker_from_the_monitor_lands_in_the_store_at_the_session_time(qtbot, t
     run.wait_for_session_time(30.0)
     run.monitor.activateWindow()
     qtbot.waitUntil(lambda: QtWidgets.QApplication.activeWindow() is run.monitor)
-    before = session.clock.now()
+    shown = run.monitor.view.t  # the session time the monitor is showing (refreshed every frame)
     qtbot.keyClick(run.monitor, QtCore.Qt.Key.Key_M)
     pressed = session.clock.now()
     qtbot.keyClicks(run.monitor.marker_edit, "strap adjusted")
@@ -115,8 +115,9 @@ def test_marker_from_the_monitor_lands_in_the_store_at_the_session_time(qtbot, t
     (sid,) = run.finish()
     (manual,) = [m for m in store.markers(sid) if m.kind == "manual"]
     assert manual.label == "note"
-    # stamped at the moment M was pressed (the monitor's last view, at most a frame or two old), not at Enter
-    assert before - 0.1 * 50 <= manual.t <= pressed
+    # stamped at the moment M was pressed (the view the monitor showed then), not at Enter: on a loaded machine the
+    # view can be a few frames old, so the bound is the view's own time, not the wall clock
+    assert shown <= manual.t <= pressed
     assert store.notes(sid) == [(manual.t, "strap adjusted")]
     store.close()
 
