@@ -168,6 +168,24 @@ def _print_notes(analysis) -> None:
                                     f"{st['median_delay_s'] * 1000:.0f} ms"))  # fmt: skip
 
 
+def _print_ecg_agreement(analysis) -> None:
+    """Sessions with ECG: per phase, how the ECG's R peaks agree with the strap's beats (`analysis.ecg_beats`)."""
+    if analysis.ecg_agreement is None:
+        if "ecg_beats" in analysis.quality:
+            console.print(f"ECG beats: none ({analysis.quality['ecg_beats']})", markup=False, highlight=False)
+        return
+    cols = [("phase", None), ("strap beats", "d"), ("ECG beats", "d"), ("matched", "d"), ("strap only", "d"),
+            ("ECG only", "d"), ("intervals", "d"), ("median |ΔRR| ms", ".1f"), ("|ΔRR| > 20 ms %", ".1f"),
+            ("offset ms", ".0f")]  # fmt: skip
+    rows = []
+    for a in analysis.ecg_agreement:
+        values = [a.phase, a.strap_beats, a.ecg_beats, a.matched, a.strap_only, a.ecg_only, a.intervals,
+                  a.median_abs_drr_ms, a.over_20ms_pct, a.offset_ms]  # fmt: skip
+        rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    _print_tabular(Tabular("ECG beats (neurokit2 R peaks) against the strap's beats", [c for c, _ in cols],
+                           {c for c, spec in cols if spec is not None}, rows))  # fmt: skip
+
+
 # -- commands --------------------------------------------------------------------------------------------------
 
 
@@ -504,6 +522,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             _print_tabular(_phase_tabular(analysis))
             _print_tabular(_index_table(analysis))
             _print_notes(analysis)
+            _print_ecg_agreement(analysis)
             if assessment is not None:
                 _print_resonance(assessment)
         if args.save_resonance and assessment is not None:

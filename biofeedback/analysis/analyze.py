@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from biofeedback.analysis.acc_breathing import breathing_rate_from_acc
+from biofeedback.analysis.ecg_beats import NoEcgError, PhaseAgreement, session_agreement
 from biofeedback.analysis.hrv import PhaseMetrics, analyze_phases
 from biofeedback.analysis.indices import INDEX_SETTINGS
 from recordings.ecg_time import EcgTimeError, EcgTimeline, map_ecg_chunks
@@ -48,6 +49,8 @@ class SessionAnalysis:
     phases: list[PhaseMetrics]
     windows: list[PhaseWindow]
     quality: dict[str, Any] = field(default_factory=dict)
+    ecg_agreement: list[PhaseAgreement] | None = None
+    """Per phase, ECG beats against the strap's (`ecg_beats.agreement`); None without ECG."""
 
     def to_dict(self) -> dict[str, Any]:
         phases = []
@@ -62,6 +65,7 @@ class SessionAnalysis:
             "index_settings": dict(INDEX_SETTINGS),
             "quality": self.quality,
             "phases": phases,
+            "ecg_agreement": None if self.ecg_agreement is None else [a.to_dict() for a in self.ecg_agreement],
         }
 
     def phase_rows(self) -> list[dict[str, Any]]:
@@ -173,4 +177,10 @@ def analyze_session(store: Store, session_id: int, correction: str = "kubios") -
         # notification arrived over the fitted line (the live anchor's initial error) and the median delay
         "beat_stretches": store.beat_stretches(session_id),
     }
-    return SessionAnalysis(info, correction, phases, windows, quality)
+    agreement = None
+    if counts["ecg_chunks"]:
+        try:
+            agreement = session_agreement(store, session_id, [(w.name, w.start_s, w.end_s) for w in windows])
+        except NoEcgError as exc:
+            quality["ecg_beats"] = str(exc)
+    return SessionAnalysis(info, correction, phases, windows, quality, agreement)
