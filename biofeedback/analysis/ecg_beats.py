@@ -15,11 +15,13 @@ handled: the H10 is worn one way.
 **Agreement with the strap** (`agreement`), per phase, where both the ECG and the strap's beats cover the time:
 
 - each strap beat is paired with the nearest ECG beat after removing a *local* offset (the strap's beat times are
-  reconstructed from RR sums with an anchor from arrival times, and an ECG that lost frames without a visible gap
-  is shifted by whole frames, so the two series can be apart by a few ms to half a second): per block of
-  `OFFSET_BLOCK_BEATS` strap beats (with half a block of context either side), the strap − ECG difference most
-  candidate pairs within `OFFSET_SEARCH_S` agree on (within `OFFSET_AGREE_S`; a tie goes to the smallest). A pair
-  must be within `MATCH_TOLERANCE_S` once the offset is removed, and one-to-one (the nearer wins);
+  reconstructed from RR sums with an anchor from arrival or phone times, the ECG's from its sensor clock, so the
+  two series can be apart by a few ms to seconds, drifting slowly): per block of `OFFSET_BLOCK_BEATS` strap beats
+  (with half a block of context either side), the strap − ECG difference that most candidate pairs within
+  `OFFSET_SEARCH_S` agree on (the candidate with the most others within ±`OFFSET_AGREE_S`; a tie goes to the
+  smallest), refined to the median of the differences within `OFFSET_AGREE_S` of it. Because the vote
+  needs the *pattern* of beats to line up, an offset of a whole beat or cycle loses to the true one. A pair must
+  be within `MATCH_TOLERANCE_S` once the offset is removed, and one-to-one (the nearer wins);
 - a *matched interval* is a strap RR whose two beats (consecutive, no gap between them) are paired with two
   consecutive ECG beats of one ECG stretch; ΔRR = strap RR − ECG RR (ms);
 - reported: the median |ΔRR|, the share of matched intervals with |ΔRR| > `DISAGREE_MS` (20 ms), matched beats,
@@ -43,8 +45,9 @@ from recordings.store import Store
 MIN_STRETCH_S = 5.0
 """ECG stretches shorter than this are not searched for beats (the filters and the detector need context)."""
 REFINE_SAMPLES = 2
-OFFSET_SEARCH_S = 1.0
-"""Strap − ECG time differences up to this size are candidates for the local offset."""
+OFFSET_SEARCH_S = 3.0
+"""Strap − ECG time differences up to this size are candidates for the local offset (imported strap beats placed
+by phone time can be seconds apart from the ECG's sensor time: 2.0 s on the real H10 recording)."""
 OFFSET_BLOCK_BEATS = 16
 """The offset is found per block of this many strap beats (with half a block of context on each side)."""
 OFFSET_AGREE_S = 0.015
@@ -173,7 +176,7 @@ def _nearest(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _local_offsets(strap_t: np.ndarray, ecg_t: np.ndarray) -> np.ndarray:
-    """Per strap beat of one stretch: the offset (strap − ECG, s) most beats of its block agree on (NaN: none)."""
+    """Per strap beat of one stretch: the offset (strap − ECG, s) most pairs of its block agree on (NaN: none)."""
     lo = np.searchsorted(ecg_t, strap_t - OFFSET_SEARCH_S)
     hi = np.searchsorted(ecg_t, strap_t + OFFSET_SEARCH_S, side="right")
     width = int(np.max(hi - lo, initial=0))
@@ -181,17 +184,17 @@ def _local_offsets(strap_t: np.ndarray, ecg_t: np.ndarray) -> np.ndarray:
     if width == 0:
         return out
     q = lo[:, None] + np.arange(width)[None, :]
-    valid = q < hi[:, None]
-    diffs = np.where(valid, strap_t[:, None] - ecg_t[np.minimum(q, len(ecg_t) - 1)], np.nan)
+    diffs = np.where(q < hi[:, None], strap_t[:, None] - ecg_t[np.minimum(q, len(ecg_t) - 1)], np.nan)
+    half = OFFSET_BLOCK_BEATS // 2
     for b0 in range(0, len(strap_t), OFFSET_BLOCK_BEATS):
-        ctx = diffs[max(0, b0 - OFFSET_BLOCK_BEATS // 2) : b0 + OFFSET_BLOCK_BEATS + OFFSET_BLOCK_BEATS // 2].ravel()
-        ctx = ctx[np.isfinite(ctx)]
+        ctx = diffs[max(0, b0 - half) : b0 + OFFSET_BLOCK_BEATS + half].ravel()
+        ctx = np.sort(ctx[np.isfinite(ctx)])
         if not ctx.size:
             continue
-        votes = (np.abs(ctx[:, None] - ctx[None, :]) <= OFFSET_AGREE_S).sum(axis=1)
-        best = ctx[votes == votes.max()]
-        winners = ctx[np.abs(ctx - best[np.argmin(np.abs(best))]) <= OFFSET_AGREE_S]
-        out[b0 : b0 + OFFSET_BLOCK_BEATS] = float(np.median(winners))
+        votes = np.searchsorted(ctx, ctx + OFFSET_AGREE_S, side="right") - np.searchsorted(ctx, ctx - OFFSET_AGREE_S)
+        tied = ctx[votes == votes.max()]
+        best = tied[np.argmin(np.abs(tied))]
+        out[b0 : b0 + OFFSET_BLOCK_BEATS] = float(np.median(ctx[np.abs(ctx - best) <= OFFSET_AGREE_S]))
     return out
 
 
@@ -251,10 +254,17 @@ def agreement(
     ok[ok] &= ~ecg.gap_before[pair[ok]]
     drr = np.full(len(st), np.nan)
     drr[ok] = srr[ok] - ecg.rr_ms[pair[ok]]
+    # coverage compared on the ECG's time: each strap stretch shifted by its median offset
     sid = _stretch_ids(sgap)
-    strap_spans = [(float(st[sid == s][0] - srr[sid == s][0] / 1000.0) if np.isfinite(srr[sid == s][0])
-                    else float(st[sid == s][0]), float(st[sid == s][-1])) for s in np.unique(sid)]  # fmt: skip
-    strap_in_ecg = _covered(st, ecg.stretches)
+    shift = np.zeros(len(st))
+    strap_spans = []
+    for s in np.unique(sid):
+        idx = np.flatnonzero(sid == s)
+        known = offset[idx][np.isfinite(offset[idx])]
+        shift[idx] = float(np.median(known)) if known.size else 0.0
+        first = st[idx[0]] - (srr[idx[0]] / 1000.0 if np.isfinite(srr[idx[0]]) else 0.0)
+        strap_spans.append((float(first - shift[idx[0]]), float(st[idx[-1]] - shift[idx[0]])))
+    strap_in_ecg = _covered(st - shift, ecg.stretches)
     ecg_in_strap = _covered(ecg.t, strap_spans)
     paired_ecg = np.zeros(len(ecg.t), dtype=bool)
     paired_ecg[pair[pair >= 0]] = True
