@@ -462,12 +462,13 @@ def cmd_sessions_audit(args: argparse.Namespace) -> int:
 
 def _resonance_tabular(assessment) -> Tabular:
     cols = [("phase", None), ("paced /min", "g"), ("beats", "d"), ("corr %", ".1f"), ("RSA bpm", ".1f"),
-            ("LF peak ms²", ".0f"), ("LF ms²", ".0f"), ("peak /min", ".2f"), ("score", ".2f"),
-            ("usable", None)]  # fmt: skip
+            ("LF peak ms²", ".0f"), ("LF ms²", ".0f"), ("peak /min", ".2f"), ("ACC /min", ".2f"), ("sync", ".2f"),
+            ("smooth", ".2f"), ("LF peaks", "d"), ("votes", "d"), ("score", ".2f"), ("usable", None)]  # fmt: skip
     rows = []
     for r in assessment.rates:
         values = [r.phase, r.rate_bpm, r.n_beats, r.corrected_pct, r.rsa_amplitude_bpm, r.lf_peak_ms2, r.lf_ms2,
-                  r.peak_bpm, r.score, "yes" if r.eligible else "no"]  # fmt: skip
+                  r.peak_bpm, r.acc_rate_bpm, r.phase_sync_plv, r.smoothness, r.n_lf_peaks,
+                  len(r.votes) if r.eligible else None, r.score, "yes" if r.eligible else "no"]  # fmt: skip
         rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
     title = f"Resonance assessment · session {assessment.session_id} · {assessment.participant_id}"
     return Tabular(title, [c for c, _ in cols], {c for c, spec in cols if spec is not None}, rows)
@@ -485,6 +486,10 @@ def _print_resonance(assessment) -> None:
                                     f" ({assessment.reason})"))  # fmt: skip
         if len(assessment.close_rates_bpm) > 1:
             console.print(f"  close: {', '.join(f'{r:g}' for r in assessment.close_rates_bpm)} /min")
+    console.print("  criteria (Shaffer & Meehan 2020): sync = HR-breathing phase locking (needs --acc), RSA bpm = "
+                  "peak-to-trough HR, LF ms², LF peak ms², smooth = share of HR variance at the pacer rate, LF peaks "
+                  "(fewer is better); each gives a vote to its best rate; most votes, then score, then the faster "
+                  "rate", style="dim", highlight=False)  # fmt: skip
 
 
 def _save_resonance(store, assessment, machine: bool = False) -> None:
