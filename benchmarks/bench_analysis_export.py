@@ -19,7 +19,9 @@ and compares with neurokit2's stock `ecg_process` + `hrv` on the same ECG (whole
 Then a 24-hour RR series (`--day-hours`; RSA, Mayer wave, 1/f-like drift, a day-night trend, 0.3 % ectopic and
 0.2 % missed beats; numpy, no live loop) is stored with one phase per hour and analysed per phase with
 `analyze_session` (target: under 10 s for the 24 phases), and in the same run with neurokit2's `hrv()` on each
-phase's beats; the ratio is printed. Nothing is asserted (this is not a test).
+phase's beats (`--stock-phases K`: only the first K, extrapolated to all, since its nonlinear indices take about
+two CPU minutes per hour of beats); the ratio is printed, in wall and CPU time (the process's own, which a loaded
+machine does not inflate as much). Nothing is asserted (this is not a test).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from recordings.store import Store
 
 FS = 130.0
 FRAME = 73
+CPU: dict[str, float] = {}
+"""CPU seconds of each timed step (the process's own; on a shared, loaded machine wall time overstates it)."""
 
 
 def long_protocol(hours: float) -> Protocol:
@@ -129,7 +133,7 @@ def day_rr_series(hours: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return t[keep], rr[keep]
 
 
-def day_benchmark(hours: float, seed: int, root: Path, r: dict[str, float]) -> None:
+def day_benchmark(hours: float, seed: int, root: Path, r: dict[str, float], stock_phases: int) -> None:
     store = Store(root / "day.sqlite")
     t, rr = timed(f"generate {hours:g} h RR series", lambda: day_rr_series(hours, seed), r)
     sid = store.create_session("P01", "day", {"name": "day"}, "bench-sim", source="imported")
@@ -150,25 +154,42 @@ def day_benchmark(hours: float, seed: int, root: Path, r: dict[str, float]) -> N
                                                                           "sample_entropy", "coherence_ratio"))
     print(f"  (indices missing over all phases: {missing})")
     peaks = np.round(t * 1000).astype(int)
+    selected = [peaks[(t >= w.start_s) & (t < w.end_s)] for w in analysis.windows]
+
+    def time_and_frequency():
+        for sel in selected:
+            nk.hrv_time(sel, sampling_rate=1000)
+            nk.hrv_frequency(sel, sampling_rate=1000)
+
+    timed(f"neurokit2: hrv_time + hrv_frequency, {n_phases} phases", time_and_frequency, r)
+    k = min(stock_phases, n_phases)
+    label = f"neurokit2: hrv() per phase, {k} of {n_phases} phases"
 
     def stock():
-        for w in analysis.windows:
-            sel = peaks[(t >= w.start_s) & (t < w.end_s)]
+        for sel in selected[:k]:
             nk.hrv(sel, sampling_rate=1000)
 
-    timed(f"neurokit2: hrv() per phase, {n_phases} phases", stock, r)
+    timed(label, stock, r)
     store.close()
-    ours, theirs = r[f"ours: analyze_session, {n_phases} phases"], r[f"neurokit2: hrv() per phase, {n_phases} phases"]
-    verdict = "under" if ours < 10.0 else "OVER"
-    print(f"{hours:g} h per hour-long phase: ours {ours:.2f} s ({verdict} the 10 s target), neurokit2 hrv() "
-          f"{theirs:.2f} s; ratio neurokit2 / ours = {theirs / ours:.1f}x")
+    ours = f"ours: analyze_session, {n_phases} phases"
+    scale = n_phases / k
+    theirs, theirs_cpu = r[label] * scale, CPU[label] * scale
+    verdict = "under" if r[ours] < 10.0 else "OVER"
+    print(f"{hours:g} h per hour-long phase: ours {r[ours]:.2f} s wall ({verdict} the 10 s target), "
+          f"CPU {CPU[ours]:.2f} s")
+    print(f"  neurokit2 hrv() for the {n_phases} phases{'' if k == n_phases else f' (extrapolated from {k})'}: "
+          f"{theirs:.0f} s wall, CPU {theirs_cpu:.0f} s; ratio neurokit2 / ours = {theirs / r[ours]:.0f}x wall, "
+          f"{theirs_cpu / CPU[ours]:.0f}x CPU")  # fmt: skip
+    tf = f"neurokit2: hrv_time + hrv_frequency, {n_phases} phases"
+    print(f"  neurokit2 time + frequency domain alone: {r[tf]:.2f} s (ours adds correction and every index)")
 
 
 def timed(label: str, fn, results: dict[str, float]):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     results[label] = time.perf_counter() - t0
-    print(f"  {label:<44} {results[label]:8.2f} s", flush=True)
+    CPU[label] = time.process_time() - c0
+    print(f"  {label:<44} {results[label]:8.2f} s  (CPU {CPU[label]:.2f} s)", flush=True)
     return out
 
 
@@ -177,6 +198,9 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--day-hours", type=float, default=24.0, help="length of the RR-only day series (0: skip)")
+    ap.add_argument("--stock-phases", type=int, default=24,
+                    help="hour-long phases given to neurokit2 hrv() (about 2 CPU minutes each: its nonlinear "
+                    "indices); the rest is extrapolated")  # fmt: skip
     args = ap.parse_args()
     protocol = long_protocol(args.hours)
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,7 +259,7 @@ def main() -> None:
     if args.day_hours > 0:
         print(f"{args.day_hours:g} h RR series:")
         with tempfile.TemporaryDirectory() as tmp:
-            day_benchmark(args.day_hours, args.seed, Path(tmp), r)
+            day_benchmark(args.day_hours, args.seed, Path(tmp), r, args.stock_phases)
 
 
 if __name__ == "__main__":

@@ -33,16 +33,19 @@ from recordings.store import Store
 PROTOCOL = Protocol("ecg-test", "rest and paced", (Phase("rest", PhaseKind.REST, 150.0),
                                                    Phase("paced", PhaseKind.REST, 150.0)))  # fmt: skip
 DISCONNECT = (100.0, 10.0)
+CONTACT_LOSS = (200.0, 15.0)
 
 
 @pytest.fixture(scope="module")
 def sim_session(tmp_path_factory):
-    """5 min of a simulated H10 with ECG (virtual time), a 10 s disconnect, and beats the strap misses."""
+    """5 min of a simulated H10 with ECG (virtual time), a 10 s disconnect, 15 s without skin contact (the ECG is
+    noise then), and beats the strap misses."""
     path = tmp_path_factory.mktemp("ecgbeats") / "store.sqlite"
     store = Store(path)
     session = build_session(store, PROTOCOL, parse_device_specs(["sim"], "P01"), clock=LoopClock(), ecg=True,
                             participants={"P01": SimParticipant(seed=4, missed_beat_rate=0.01)},
-                            faults={"P01": SimFaults(disconnects=[DISCONNECT])}, keep_history=True)  # fmt: skip
+                            faults={"P01": SimFaults(disconnects=[DISCONNECT], contact_loss=[CONTACT_LOSS])},
+                            keep_history=True)  # fmt: skip
     (sid,) = run_virtual(session.run())
     truth = np.array(session.straps[0].binding.link.true_beat_times())
     store.close()
@@ -99,8 +102,13 @@ def test_no_ecg_beat_and_no_interval_across_an_ecg_gap(sim_session):
     assert start - 1.0 < end_first < start + 1.0 and start + length - 1.0 < start_second < start + length + 2.0
     assert not np.any((ecg.t > end_first) & (ecg.t < start_second))
     after = int(np.searchsorted(ecg.t, start_second))
-    assert ecg.gap_before[0] and ecg.gap_before[after] and ecg.gap_before.sum() == 2
-    assert np.isnan(ecg.rr_ms[after]) and np.all(np.isfinite(ecg.rr_ms[~ecg.gap_before]))
+    # without skin contact the ECG is noise: no beat is found there, and none of its intervals spans it
+    lost, lost_s = CONTACT_LOSS
+    assert not np.any((ecg.t > lost + 0.5) & (ecg.t < lost + lost_s - 0.5))
+    resumed = int(np.searchsorted(ecg.t, lost + lost_s - 0.5))
+    assert ecg.gap_before[resumed] and ecg.t[resumed - 1] < lost + 0.5
+    assert ecg.gap_before[0] and ecg.gap_before[after] and ecg.gap_before.sum() == 3
+    assert np.all(np.isnan(ecg.rr_ms[ecg.gap_before])) and np.all(np.isfinite(ecg.rr_ms[~ecg.gap_before]))
 
 
 def test_analyze_and_report_show_the_agreement(sim_session, capsys):
@@ -163,17 +171,18 @@ def test_real_h10_ecg_beats_agree_with_its_rr(real_h10):
     assert ecg.fs_hz == pytest.approx(130.16, abs=0.01)  # the measured rate, not the nominal 130 Hz
     (row,) = analysis.ecg_agreement
     print(row)
-    # measured: 794 of 795 strap beats paired, median |ΔRR| 0.54 ms, none above 20 ms; the strap's beats (placed
-    # by phone time) are 1.97 s later than the ECG's (sensor time)
+    # measured: 794 of 795 strap beats paired, median |ΔRR| 0.54 ms, none above 20 ms, 5 ECG-only beats; the
+    # strap's beats (placed by phone time) are 1.97 s later than the ECG's (sensor time)
     assert row.matched >= 0.99 * row.strap_beats and row.intervals >= 0.97 * row.strap_beats
     assert row.median_abs_drr_ms < 1.0 and row.over_20ms_pct < 1.0
     assert 1.9e3 < row.offset_ms < 2.05e3
-    # the ECG-only beats are premature beats the strap missed: its RR there spans two ECG intervals
+    assert row.ecg_only <= 8
+    # an ECG-only beat between two paired ones is a beat the strap missed: its RR there spans two ECG intervals
     pair, _ = match_beats(beats.t, beats.gap_before, ecg.t)
     paired = np.zeros(len(ecg.t), dtype=bool)
     paired[pair[pair >= 0]] = True
     inner = [j for j in np.flatnonzero(~paired) if 0 < j < len(ecg.t) - 1 and paired[j - 1] and paired[j + 1]]
-    assert 3 <= len(inner) <= row.ecg_only
+    assert 2 <= len(inner) <= row.ecg_only
     for j in inner:
         (i,) = np.flatnonzero(pair == j + 1)
         assert pair[i - 1] == j - 1

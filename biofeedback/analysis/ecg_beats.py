@@ -9,7 +9,9 @@ by a parabola through it and its two neighbours (vertex offset clipped to ±0.5 
 quantised to the 7.7 ms sample period. The cleaning is zero-phase (``filtfilt``), so it does not move the peak.
 Sample times inside a stretch are linear in the sample index, so the fractional index maps to
 ``t[k] + δ / fs``. No beat is ever placed in an ECG gap and no interval spans one: the first beat of a stretch has
-no RR (NaN) and starts a new stretch (`gap_before`), like the strap's beats. An inverted lead (R negative) is not
+no RR (NaN) and starts a new stretch (`gap_before`), like the strap's beats. A detected peak lower than
+`MIN_R_SHARE` of the stretch's median R height is noise (the electrodes lost the skin), not a beat: it is dropped
+and the next beat starts a new stretch too, so no interval spans the noise. An inverted lead (R negative) is not
 handled: the H10 is worn one way.
 
 **Agreement with the strap** (`agreement`), per phase, where both the ECG and the strap's beats cover the time:
@@ -45,6 +47,8 @@ from recordings.store import Store
 MIN_STRETCH_S = 5.0
 """ECG stretches shorter than this are not searched for beats (the filters and the detector need context)."""
 REFINE_SAMPLES = 2
+MIN_R_SHARE = 0.2
+"""A detected peak lower than this share of the stretch's median R height is noise (electrodes off the skin)."""
 OFFSET_SEARCH_S = 3.0
 """Strap − ECG time differences up to this size are candidates for the local offset (imported strap beats placed
 by phone time can be seconds apart from the ECG's sensor time: 2.0 s on the real H10 recording)."""
@@ -74,27 +78,38 @@ class EcgBeats:
 
 def detect_r_peaks(ecg: np.ndarray, fs_hz: float) -> np.ndarray:
     """Fractional sample indices of the R peaks of one gap-free ECG stretch (neurokit2, parabolic refinement)."""
+    return _r_peaks(ecg, fs_hz)[0]
+
+
+def _r_peaks(ecg: np.ndarray, fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """R peaks (fractional indices) and, per peak, whether a peak too small to be a beat was dropped before it."""
     x = np.asarray(ecg, dtype=float)
     if x.ndim != 1 or not np.all(np.isfinite(x)):
         raise ValueError("ECG stretch must be 1-D and finite")
     if not fs_hz > 0:
         raise ValueError(f"sampling rate must be > 0, got {fs_hz!r}")
     if len(x) < MIN_STRETCH_S * fs_hz:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0, dtype=bool)
     clean = np.asarray(nk.ecg_clean(x, sampling_rate=fs_hz, method="neurokit"), dtype=float)
     _, info = nk.ecg_peaks(clean, sampling_rate=fs_hz, method="neurokit")
-    peaks = np.asarray(info["ECG_R_Peaks"], dtype=int)
-    out = []
-    for k in peaks:
+    found: dict[int, float] = {}
+    for k in np.asarray(info["ECG_R_Peaks"], dtype=int):
         lo, hi = max(0, k - REFINE_SAMPLES), min(len(clean), k + REFINE_SAMPLES + 1)
         k = lo + int(np.argmax(clean[lo:hi]))
         if k == 0 or k == len(clean) - 1:
             continue  # a peak at the stretch's edge cannot be located: it may lie outside
         y0, y1, y2 = clean[k - 1 : k + 2]
         denom = y0 - 2.0 * y1 + y2
-        delta = float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5)) if denom < 0 else 0.0
-        out.append(k + delta)
-    return np.unique(np.asarray(out, dtype=float))
+        found[k] = k + (float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5)) if denom < 0 else 0.0)
+    if not found:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    ks = np.array(sorted(found))
+    height = clean[ks]
+    real = height >= MIN_R_SHARE * float(np.median(height))
+    dropped_before = np.concatenate([[0], np.cumsum(~real)[:-1]])  # small peaks before each
+    frac = np.array([found[k] for k in ks])
+    gap = np.diff(np.concatenate([[0], dropped_before[real]])) > 0
+    return frac[real], gap
 
 
 def beats_from_timeline(tl: EcgTimeline) -> EcgBeats:
@@ -105,13 +120,13 @@ def beats_from_timeline(tl: EcgTimeline) -> EcgBeats:
         if len(idx) < MIN_STRETCH_S * tl.fs_hz:
             continue
         spans.append((float(tl.t[idx[0]]), float(tl.t[idx[-1]])))
-        frac = detect_r_peaks(tl.uv[idx], tl.fs_hz)
+        frac, noise_before = _r_peaks(tl.uv[idx], tl.fs_hz)
         if not len(frac):
             continue
         k = np.floor(frac).astype(int)
         t = tl.t[idx][k] + (frac - k) / tl.fs_hz
         times.append(t)
-        gaps.append(np.arange(len(t)) == 0)
+        gaps.append((np.arange(len(t)) == 0) | noise_before)
     if not times:
         return EcgBeats(np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), tl.fs_hz, spans)
     t = np.concatenate(times)
