@@ -10,8 +10,9 @@ quantised to the 7.7 ms sample period. The cleaning is zero-phase (``filtfilt``)
 Sample times inside a stretch are linear in the sample index, so the fractional index maps to
 ``t[k] + δ / fs``. No beat is ever placed in an ECG gap and no interval spans one: the first beat of a stretch has
 no RR (NaN) and starts a new stretch (`gap_before`), like the strap's beats. A detected peak lower than
-`MIN_R_SHARE` of the stretch's median R height is noise (the electrodes lost the skin), not a beat: it is dropped
-and the next beat starts a new stretch too, so no interval spans the noise. An inverted lead (R negative) is not
+`MIN_R_SHARE` of the stretch's median R height is not a beat (noise while the electrodes lost the skin, or, on
+the real H10 recording, six T waves found inside long compensatory pauses, at 3-13 % of the median R): it is
+dropped and the next beat starts a new stretch, so no interval spans it. An inverted lead (R negative) is not
 handled: the H10 is worn one way.
 
 **Agreement with the strap** (`agreement`), per phase, where both the ECG and the strap's beats cover the time:
