@@ -185,6 +185,24 @@ def _print_notes(analysis) -> None:
                                     f"{st['median_delay_s'] * 1000:.0f} ms"))  # fmt: skip
 
 
+def _print_ecg_agreement(analysis) -> None:
+    """Sessions with ECG: per phase, how the ECG's R peaks agree with the strap's beats (`analysis.ecg_beats`)."""
+    if analysis.ecg_agreement is None:
+        if "ecg_beats" in analysis.quality:
+            console.print(f"ECG beats: none ({analysis.quality['ecg_beats']})", markup=False, highlight=False)
+        return
+    cols = [("phase", None), ("strap beats", "d"), ("ECG beats", "d"), ("matched", "d"), ("strap only", "d"),
+            ("ECG only", "d"), ("intervals", "d"), ("median |ΔRR| ms", ".1f"), ("|ΔRR| > 20 ms %", ".1f"),
+            ("offset ms", ".0f")]  # fmt: skip
+    rows = []
+    for a in analysis.ecg_agreement:
+        values = [a.phase, a.strap_beats, a.ecg_beats, a.matched, a.strap_only, a.ecg_only, a.intervals,
+                  a.median_abs_drr_ms, a.over_20ms_pct, a.offset_ms]  # fmt: skip
+        rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
+    _print_tabular(Tabular("ECG beats (neurokit2 R peaks) against the strap's beats", [c for c, _ in cols],
+                           {c for c, spec in cols if spec is not None}, rows))  # fmt: skip
+
+
 def _breath_table(analysis) -> Tabular | None:
     """Breath by breath from chest movement (ACC): measured rate beside the pacer, compliance, RSA per breath."""
     if not any(p.n_breaths is not None for p in analysis.phases):
@@ -597,12 +615,13 @@ def cmd_sessions_audit(args: argparse.Namespace) -> int:
 
 def _resonance_tabular(assessment) -> Tabular:
     cols = [("phase", None), ("paced /min", "g"), ("beats", "d"), ("corr %", ".1f"), ("RSA bpm", ".1f"),
-            ("LF peak ms²", ".0f"), ("LF ms²", ".0f"), ("peak /min", ".2f"), ("score", ".2f"),
-            ("usable", None)]  # fmt: skip
+            ("LF peak ms²", ".0f"), ("LF ms²", ".0f"), ("peak /min", ".2f"), ("ACC /min", ".2f"), ("sync", ".2f"),
+            ("smooth", ".2f"), ("LF peaks", "d"), ("votes", "d"), ("score", ".2f"), ("usable", None)]  # fmt: skip
     rows = []
     for r in assessment.rates:
         values = [r.phase, r.rate_bpm, r.n_beats, r.corrected_pct, r.rsa_amplitude_bpm, r.lf_peak_ms2, r.lf_ms2,
-                  r.peak_bpm, r.score, "yes" if r.eligible else "no"]  # fmt: skip
+                  r.peak_bpm, r.acc_rate_bpm, r.phase_sync_plv, r.smoothness, r.n_lf_peaks,
+                  len(r.votes) if r.eligible else None, r.score, "yes" if r.eligible else "no"]  # fmt: skip
         rows.append([str(v) if spec is None else _fmt(v, spec) for v, (_, spec) in zip(values, cols, strict=True)])
     title = f"Resonance assessment · session {assessment.session_id} · {assessment.participant_id}"
     return Tabular(title, [c for c, _ in cols], {c for c, spec in cols if spec is not None}, rows)
@@ -620,6 +639,10 @@ def _print_resonance(assessment) -> None:
                                     f" ({assessment.reason})"))  # fmt: skip
         if len(assessment.close_rates_bpm) > 1:
             console.print(f"  close: {', '.join(f'{r:g}' for r in assessment.close_rates_bpm)} /min")
+    console.print("  criteria (Shaffer & Meehan 2020): sync = HR-breathing phase locking (needs --acc), RSA bpm = "
+                  "peak-to-trough HR, LF ms², LF peak ms², smooth = share of HR variance at the pacer rate, LF peaks "
+                  "(fewer is better); each gives a vote to its best rate; most votes, then score, then the faster "
+                  "rate", style="dim", highlight=False)  # fmt: skip
 
 
 def _save_resonance(store, assessment, machine: bool = False) -> None:
@@ -661,6 +684,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if (breaths := _breath_table(analysis)) is not None:
                 _print_tabular(breaths)
             _print_notes(analysis)
+            _print_ecg_agreement(analysis)
+
+
             _print_beat_source(analysis.beats_note, _phase_edit_lines(analysis))
             if assessment is not None:
                 _print_resonance(assessment)

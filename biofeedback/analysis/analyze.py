@@ -22,6 +22,7 @@ import numpy as np
 from biofeedback.analysis.acc_breathing import breathing_rate_from_acc
 from biofeedback.analysis.beat_source import BeatSelection, select_beats
 from biofeedback.analysis.breath_cycles import phase_breaths
+from biofeedback.analysis.ecg_beats import NoEcgError, PhaseAgreement, session_agreement
 from biofeedback.analysis.hrv import CorrectedBeats, PhaseMetrics, analyze_phases
 from biofeedback.analysis.indices import INDEX_SETTINGS
 from biofeedback.analysis.review import phase_review
@@ -62,6 +63,8 @@ class SessionAnalysis:
     """Per phase: edits in force by action, the shares the grade rests on, the grade (`review.phase_review`)."""
     timeline: CorrectedBeats | None = field(default=None, repr=False)
     selection: BeatSelection | None = field(default=None, repr=False)
+    ecg_agreement: list[PhaseAgreement] | None = None
+    """Per phase, ECG beats against the strap's (`ecg_beats.agreement`); None without ECG."""
 
     def to_dict(self) -> dict[str, Any]:
         phases = []
@@ -81,6 +84,7 @@ class SessionAnalysis:
             "index_settings": dict(INDEX_SETTINGS),
             "quality": self.quality,
             "phases": phases,
+            "ecg_agreement": None if self.ecg_agreement is None else [a.to_dict() for a in self.ecg_agreement],
         }
 
     def phase_rows(self) -> list[dict[str, Any]]:
@@ -211,9 +215,15 @@ def analyze_session(
         "beat_stretches": store.beat_stretches(session_id),
     }
     quality["analysed_beats"] = len(chosen.t)
+    agreement = None
+    if counts["ecg_chunks"]:
+        try:
+            agreement = session_agreement(store, session_id, [(w.name, w.start_s, w.end_s) for w in windows])
+        except NoEcgError as exc:
+            quality["ecg_beats"] = str(exc)
     return SessionAnalysis(info, correction, phases, windows, quality, beats=selection.source,
                            beats_note=selection.describe(), review=review, timeline=timeline,
-                           selection=selection)  # fmt: skip
+                           selection=selection, ecg_agreement=agreement)  # fmt: skip
 
 
 def _add_breaths(phases: list[PhaseMetrics], windows: list[PhaseWindow], acc: EcgTimeline | None,

@@ -119,7 +119,8 @@ def correct_rr(rr_ms: np.ndarray) -> Correction:
             added = True
         if not added:
             break
-        spans = {s: k for s, k in spans.items() if not _trivial(rr, spans, *s)}
+        bad = _bad_mask(rr.size, spans)  # once per pass, not once per span (spans grow with the recording)
+        spans = {s: k for s, k in spans.items() if not _trivial(rr, spans, *s, bad=bad)}
         current = _apply(rr, spans)
     return current
 
@@ -217,10 +218,19 @@ def _misfit(rr: np.ndarray, lo: int, hi: int, flagged: np.ndarray) -> float:
 
 def _level(rr: np.ndarray, lo: int, hi: int, bad: np.ndarray) -> float:
     """The local interval at a block: median of the `LEVEL_NEIGHBOURS` nearest clean intervals on each side."""
-    left = [k for k in range(lo - 1, -1, -1) if not bad[k]][:LEVEL_NEIGHBOURS]
-    right = [k for k in range(hi, rr.size) if not bad[k]][:LEVEL_NEIGHBOURS]
-    near = left + right
+    near = _clean_neighbours(bad, range(lo - 1, -1, -1)) + _clean_neighbours(bad, range(hi, rr.size))
     return float(np.median(rr[near])) if near else float(np.mean(rr[lo:hi]))
+
+
+def _clean_neighbours(bad: np.ndarray, order: range) -> list[int]:
+    """The first `LEVEL_NEIGHBOURS` indices in `order` that are not `bad` (stops scanning once it has them)."""
+    found: list[int] = []
+    for k in order:
+        if not bad[k]:
+            found.append(k)
+            if len(found) == LEVEL_NEIGHBOURS:
+                break
+    return found
 
 
 # -------------------------------------------------------------------------------------------- correction
@@ -230,15 +240,25 @@ def _unchanged(rr: np.ndarray) -> Correction:
     return Correction(rr.copy(), np.zeros(rr.size, dtype=bool), np.arange(rr.size + 1), ())
 
 
-def _fill(rr: np.ndarray, spans: dict[tuple[int, int], str], a: int, b: int) -> tuple[np.ndarray, float]:
+def _bad_mask(n: int, spans: dict[tuple[int, int], str]) -> np.ndarray:
+    """Per interval: inside one of the artifact spans."""
+    bad = np.zeros(n, dtype=bool)
+    for s0, s1 in spans:
+        bad[s0:s1] = True
+    return bad
+
+
+def _fill(
+    rr: np.ndarray, spans: dict[tuple[int, int], str], a: int, b: int, bad: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Replacement intervals for recorded beats a .. b, and the local interval they came from.
 
     The number of intervals is ``round(T / level)`` for the event's duration ``T`` and the local interval
-    (`_level`); their values are the smoothest ones that fill ``T`` exactly (`smoothest_fill`).
+    (`_level`); their values are the smoothest ones that fill ``T`` exactly (`smoothest_fill`). `bad`: the
+    spans' mask (`_bad_mask`), when the caller already has it.
     """
-    bad = np.zeros(rr.size, dtype=bool)
-    for s0, s1 in spans:
-        bad[s0:s1] = True
+    if bad is None:
+        bad = _bad_mask(rr.size, spans)
     total = float(np.sum(rr[a:b]))
     level = _level(rr, a, b, bad)
     n = max(1, round(total / level))
@@ -274,9 +294,11 @@ def smoothest_fill(total: float, n: int, before: float | None, after: float | No
     return np.linalg.solve(kkt, np.concatenate([2.0 * d.T @ c, [total]]))[:n]
 
 
-def _trivial(rr: np.ndarray, spans: dict[tuple[int, int], str], a: int, b: int) -> bool:
+def _trivial(
+    rr: np.ndarray, spans: dict[tuple[int, int], str], a: int, b: int, bad: np.ndarray | None = None
+) -> bool:
     """True when correcting beats a .. b would keep their number and move no interval noticeably."""
-    values, level = _fill(rr, spans, a, b)
+    values, level = _fill(rr, spans, a, b, bad)
     return values.size == b - a and float(np.max(np.abs(values - rr[a:b]))) < MIN_CHANGE_FRACTION * level
 
 
@@ -286,11 +308,12 @@ def _apply(rr: np.ndarray, spans: dict[tuple[int, int], str]) -> Correction:
     source: list[np.ndarray] = [np.array([0])]
     events: list[Artifact] = []
     pos = 0
+    bad = _bad_mask(rr.size, spans)
     for a, b in sorted(spans):
         out_rr.append(rr[pos:a])
         out_syn.append(np.zeros(a - pos, dtype=bool))
         source.append(np.arange(pos + 1, a + 1))
-        values, _ = _fill(rr, spans, a, b)
+        values, _ = _fill(rr, spans, a, b, bad)
         merged_extra = values.size == 1 and b - a > 1  # spurious beats removed: the measured interval remains
         out_rr.append(values)
         out_syn.append(np.full(values.size, not merged_extra))

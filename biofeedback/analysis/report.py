@@ -383,6 +383,29 @@ def index_table(phases: list[PhaseMetrics]) -> str:
     )  # fmt: skip
 
 
+def ecg_agreement_section(analysis: SessionAnalysis) -> str:
+    """The per-phase agreement of ECG beats with the strap's beats (empty without ECG)."""
+    if analysis.ecg_agreement is None:
+        note = analysis.quality.get("ecg_beats")
+        return "" if note is None else f"<section><h2>Beats from the ECG</h2><p>{html.escape(note)}</p></section>"
+    head = ("phase", "kind", "strap beats", "ECG beats", "matched", "strap only", "ECG only", "intervals",
+            "median |ΔRR| ms", "|ΔRR| > 20 ms %", "offset ms")  # fmt: skip
+    rows = []
+    for a, w in zip(analysis.ecg_agreement, analysis.windows, strict=True):
+        cells = [a.phase, w.kind, str(a.strap_beats), str(a.ecg_beats), str(a.matched), str(a.strap_only),
+                 str(a.ecg_only), str(a.intervals), _f(a.median_abs_drr_ms), _f(a.over_20ms_pct),
+                 _f(a.offset_ms, ".0f")]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join(rows) + "</tbody></table>")  # fmt: skip
+    return f"""<section><h2>Beats from the ECG</h2>{table}
+<p class="method">R peaks detected by neurokit2 (ecg_clean, ecg_peaks) on the ECG mapped to the session clock at its
+measured sample rate, refined to sub-sample precision by parabolic interpolation; no beat spans an ECG gap. Each strap
+beat is paired with the nearest ECG beat after removing the local offset (strap − ECG time, per block of 16 beats);
+ΔRR = strap RR − ECG RR over intervals whose two beats are paired in both series. Beats within 1 s of the end of
+either recording are not counted as unmatched.</p></section>"""
+
+
 def _table(head: tuple[str, ...], rows: list[list[str]]) -> str:
     return (
         "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
@@ -522,6 +545,7 @@ spectrum (an estimate: Mayer waves, talking or movement can mislead it).</p></se
 slower than {SLOW_BREATHING_BPM:g}/min, respiratory sinus arrhythmia moves into the LF band and HF power no longer
 reflects vagal activity (hatched).</p></section>
 {extra_html}
+{ecg_agreement_section(a)}
 {notes_html}
 <footer>Generated {generated} by cmt-biofeedback · pseudonymous data only · keep this file private</footer>
 </main></body></html>

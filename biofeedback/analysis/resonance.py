@@ -14,32 +14,59 @@ A participant breathes with a pacer at several rates (the built-in `resonance-as
   1/60 Hz. `peak_hz` is the highest density in 0.04-0.15 Hz; `lf_peak_ms2` is the power within ±0.015 Hz of it
   (the narrow band of the coherence index); `lf_ms2` is the whole LF band of the same periodogram.
 
+Further criteria of Shaffer & Meehan (2020), per rate, from the same stretch:
+
+- **phase synchrony** (`phase_sync_plv`, needs the chest accelerometer): the phase-locking value between heart rate
+  and the chest-movement breathing signal (`acc_breathing.chest_movement`) at the pacer rate: both resampled on
+  the 4 Hz tachogram's times, band-passed to pacer ± `SYNC_HALF_BAND_HZ` (2nd-order Butterworth, zero-phase),
+  Hilbert phases, ``|mean(exp(i(φ_HR − φ_breath)))|`` over the middle 80 % (the filter's edges left out). 1 = a
+  constant phase relation, 0 = none. Only its strength is used: the sign of the chest-movement axis is not known
+  (the principal direction of the movement), so the angle itself (0° at resonance) is not reported;
+- **peak-to-trough HR**: the RSA amplitude above;
+- **LF power** (`lf_ms2`) and **LF peak** (`lf_peak_ms2`), above;
+- **curve smoothness** (`smoothness`, 0-1): the share of the linearly detrended heart-rate curve's variance that a
+  single sinusoid at the pacer rate explains (least squares of HR on 1, t, cos 2πft, sin 2πft against 1, t). A
+  smooth, sine-like HR curve that follows the breath scores near 1; beat-to-beat noise, Mayer waves or a second
+  rhythm lower it;
+- **number of LF peaks** (`n_lf_peaks`): local maxima of the periodogram in 0.04-0.15 Hz at least
+  `LF_PEAK_MIN_SHARE` of the highest and at least one frequency resolution (1 / stretch length) apart. One peak is
+  the resonance pattern; fewer is better.
+
 A rate is **eligible** when the phase has at least `MIN_RUN_S` s and `MIN_RUN_SHARE` of its length gap-free, at
-most `MAX_CORRECTED_PCT` % corrected beats, and its LF peak lies within `FOLLOW_TOLERANCE_HZ` of the pacer
-frequency (otherwise the participant was not breathing at that rate, and the rate says nothing). Ineligible rates
-are shown with the reason and take no part in the choice.
+most `MAX_CORRECTED_PCT` % corrected beats, and its breathing peak (the HR spectrum's LF peak) is nearer its own
+pacer rate than any other rate of the assessment (and within `FOLLOW_TOLERANCE_HZ` of it, which matters only for
+the fastest and slowest rates); with chest movement recorded, the breathing rate measured from it must pass the
+same test (a phase whose chest movement gives no rate gets a note, not a veto). Otherwise the participant was not
+breathing at that rate and the rate says nothing. Ineligible rates are shown with the reason and take no part in
+the choice.
 
 **Choosing the resonance rate.** Lehrer's criteria are the largest LF peak and the largest peak-to-trough heart
-rate, which usually agree. Each eligible rate scores ``lf_peak / max(lf_peak) + rsa / max(rsa)`` (both criteria
-weighted equally, each relative to the participant's own best rate); the highest score is the resonance rate.
-Tie-breaking: rates scoring within `TIE_SCORE` of the best count as tied, and of tied rates the *fastest* is named
-(the slower the pacing, the harder it is to sustain comfortably and the likelier over-breathing). `close_rates`
-lists every rate within `CLOSE_SCORE` of the best, for fine-tuning in the first training sessions. At least
-`MIN_ELIGIBLE_RATES` eligible rates are needed to name one (a maximum needs neighbours); otherwise the rate is None
-and `reason` says why (repeat the assessment).
+rate; Shaffer & Meehan (2020) compare the six above across the rates. A criterion is used when every eligible rate
+has a value for it (phase synchrony only with ACC). Each used criterion gives one vote to its best rate (every
+rate that equals the best); each rate also has a score, the mean over the used criteria of its value relative to
+the participant's own best rate (``value / max``; for the number of LF peaks ``min / value``). The rate with the
+most votes is named; among rates with as many votes, the higher score; rates scoring within `TIE_SCORE` of the
+best of those count as tied, and of tied rates the *fastest* is named (the slower the pacing, the harder it is to
+sustain comfortably and the likelier over-breathing). `close_rates` lists every eligible rate within `CLOSE_SCORE`
+of the best score, for fine-tuning in the first training sessions. At least `MIN_ELIGIBLE_RATES` eligible rates
+are needed to name one (a maximum needs neighbours); otherwise the rate is None and `reason` says why (repeat the
+assessment).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import neurokit2 as nk
 import numpy as np
-from scipy.signal import periodogram
+from scipy.signal import butter, find_peaks, hilbert, periodogram, sosfiltfilt
 
 from biofeedback.analysis import hrv
-from biofeedback.analysis.analyze import phase_windows
+from biofeedback.analysis.acc_breathing import MIN_DURATION_S as MIN_ACC_SIGNAL_S
+from biofeedback.analysis.acc_breathing import chest_movement
+from biofeedback.analysis.analyze import acc_timeline, phase_acc_rate, phase_windows
 from biofeedback.live.metrics import rsa_peak_to_trough
 from recordings.store import Store
 
@@ -47,13 +74,15 @@ RESONANCE_PROTOCOL = "resonance-assessment"
 LF_BAND_HZ = hrv.LF_BAND_HZ
 PEAK_HALF_WIDTH_HZ = 0.015
 FOLLOW_TOLERANCE_HZ = 0.015
-"""The LF peak must lie this close to the pacer frequency (0.9 breaths/min) for the rate to count."""
+"""Besides being nearest its own pacer rate, the LF peak must lie this close to it (0.9 breaths/min)."""
+SYNC_HALF_BAND_HZ = 0.03
+LF_PEAK_MIN_SHARE = 0.2
 MIN_RUN_S = 60.0
 MIN_RUN_SHARE = 0.8
 MAX_CORRECTED_PCT = 10.0
 MIN_ELIGIBLE_RATES = 3
-TIE_SCORE = 0.02
-CLOSE_SCORE = 0.10
+TIE_SCORE = 0.01
+CLOSE_SCORE = 0.05
 GRID_HZ = 0.001
 INTERPOLATION_HZ = hrv.INTERPOLATION_HZ
 
@@ -75,6 +104,12 @@ class RateResult:
     eligible: bool = False
     score: float | None = None
     notes: list[str] = field(default_factory=list)
+    acc_rate_bpm: float | None = None
+    phase_sync_plv: float | None = None
+    smoothness: float | None = None
+    n_lf_peaks: int | None = None
+    votes: list[str] = field(default_factory=list)
+    """The criteria this rate is best on (see the module docstring)."""
 
     @property
     def peak_bpm(self) -> float | None:
@@ -96,6 +131,8 @@ class ResonanceAssessment:
     by_lf_peak_bpm: float | None = None
     by_rsa_bpm: float | None = None
     close_rates_bpm: list[float] = field(default_factory=list)
+    criteria: list[str] = field(default_factory=list)
+    """The criteria used for the choice (those every eligible rate has)."""
     session_id: int | None = None
     participant_id: str | None = None
 
@@ -108,12 +145,17 @@ class ResonanceAssessment:
             "by_lf_peak_bpm": self.by_lf_peak_bpm,
             "by_rsa_bpm": self.by_rsa_bpm,
             "close_rates_bpm": list(self.close_rates_bpm),
+            "criteria": list(self.criteria),
             "rates": [r.to_dict() for r in self.rates],
         }
 
 
 PacedPhase = tuple[str, float, float, float]
 """(name, start_s, end_s, pacer rate in breaths/min)."""
+
+
+Breathing = tuple[np.ndarray, np.ndarray]
+"""(times s, chest-movement signal) on the session clock; NaN between accelerometer stretches."""
 
 
 def assess_resonance(
@@ -123,29 +165,86 @@ def assess_resonance(
     *,
     gap_before: np.ndarray | None = None,
     correction: str = "kubios",
+    acc_rates: Sequence[float | None] | None = None,
+    breathing: Breathing | None = None,
 ) -> ResonanceAssessment:
-    """Per-rate RSA amplitude and LF peak, and the resonance rate (pure; see the module docstring)."""
+    """Per-rate criteria and the resonance rate (pure; see the module docstring).
+
+    `acc_rates`: per phase, the breathing rate measured from chest movement (None: none measured);
+    `breathing`: the chest-movement signal for phase synchrony (None without ACC).
+    """
     if correction not in ("kubios", "none"):
         raise ValueError(f"correction must be 'kubios' or 'none', got {correction!r}")
     for name, start, end, rate in phases:
         if not end > start or not rate > 0:
             raise ValueError(f"paced phase {name!r}: needs end > start and a rate > 0, got {start}, {end}, {rate}")
+    if acc_rates is not None and len(acc_rates) != len(phases):
+        raise ValueError(f"acc_rates has {len(acc_rates)} values for {len(phases)} paced phases")
     # the same corrected beats as the per-phase analysis (`analyze`), so the two tables agree
     timeline = hrv.corrected_beats(beat_t, rr_ms, correction, gap_before)  # type: ignore[arg-type]
     per_phase = hrv.analyze_phases(
         beat_t, rr_ms, [(n, "breathing", s, e, r) for n, s, e, r in phases], correction=correction,
         gap_before=gap_before,
     )  # fmt: skip
+    tested = sorted({rate for *_, rate in phases})
     results = [
-        _rate_result(timeline, phase, metrics.corrected_pct) for phase, metrics in zip(phases, per_phase, strict=True)
-    ]
+        _rate_result(timeline, phase, metrics.corrected_pct, tested, None if acc_rates is None else acc_rates[i],
+                     breathing)
+        for i, (phase, metrics) in enumerate(zip(phases, per_phase, strict=True))
+    ]  # fmt: skip
     return choose_resonance(results)
 
 
-def _rate_result(tl: hrv.CorrectedBeats, phase: PacedPhase, corrected_pct: float | None) -> RateResult:
+def follows(measured_bpm: float, pacer_bpm: float, tested: Sequence[float]) -> bool:
+    """A measured breathing rate is nearer its own pacer rate than any other tested rate, and within
+    `FOLLOW_TOLERANCE_HZ` of it."""
+    own = abs(measured_bpm - pacer_bpm)
+    others = [abs(measured_bpm - r) for r in tested if r != pacer_bpm]
+    return own <= 60.0 * FOLLOW_TOLERANCE_HZ and all(own < o for o in others)
+
+
+def phase_synchrony(hr: np.ndarray, breath: np.ndarray, fs: float, pacer_hz: float) -> float | None:
+    """Phase-locking value of HR and breathing at `pacer_hz` (module docstring); None when too short."""
+    ok = np.concatenate([[False], np.isfinite(breath), [False]])
+    edges = np.flatnonzero(np.diff(ok.astype(int)))
+    if not len(edges):
+        return None
+    a, b = max(zip(edges[::2], edges[1::2], strict=True), key=lambda ab: ab[1] - ab[0])  # longest with ACC
+    hr, breath = hr[a:b], breath[a:b]
+    if len(hr) < MIN_RUN_S * fs:
+        return None
+    sos = butter(2, [pacer_hz - SYNC_HALF_BAND_HZ, pacer_hz + SYNC_HALF_BAND_HZ], btype="bandpass", fs=fs,
+                 output="sos")  # fmt: skip
+    ph_hr = np.angle(hilbert(sosfiltfilt(sos, hr - hr.mean())))
+    ph_br = np.angle(hilbert(sosfiltfilt(sos, breath - breath.mean())))
+    edge = len(hr) // 10
+    diff = (ph_hr - ph_br)[edge : len(hr) - edge]
+    return float(np.abs(np.mean(np.exp(1j * diff))))
+
+
+def curve_smoothness(hr: np.ndarray, fs: float, pacer_hz: float) -> float | None:
+    """Share of the detrended HR variance a sinusoid at `pacer_hz` explains (module docstring)."""
+    t = np.arange(len(hr)) / fs
+    trend = np.column_stack([np.ones_like(t), t])
+    full = np.column_stack([trend, np.cos(2 * np.pi * pacer_hz * t), np.sin(2 * np.pi * pacer_hz * t)])
+    res_trend = hr - trend @ np.linalg.lstsq(trend, hr, rcond=None)[0]
+    res_full = hr - full @ np.linalg.lstsq(full, hr, rcond=None)[0]
+    total = float(res_trend @ res_trend)
+    return None if total <= 0 else float(1.0 - (res_full @ res_full) / total)
+
+
+def _rate_result(
+    tl: hrv.CorrectedBeats,
+    phase: PacedPhase,
+    corrected_pct: float | None,
+    tested: Sequence[float],
+    acc_rate: float | None,
+    breathing: Breathing | None,
+) -> RateResult:
     name, start, end, rate = phase
     runs = hrv.gap_free_runs(tl, start, end)
     res = RateResult(name, rate, start, end, int(sum(len(r) for r in runs)), corrected_pct=corrected_pct)
+    res.acc_rate_bpm = acc_rate
     if not runs:
         res.notes.append("no usable beats in this phase")
         return res
@@ -168,16 +267,33 @@ def _rate_result(tl: hrv.CorrectedBeats, phase: PacedPhase, corrected_pct: float
     res.peak_hz = peak
     res.lf_peak_ms2 = float(np.sum(psd[near]) * df)
     res.lf_ms2 = float(np.sum(psd[lf]) * df)
-    res.rsa_amplitude_bpm = rsa_peak_to_trough(60000.0 / tach, fs, 60.0 / rate)
+    hr = 60000.0 / tach
+    res.rsa_amplitude_bpm = rsa_peak_to_trough(hr, fs, 60.0 / rate)
+    res.smoothness = curve_smoothness(hr, fs, rate / 60.0)
+    lf_psd = psd[lf]
+    found, _ = find_peaks(lf_psd, height=LF_PEAK_MIN_SHARE * float(lf_psd.max()),
+                          distance=max(1, int(np.ceil(1.0 / (run_s * df)))))  # fmt: skip
+    res.n_lf_peaks = max(1, len(found))  # the maximum at a band edge is a peak too
+    if breathing is not None:
+        t0 = float(t_rr[0]) + np.arange(len(tach)) / fs
+        bt, bv = breathing
+        inside = (bt >= t0[0]) & (bt <= t0[-1])
+        if inside.any():
+            br = np.interp(t0, bt, bv, left=np.nan, right=np.nan)
+            res.phase_sync_plv = phase_synchrony(hr, br, fs, rate / 60.0)
     problems = []
     if run_s < needed:
         problems.append(f"only {run_s:.0f} s of {end - start:.0f} s gap-free")
     if corrected_pct is not None and corrected_pct > MAX_CORRECTED_PCT:
         problems.append(f"{corrected_pct:.1f}% of beats corrected (above {MAX_CORRECTED_PCT:.0f}%)")
-    if abs(peak - rate / 60.0) > FOLLOW_TOLERANCE_HZ:
+    if not follows(60.0 * peak, rate, tested):
         problems.append(
-            f"heart-rate peak at {60 * peak:.1f}/min, not the paced {rate:g}/min: the pacer was probably not followed"
+            f"heart-rate peak at {60 * peak:.1f}/min is not nearest the paced {rate:g}/min: the pacer was probably "
+            "not followed"
         )
+    if acc_rate is not None and not follows(acc_rate, rate, tested):
+        problems.append(f"chest movement shows breathing at {acc_rate:.1f}/min, not nearest the paced {rate:g}/min: "
+                        "the pacer was not followed")  # fmt: skip
     if res.rsa_amplitude_bpm is None:
         problems.append("shorter than one breath cycle")
     res.notes.extend(problems)
@@ -185,8 +301,19 @@ def _rate_result(tl: hrv.CorrectedBeats, phase: PacedPhase, corrected_pct: float
     return res
 
 
+CRITERIA: tuple[tuple[str, str, bool], ...] = (
+    ("phase synchrony", "phase_sync_plv", True),
+    ("peak-to-trough HR", "rsa_amplitude_bpm", True),
+    ("LF power", "lf_ms2", True),
+    ("LF peak", "lf_peak_ms2", True),
+    ("smoothness", "smoothness", True),
+    ("fewest LF peaks", "n_lf_peaks", False),
+)
+"""(name, RateResult field, higher is better) of every criterion the choice can use."""
+
+
 def choose_resonance(results: list[RateResult]) -> ResonanceAssessment:
-    """Score the eligible rates and name the resonance rate (tie-breaking in the module docstring)."""
+    """Votes and scores of the eligible rates, and the named resonance rate (rule in the module docstring)."""
     ok = [r for r in results if r.eligible]
     if len(ok) < MIN_ELIGIBLE_RATES:
         return ResonanceAssessment(
@@ -195,14 +322,24 @@ def choose_resonance(results: list[RateResult]) -> ResonanceAssessment:
             f"only {len(ok)} of {len(results)} paced rates are usable (need {MIN_ELIGIBLE_RATES}); "
             "repeat the assessment",
         )
-    lf_max = max(r.lf_peak_ms2 for r in ok)  # type: ignore[type-var]
-    rsa_max = max(r.rsa_amplitude_bpm for r in ok)  # type: ignore[type-var]
+    used = [(name, key, up) for name, key, up in CRITERIA if all(getattr(r, key) is not None for r in ok)]
+    parts: dict[int, list[float]] = {id(r): [] for r in ok}
+    for name, key, up in used:
+        values = [float(getattr(r, key)) for r in ok]
+        best = max(values) if up else min(values)
+        for r, v in zip(ok, values, strict=True):
+            if v == best:
+                r.votes.append(name)
+            if up:
+                parts[id(r)].append(v / best if best > 0 else 0.0)
+            else:
+                parts[id(r)].append(best / v if v > 0 else 0.0)
     for r in ok:
-        r.score = (r.lf_peak_ms2 / lf_max if lf_max > 0 else 0.0) + (
-            r.rsa_amplitude_bpm / rsa_max if rsa_max > 0 else 0.0
-        )
-    best = max(r.score for r in ok)  # type: ignore[type-var]
-    tied = [r for r in ok if r.score >= best - TIE_SCORE]
+        r.score = float(np.mean(parts[id(r)])) if parts[id(r)] else 0.0
+    most = max(len(r.votes) for r in ok)
+    leaders = [r for r in ok if len(r.votes) == most]
+    best_score = max(r.score for r in leaders)  # type: ignore[type-var]
+    tied = [r for r in leaders if r.score >= best_score - TIE_SCORE]  # type: ignore[operator]
     chosen = max(tied, key=lambda r: r.rate_bpm)
     by_lf = max(ok, key=lambda r: r.lf_peak_ms2).rate_bpm  # type: ignore[arg-type,return-value]
     by_rsa = max(ok, key=lambda r: r.rsa_amplitude_bpm).rate_bpm  # type: ignore[arg-type,return-value]
@@ -211,13 +348,15 @@ def choose_resonance(results: list[RateResult]) -> ResonanceAssessment:
     else:
         reason = (
             f"largest LF peak at {by_lf:g}/min, largest RSA amplitude at {by_rsa:g}/min; "
-            f"{chosen.rate_bpm:g}/min scores best on both together"
+            f"{chosen.rate_bpm:g}/min is best on the most criteria and scores best on them together"
         )
+    reason += f"; best on {len(chosen.votes)} of {len(used)} criteria ({', '.join(chosen.votes) or 'none'})"
     if len(tied) > 1:
         others = ", ".join(f"{r.rate_bpm:g}" for r in tied if r is not chosen)
         reason += f" (tied with {others}/min: the faster rate is named)"
-    close = sorted((r.rate_bpm for r in ok if r.score >= best - CLOSE_SCORE), reverse=True)
-    return ResonanceAssessment(results, chosen.rate_bpm, reason, by_lf, by_rsa, close)
+    top = max(r.score for r in ok)  # type: ignore[type-var]
+    close = sorted((r.rate_bpm for r in ok if r.score >= top - CLOSE_SCORE), reverse=True)  # type: ignore[operator]
+    return ResonanceAssessment(results, chosen.rate_bpm, reason, by_lf, by_rsa, close, [n for n, _, _ in used])
 
 
 def is_resonance_assessment(protocol: dict[str, Any]) -> bool:
@@ -243,10 +382,28 @@ def assess_session(store: Store, session_id: int, correction: str = "kubios") ->
     beats = store.beats(session_id)
     paced = [(w.name, w.start_s, w.end_s, float(w.pacer_rate_bpm)) for w in phase_windows(store, session_id)
              if w.pacer_rate_bpm is not None and w.end_s > w.start_s]  # fmt: skip
-    result = assess_resonance(beats.t, beats.rr_ms, paced, gap_before=beats.gap_before, correction=correction)
+    acc = acc_timeline(store, session_id)
+    acc_rates = [phase_acc_rate(acc, s, e)[0] for _, s, e, _ in paced] if acc is not None else None
+    breathing = None if acc is None else breathing_signal(acc)
+    result = assess_resonance(beats.t, beats.rr_ms, paced, gap_before=beats.gap_before, correction=correction,
+                              acc_rates=acc_rates, breathing=breathing)  # fmt: skip
     result.session_id = session_id
     result.participant_id = info.participant_id
     return result
+
+
+def breathing_signal(acc) -> Breathing:
+    """The chest-movement signal of every accelerometer stretch of at least 30 s, NaN between stretches."""
+    ts, vs = [], []
+    for seg in range(acc.n_segments):
+        idx = np.flatnonzero(acc.segment == seg)
+        if len(idx) < MIN_ACC_SIGNAL_S * acc.fs_hz:
+            continue
+        ts += [acc.t[idx], [acc.t[idx[-1]] + 0.5 / acc.fs_hz]]
+        vs += [chest_movement(acc.uv[idx], acc.fs_hz), [np.nan]]
+    if not ts:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(ts), np.concatenate(vs)
 
 
 def save_resonance_rate(store: Store, assessment: ResonanceAssessment) -> float:
