@@ -64,10 +64,9 @@ import numpy as np
 from scipy.signal import butter, find_peaks, hilbert, periodogram, sosfiltfilt
 
 from biofeedback.analysis import hrv
-from biofeedback.analysis.acc_breathing import MIN_DURATION_S as MIN_ACC_SIGNAL_S
-from biofeedback.analysis.acc_breathing import chest_movement
 from biofeedback.analysis.analyze import acc_timeline, phase_acc_rate, phase_windows
 from biofeedback.live.metrics import rsa_peak_to_trough
+from recordings.breathing import breathing_waveform
 from recordings.store import Store
 
 RESONANCE_PROTOCOL = "resonance-assessment"
@@ -393,17 +392,10 @@ def assess_session(store: Store, session_id: int, correction: str = "kubios") ->
 
 
 def breathing_signal(acc) -> Breathing:
-    """The chest-movement signal of every accelerometer stretch of at least 30 s, NaN between stretches."""
-    ts, vs = [], []
-    for seg in range(acc.n_segments):
-        idx = np.flatnonzero(acc.segment == seg)
-        if len(idx) < MIN_ACC_SIGNAL_S * acc.fs_hz:
-            continue
-        ts += [acc.t[idx], [acc.t[idx[-1]] + 0.5 / acc.fs_hz]]
-        vs += [chest_movement(acc.uv[idx], acc.fs_hz), [np.nan]]
-    if not ts:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(ts), np.concatenate(vs)
+    """The chest-movement waveform as (times, values), NaN where there is none (`recordings.breathing`, the one
+    derivation the exports, breath cycles and this assessment share)."""
+    waveform = breathing_waveform(acc)
+    return waveform.t, waveform.values
 
 
 def save_resonance_rate(store: Store, assessment: ResonanceAssessment) -> float:
