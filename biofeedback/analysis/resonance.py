@@ -17,8 +17,8 @@ A participant breathes with a pacer at several rates (the built-in `resonance-as
 Further criteria of Shaffer & Meehan (2020), per rate, from the same stretch:
 
 - **phase synchrony** (`phase_sync_plv`, needs the chest accelerometer): the phase-locking value between heart rate
-  and the chest-movement breathing signal (`acc_breathing.chest_movement`) at the pacer rate: both resampled on
-  the 4 Hz tachogram's times, band-passed to pacer ± `SYNC_HALF_BAND_HZ` (2nd-order Butterworth, zero-phase),
+  and the chest-movement breathing signal (`recordings.breathing.breathing_waveform`) at the pacer rate: both resampled
+  on the 4 Hz tachogram's times, band-passed to pacer ± `SYNC_HALF_BAND_HZ` (2nd-order Butterworth, zero-phase),
   Hilbert phases, ``|mean(exp(i(φ_HR − φ_breath)))|`` over the middle 80 % (the filter's edges left out). 1 = a
   constant phase relation, 0 = none. Only its strength is used: the sign of the chest-movement axis is not known
   (the principal direction of the movement), so the angle itself (0° at resonance) is not reported;
