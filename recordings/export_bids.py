@@ -430,14 +430,15 @@ def _rr_files(
     _write(dest / f"{stem}_recording-rr_physio.json", _json_text(sidecar), overwrite, written)
     body = "\n".join(_beat_lines(beats)) + "\n"
     _write_gz(dest / f"{stem}_recording-rr_physioevents.tsv.gz", body, overwrite, written)
-    beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name))
+    beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name, getattr(beats, "source", "")))
     _write(dest / f"{stem}_recording-rr_physioevents.json", beats_json, overwrite, written)
 
 
-def _beats_sidecar(onset_source: str, task: str) -> dict[str, Any]:
+def _beats_sidecar(onset_source: str, task: str, source: str = "") -> dict[str, Any]:
+    what = f"Heart beats from {source}" if source else "Heart beats as reported by the strap"
     return {
         "TaskName": task,
-        "Description": "Heart beats as reported by the strap: beat time and the RR interval ending at it",
+        "Description": f"{what}: beat time and the RR interval ending at it",
         "Columns": ["onset", "duration", "rr", "gap_before"],
         "OnsetSource": onset_source,
         "onset": {"Description": "Beat time on the session clock (0 = session start)", "Units": "s"},
@@ -683,7 +684,7 @@ def _session_files(
     if tl is not None:
         body = "\n".join(_beat_lines(beats)) + ("\n" if len(beats.t) else "")
         _write_gz(dest / f"{stem}_recording-ecg_physioevents.tsv.gz", body, True, written)
-        beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name))
+        beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name, getattr(beats, "source", "")))
         _write(dest / f"{stem}_recording-ecg_physioevents.json", beats_json, True, written)
     elif len(beats.t):
         _rr_files(info, beats, stem, dest, True, written, info_fields)

@@ -8,7 +8,8 @@ between the right beats) and `gaps_inside` counts the breaks in each phase, whic
 
 Each phase also gets its own RR text, `*_phase-<index>-<name>_rr.txt` (the beats from its start up to its end), so a
 lab can analyse phases in Kubios one file at a time without typing sample boundaries; `rr_file` in `*_phases.csv`
-names it (empty for a phase without beats).
+names it (empty for a phase without beats). `beats` says which beats were written (`--beats`: reviewed, ECG
+R-peaks, or the strap's as recorded).
 """
 
 from __future__ import annotations
@@ -81,11 +82,12 @@ def export_kubios(
     with open_private_for_write(phases_path, overwrite=overwrite) as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["phase_index", "phase", "kind", "kubios_start_s", "kubios_end_s", "session_start_s",
-                         "session_end_s", "n_beats", "gaps_inside", "rr_file"])  # fmt: skip
+                         "session_end_s", "n_beats", "gaps_inside", "rr_file", "beats"])  # fmt: skip
+        source = getattr(beats, "source", "") or "the strap's beats as recorded"
         for (st, end_t), mask, path in zip(rows, inside, phase_paths, strict=True):
             k_start, k_end = kubios_times(beats.t, beats.rr_ms, np.array([st.t, end_t]))
             k_end = min(k_end, axis_end)
             writer.writerow([st.phase_index, st.phase_name, st.detail.get("kind", ""), f"{max(k_start, 0.0):.3f}",
                              f"{k_end:.3f}", f"{st.t:.3f}", f"{end_t:.3f}", int(mask.sum()),
-                             int((beats.gap_before & mask).sum()), path.name if path else ""])  # fmt: skip
+                             int((beats.gap_before & mask).sum()), path.name if path else "", source])  # fmt: skip
     return written

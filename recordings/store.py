@@ -514,6 +514,9 @@ class Beats:
     rr_ms: np.ndarray
     gap_before: np.ndarray
     arrival_lag_s: np.ndarray
+    source: str = ""
+    """Where the beats came from when they are not the stored strap beats as such (reviewed, ECG R-peaks, …):
+    exports write it beside the beats; empty for the stored beats."""
 
 
 _CODE_CHARS = re.compile(r"[A-Za-z0-9_-]{1,32}")

@@ -15,6 +15,7 @@ gap), so `auto` and `strap` export the same beats and differ in the analysis onl
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 
@@ -103,14 +104,19 @@ def select_beats(store: Store, session_id: int, source: str | None = None) -> Be
     if source is None:
         source = "reviewed" if live else "auto"
     if source == "ecg":
-        return BeatSelection("ecg", ecg_beats(store, session_id), True, audit=audit)
+        return _labelled(BeatSelection("ecg", ecg_beats(store, session_id), True, audit=audit))
     strap = store.beats(session_id)
     if source == "reviewed":
         if not live:
             raise BeatSourceError(f"session {session_id} has no review yet (`review {session_id}`); use --beats auto")
         review = apply_edits(strap, live)
-        return BeatSelection("reviewed", review.beats, True, review.rejected_t, audit, review)
-    return BeatSelection(source, strap, source == "auto", audit=audit)
+        return _labelled(BeatSelection("reviewed", review.beats, True, review.rejected_t, audit, review))
+    return _labelled(BeatSelection(source, strap, source == "auto", audit=audit))
+
+
+def _labelled(selection: BeatSelection) -> BeatSelection:
+    """The selection with its beats carrying `describe()`, so every export names the beat source beside the beats."""
+    return dataclasses.replace(selection, beats=dataclasses.replace(selection.beats, source=selection.describe()))
 
 
 def candidate_corrections(review: ReviewedBeats) -> np.ndarray:
