@@ -221,6 +221,37 @@ def test_live_recorded_assessment_names_the_participants_resonance(recorded_asse
     assert all(r.eligible and abs(r.peak_bpm - r.rate_bpm) < 0.6 for r in result.rates)
 
 
+def test_the_report_of_an_assessment_shows_the_per_rate_table_and_the_named_rate(recorded_assessment, tmp_path):
+    from html.parser import HTMLParser
+
+    from biofeedback.analysis.report import write_report
+
+    path, sid, _gains = recorded_assessment
+    with Store(path, readonly=True) as store:
+        out = write_report(store, sid, tmp_path / "report.html")
+        result = assess_session(store, sid)
+    page = out.read_text(encoding="utf-8")
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cells, self._in = [], False
+
+        def handle_starttag(self, tag, attrs):
+            self._in = tag == "td"
+
+        def handle_data(self, data):
+            if self._in:
+                self.cells.append(data.strip())
+
+    section = page[page.index("<h2>Resonance assessment</h2>"):]
+    section = section[: section.index("</section>")]
+    parser = Cells()
+    parser.feed(section)
+    assert [c for c in parser.cells if c in {f"{r:g}" for r in RATES}] == [f"{r:g}" for r in RATES]
+    assert f"Resonance rate: {result.resonance_rate_bpm:g} breaths/min" in section
+
+
 def test_default_participant_resonates_between_5_and_6_per_min():
     """The unpatched model's curve is broad (all rates 4.5-6/min within 5 % of its peak near 5.2/min): the named
     rate must be one of those, never 6.5/min, whose response is clearly weaker."""

@@ -406,6 +406,30 @@ beat is paired with the nearest ECG beat after removing the local offset (strap 
 either recording are not counted as unmatched.</p></section>"""
 
 
+def resonance_section(store: Store, session_id: int, correction: str) -> str:
+    """The per-rate table and the named rate of a resonance assessment (empty for any other protocol)."""
+    from biofeedback.analysis.resonance import assess_session, is_resonance_assessment
+
+    if not is_resonance_assessment(store.protocol_dict(session_id)):
+        return ""
+    a = assess_session(store, session_id, correction)
+    head = ("phase", "paced /min", "beats", "RSA bpm", "LF peak ms²", "LF ms²", "peak /min", "ACC /min", "sync",
+            "smoothness", "LF peaks", "votes", "score", "usable")  # fmt: skip
+    rows = [[r.phase, _f(r.rate_bpm, "g"), str(r.n_beats), _f(r.rsa_amplitude_bpm), _f(r.lf_peak_ms2, ".0f"),
+             _f(r.lf_ms2, ".0f"), _f(r.peak_bpm, ".2f"), _f(r.acc_rate_bpm, ".2f"), _f(r.phase_sync_plv, ".2f"),
+             _f(r.smoothness, ".2f"), "–" if r.n_lf_peaks is None else str(r.n_lf_peaks),
+             str(len(r.votes)) if r.eligible else "–", _f(r.score, ".2f"), "yes" if r.eligible else "no"]
+            for r in a.rates]  # fmt: skip
+    named = ("not named: " + a.reason) if a.resonance_rate_bpm is None else f"{a.resonance_rate_bpm:g} breaths/min"
+    return f"""<section><h2>Resonance assessment</h2>{_table(head, rows)}
+<p><strong>Resonance rate: {html.escape(named)}</strong></p>
+<p class="method">A rate is usable only when its breathing peak (and, with chest movement, the measured breathing
+rate) is nearer its own pacer rate than any other tested rate. Each criterion of Shaffer &amp; Meehan (2020) votes for
+its best usable rate (peak-to-trough HR, LF power, LF peak, HR–breathing phase synchrony, smoothness, fewest LF
+peaks); most votes wins, then the score, then the faster rate (`biofeedback.analysis.resonance`).</p></section>
+"""
+
+
 def _table(head: tuple[str, ...], rows: list[list[str]]) -> str:
     return (
         "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
@@ -475,7 +499,8 @@ def render_report(
     step(REPORT_STEPS[4])
     soothing = soothing_figure(phases)
     step(REPORT_STEPS[5])
-    extra_html = breath_section(phases) + synchrony_section(store, session_id, correction)
+    extra_html = (breath_section(phases) + synchrony_section(store, session_id, correction)
+                  + resonance_section(store, session_id, correction))
     q = a.quality
     duration = (a.windows[-1].end_s - a.windows[0].start_s) if a.windows else 0.0
     lag = q.get("median_arrival_lag_s")
