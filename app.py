@@ -668,7 +668,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         analysis = analyze_session(store, args.session, correction=args.correction, beats=args.beats)
         assessment = None
         if is_resonance_assessment(store.protocol_dict(args.session)):
-            assessment = assess_session(store, args.session, correction=args.correction)
+            assessment = assess_session(store, args.session, correction=args.correction,
+                                        beats=getattr(args, "beats", None))
         elif args.save_resonance:
             raise UserError(f"session {args.session} is not a resonance assessment: nothing to save")
         if args.json:
@@ -700,7 +701,8 @@ def cmd_resonance_save(args: argparse.Namespace) -> int:
 
     with _open_store(args) as store:
         try:
-            assessment = assess_session(store, args.session, correction=args.correction)
+            assessment = assess_session(store, args.session, correction=args.correction,
+                                        beats=getattr(args, "beats", None))
         except NotAnAssessmentError as exc:
             raise UserError(str(exc)) from None
         if args.json:

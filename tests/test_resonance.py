@@ -252,6 +252,23 @@ def test_the_report_of_an_assessment_shows_the_per_rate_table_and_the_named_rate
     assert f"Resonance rate: {result.resonance_rate_bpm:g} breaths/min" in section
 
 
+def test_an_assessment_with_a_review_uses_the_reviewed_beats(recorded_assessment, tmp_path):
+    import shutil
+
+    from recordings import review
+
+    path, sid, _gains = recorded_assessment
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(path, copy)
+    with Store(copy) as store:
+        first = assess_session(store, sid).rates[0]
+        review.add_edit(store, sid, "bad-segment", t=first.start_s + 10.0, t_end=first.start_s + 70.0,
+                        kind="movement", reviewer="AB", reason="moved")  # fmt: skip
+        reviewed, auto = assess_session(store, sid).rates[0], assess_session(store, sid, beats="auto").rates[0]
+    assert auto.n_beats == first.n_beats
+    assert reviewed.n_beats < auto.n_beats - 40  # a minute of beats left out of the first rate
+
+
 def test_default_participant_resonates_between_5_and_6_per_min():
     """The unpatched model's curve is broad (all rates 4.5-6/min within 5 % of its peak near 5.2/min): the named
     rate must be one of those, never 6.5/min, whose response is clearly weaker."""

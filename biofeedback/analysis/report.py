@@ -406,13 +406,13 @@ beat is paired with the nearest ECG beat after removing the local offset (strap 
 either recording are not counted as unmatched.</p></section>"""
 
 
-def resonance_section(store: Store, session_id: int, correction: str) -> str:
+def resonance_section(store: Store, session_id: int, correction: str, beats: str | None = None) -> str:
     """The per-rate table and the named rate of a resonance assessment (empty for any other protocol)."""
     from biofeedback.analysis.resonance import assess_session, is_resonance_assessment
 
     if not is_resonance_assessment(store.protocol_dict(session_id)):
         return ""
-    a = assess_session(store, session_id, correction)
+    a = assess_session(store, session_id, correction, beats)
     head = ("phase", "paced /min", "beats", "RSA bpm", "LF peak ms²", "LF ms²", "peak /min", "ACC /min", "sync",
             "smoothness", "LF peaks", "votes", "score", "usable")  # fmt: skip
     rows = [[r.phase, _f(r.rate_bpm, "g"), str(r.n_beats), _f(r.rsa_amplitude_bpm), _f(r.lf_peak_ms2, ".0f"),
@@ -500,7 +500,7 @@ def render_report(
     soothing = soothing_figure(phases)
     step(REPORT_STEPS[5])
     extra_html = (breath_section(phases) + synchrony_section(store, session_id, correction)
-                  + resonance_section(store, session_id, correction))
+                  + resonance_section(store, session_id, correction, beats))
     q = a.quality
     duration = (a.windows[-1].end_s - a.windows[0].start_s) if a.windows else 0.0
     lag = q.get("median_arrival_lag_s")

@@ -65,6 +65,7 @@ from scipy.signal import butter, find_peaks, hilbert, periodogram, sosfiltfilt
 
 from biofeedback.analysis import hrv
 from biofeedback.analysis.analyze import acc_timeline, phase_acc_rate, phase_windows
+from biofeedback.analysis.beat_source import select_beats
 from biofeedback.live.metrics import rsa_peak_to_trough
 from recordings.breathing import breathing_waveform
 from recordings.store import Store
@@ -370,21 +371,25 @@ class NotAnAssessmentError(ValueError):
     """The session did not run a resonance assessment."""
 
 
-def assess_session(store: Store, session_id: int, correction: str = "kubios") -> ResonanceAssessment:
-    """The resonance assessment of a stored session (its paced phases, from the stored markers and beats)."""
+def assess_session(store: Store, session_id: int, correction: str = "kubios",
+                   beats: str | None = None) -> ResonanceAssessment:  # fmt: skip
+    """The resonance assessment of a stored session (its paced phases, from the stored markers and the beats of
+    `beats`: `beat_source.select_beats`, None = reviewed when the session has a review, else auto)."""
     info = store.session(session_id)
     if not is_resonance_assessment(store.protocol_dict(session_id)):
         raise NotAnAssessmentError(
             f"session {session_id} ran {info.protocol_name!r}, not a resonance assessment "
             f"(record one with --protocol {RESONANCE_PROTOCOL})"
         )
-    beats = store.beats(session_id)
+    selection = select_beats(store, session_id, beats)
+    chosen = selection.beats
+    correction = correction if selection.correct else "none"
     paced = [(w.name, w.start_s, w.end_s, float(w.pacer_rate_bpm)) for w in phase_windows(store, session_id)
              if w.pacer_rate_bpm is not None and w.end_s > w.start_s]  # fmt: skip
     acc = acc_timeline(store, session_id)
     acc_rates = [phase_acc_rate(acc, s, e)[0] for _, s, e, _ in paced] if acc is not None else None
     breathing = None if acc is None else breathing_signal(acc)
-    result = assess_resonance(beats.t, beats.rr_ms, paced, gap_before=beats.gap_before, correction=correction,
+    result = assess_resonance(chosen.t, chosen.rr_ms, paced, gap_before=chosen.gap_before, correction=correction,
                               acc_rates=acc_rates, breathing=breathing)  # fmt: skip
     result.session_id = session_id
     result.participant_id = info.participant_id
