@@ -122,6 +122,11 @@ def test_closing_the_monitor_before_the_start_records_nothing(tmp_path, qtbot):
         assert ids == session.session_ids
         (info,) = store.sessions()
         assert info.state == "stopped" and store.markers(info.id) == []
+    # and no quit is left pending for the next event loop of this process (Qt 6 posts quit() as an event)
+    loop, fired = QtCore.QEventLoop(), []
+    QtCore.QTimer.singleShot(50, lambda: (fired.append(True), loop.quit()))
+    loop.exec()
+    assert fired, "a leftover quit ended the next event loop before its timer"
 
 
 def test_the_monitor_header_says_which_marker_a_phase_waits_for(qtbot):

@@ -189,6 +189,10 @@ def run_with_displays(
     app.aboutToQuit.connect(end_on_quit)
     app.exec()
     app.aboutToQuit.disconnect(end_on_quit)  # never left behind to act on a later event loop
+    shown.finished.disconnect(quit_when_done)
+    # Qt 6 posts quit() as an event: one posted after the loop began to exit (the session ending in the moment
+    # the experimenter quit) would end whatever event loop runs next in this process (a console, a test)
+    QtCore.QCoreApplication.removePostedEvents(app, QtCore.QEvent.Type.Quit)
     shown.end()
     shown.worker.join(timeout=10)
     app.setQuitOnLastWindowClosed(False)  # closing them now must not leave a quit pending either
