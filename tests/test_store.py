@@ -159,14 +159,15 @@ def test_capture_round_trip_gives_identical_beats(tmp_path, store_path):
         assert first.gap_before.sum() == 2  # start of recording and the disconnect
         out = export_capture(store, sid, tmp_path / "out")
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
-        sid2, _ = import_capture(store, out, "P01")
-        second = store.beats(sid2)
+        with pytest.raises(OutputExistsError):
+            export_capture(store, sid, tmp_path / "out")
+    with Store(tmp_path / "other.sqlite") as other:  # the same recording twice in one store is refused (its UUID)
+        sid2, _ = import_capture(other, out, "P01")
+        second = other.beats(sid2)
         np.testing.assert_array_equal(first.t, second.t)
         np.testing.assert_array_equal(first.rr_ms, second.rr_ms)
         np.testing.assert_array_equal(first.gap_before, second.gap_before)
-        assert len(store.packet_errors(sid2)) == 1
-        with pytest.raises(OutputExistsError):
-            export_capture(store, sid, tmp_path / "out")
+        assert len(other.packet_errors(sid2)) == 1
 
 
 def test_redecode_rebuilds_the_same_beats_from_raw(tmp_path, store_path):
