@@ -159,21 +159,32 @@ def export_edf(
     if beats is not None and getattr(beats, "source", ""):  # which beats the RR channel holds (`--beats`)
         annotations.append(EdfAnnotation(0.0, None, _ascii_label(f"beats: {beats.source}")))
     ecg = None
+    start = datetime.fromisoformat(info.started_utc)
+    shift = 0  # samples from the file's start to the session's
     if chunks:
         tl = map_ecg_chunks(chunks)
         t0, grid = tl.regular_grid()
         duration, per_record, fs = record_layout(tl.fs_hz)
-        lead = max(0, round(t0 * fs))  # samples from session start to the first ECG sample
+        if start.microsecond and duration != 1.0:
+            # EDFlib (pyedflib, EDFbrowser) refuses the record time stamps edfio writes after a fractional start
+            # when records are not whole seconds: the file starts at the whole second before the session, and every
+            # signal and annotation is led by the same whole number of samples (the wall-clock start of the
+            # session in the file is then exact to half a sample; everything inside the file stays aligned)
+            shift = round(start.microsecond / 1e6 * fs)
+            start = start.replace(microsecond=0)
+        lead = shift + max(0, round(t0 * fs))  # samples from the file's start to the first ECG sample
         ecg = np.concatenate([np.full(lead, np.nan), grid])
         data_end = len(ecg) / fs
     else:
         rate = WAVEFORM_FS_HZ if acc is not None else RR_SERIES_FS_HZ
         duration, per_record, fs = 1.0, int(rate), rate
         data_end = 0.0
+    lead_s = shift / fs
+    annotations = [EdfAnnotation(a.onset + lead_s, a.duration, a.text) for a in annotations] if shift else annotations
     if acc is not None:
-        data_end = max(data_end, float(acc.t[-1]))
+        data_end = max(data_end, float(acc.t[-1]) + lead_s)
     if len(beats.t):
-        data_end = max(data_end, float(beats.t[-1]))
+        data_end = max(data_end, float(beats.t[-1]) + lead_s)
     ann_end = max((a.onset + (a.duration or 0.0) for a in annotations), default=0.0)
     n_records = math.floor(max(data_end, ann_end) / duration + 1e-9) + 1  # the last annotation lies inside
     n = n_records * per_record
@@ -197,7 +208,7 @@ def export_edf(
         )
     if len(beats.t):
         _, rr = rr_step_series(beats.t, beats.rr_ms, fs, start=0.0)
-        rr = _fit(rr, n)
+        rr = _fit(np.concatenate([np.full(shift, np.nan), rr]), n)
         annotations += _gap_annotations(rr, fs, "RR gap")
         top = max(3000.0, math.ceil(float(np.nanmax(rr)) / 1000.0) * 1000.0)
         signals.append(
@@ -208,7 +219,7 @@ def export_edf(
             )
         )  # fmt: skip
     if acc is not None:
-        resp = breathing_waveform(acc, fs, start_s=0.0, n=n).values * MG_TO_M_S2
+        resp = breathing_waveform(acc, fs, start_s=-lead_s, n=n).values * MG_TO_M_S2
         annotations += _gap_annotations(resp, fs, "Resp gap")
         present = resp[~np.isnan(resp)]
         peak = float(np.max(np.abs(present))) if len(present) else 0.0
@@ -220,7 +231,6 @@ def export_edf(
                 prefiltering="HP:0.05Hz LP:0.7Hz principal axis; no data = physical minimum",
             )
         )  # fmt: skip
-    start = datetime.fromisoformat(info.started_utc)
     edf = Edf(
         signals,
         patient=Patient(code=re.sub(r"\s", "_", info.participant_id)),

@@ -4,11 +4,13 @@ validator and pandas (BIDS `recording-resp` physio), MNE and edfio (EDF+ `Resp c
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import edfio
 import mne
 import numpy as np
 import pandas as pd
+import pyedflib
 import pytest
 from test_breath_signal import SHORT_PROTOCOL
 from test_export_bids import validate
@@ -88,8 +90,15 @@ def test_edf_resp_channel_is_typed_resp_by_mne_and_shares_the_ecg_grid(recorded,
     assert 2 * sum(s.samples_per_data_record for s in edf._signals) <= MAX_RECORD_BYTES
     fs = resp.sampling_frequency
     grid = np.arange(len(resp.data)) / fs
+    # the file starts at the whole second before the session (EDFlib's rule for these records): the session's data
+    # are led by that fraction of a second in whole samples
+    started = datetime.fromisoformat(store.session(sid).started_utc)
+    file_start = datetime.combine(edf.startdate, edf.starttime, tzinfo=started.tzinfo)
+    lead_s = round((started - file_start).total_seconds() * fs) / fs
+    assert 0 <= lead_s < 1 and abs((started - file_start).total_seconds() - lead_s) <= 0.5 / fs
     acc, (before, after) = expected(store, sid)
-    want = breathing_waveform(acc, fs, start_s=0.0, n=len(grid)).values * MG_TO_M_S2
+    before, after = before + lead_s, after + lead_s
+    want = breathing_waveform(acc, fs, start_s=-lead_s, n=len(grid)).values * MG_TO_M_S2
     no_data = resp.physical_range.min
     present = ~np.isnan(want)
     step = (resp.physical_range.max - no_data) / 65535
@@ -100,6 +109,11 @@ def test_edf_resp_channel_is_typed_resp_by_mne_and_shares_the_ecg_grid(recorded,
     assert any(a.onset == pytest.approx(before, abs=0.1) and a.duration == pytest.approx(after - before, abs=0.1)
                for a in gaps)  # fmt: skip
     np.testing.assert_allclose(raw.get_data(picks="resp")[0], resp.data, atol=1e-9)  # MNE reads the same values
+    reader = pyedflib.EdfReader(str(path))  # EDFlib opens it too (it refused fractional starts with these records)
+    try:
+        assert reader.getSignalLabels() == ["ECG chest", "MISC RR", "Resp chest"]
+    finally:
+        reader.close()
 
 
 def test_edf_without_ecg_puts_rr_and_resp_at_25_hz_in_one_second_records(recorded, tmp_path):

@@ -177,3 +177,33 @@ def test_record_layout_is_a_whole_number_of_samples_near_one_second_for_any_rate
         assert abs(duration - 1.0) < 0.02 and len(f"{duration}") <= 8
         assert fs == pytest.approx(fs_true, rel=1e-6)  # the header's rounding moves the rate ≤ 1 ppm
         assert round(n / fs, 12) == round(duration, 12)  # edfio's own consistency check
+
+
+def test_a_session_starting_at_a_fraction_of_a_second_opens_in_edflib_and_keeps_its_times(store, shared_data,
+                                                                                           tmp_path):  # fmt: skip
+    """A live session starts at a fraction of a second and its records are not whole seconds (ECG at the measured
+    rate); EDFlib refused the record time stamps that gave. The file starts at the whole second before the session
+    and leads everything by the same whole number of samples."""
+    sid = make_session(store, shared_data, "P-02", duration_s=60, started_utc="2025-03-07T09:30:00.849+00:00")
+    path = export_edf(store, sid, tmp_path / "s.edf")
+    reader = pyedflib.EdfReader(str(path))
+    try:
+        assert reader.getSignalLabels() == ["ECG chest", "MISC RR"]
+        assert reader.getStartdatetime().replace(microsecond=0).isoformat() == "2025-03-07T09:30:00"
+    finally:
+        reader.close()
+    raw = mne.io.read_raw_edf(path, infer_types=True, verbose="error")
+    fs = raw.info["sfreq"]
+    lead_s = round(0.849 * fs) / fs
+    assert abs(lead_s - 0.849) <= 0.5 / fs  # the session's wall-clock start, exact to half a sample
+    ann = sorted((round(o - lead_s, 3), d) for o, d in zip(raw.annotations.onset, raw.annotations.description,
+                                                           strict=True)
+                 if not d.endswith(" gap") and not d.startswith(("phase: ", "beats: ")))  # fmt: skip
+    assert ann == expected_annotations(store, sid)
+    beats = store.beats(sid)
+    rr = raw.get_data(picks="RR")[0]
+    _, want = rr_step_series(beats.t, beats.rr_ms, fs, start=0.0)
+    lead = round(lead_s * fs)
+    covered = ~np.isnan(want)
+    np.testing.assert_allclose(rr[lead:lead + len(want)][covered], want[covered], atol=0.05)
+    assert np.allclose(rr[:lead], RR_NO_DATA_MS)  # before the session: no data, never a fake value
