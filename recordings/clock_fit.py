@@ -69,7 +69,8 @@ def block_floor_fit(
 ) -> tuple[float | None, np.ndarray]:
     """Like `lower_envelope`, for delays with a long tail (a heart-rate strap's beat-to-notification delay).
 
-    The least-delayed point of every `block` of x (per stretch) gives one floor point; the common slope is the
+    The least-delayed point of every `block` of x (per stretch) gives one floor point (a stretch's last block only
+    when it covers at least half a block: with few points its floor sits high); the common slope is the
     least-squares line through those floor points (one intercept per stretch), so it follows the trend of many
     minutes instead of the two lowest hull points; each stretch's line is then lowered onto its lowest point.
     Returns (slope, offsets); slope None when no stretch spans two blocks (drift cannot be told from delay: the
@@ -82,8 +83,12 @@ def block_floor_fit(
     fx, fy, fs = [], [], []
     for s in range(n_seg):
         m = np.flatnonzero(seg == s)
-        blocks = np.floor((x[m] - x[m].min()) / block).astype(int)
+        rel = x[m] - x[m].min()
+        blocks = np.floor(rel / block).astype(int)
+        last = int(blocks.max()) if blocks.size else 0
         for b in np.unique(blocks):
+            if b == last and b > 0 and rel.max() - b * block < block / 2:
+                continue  # a short last block has few points: its floor sits high and would tilt the slope
             idx = m[blocks == b]
             k = idx[np.argmin(y[idx] - x[idx])]
             fx.append(x[k])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from devices.strap_timing import StrapTiming, deliveries
@@ -68,6 +68,10 @@ def simulate(p: dict):
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schedules)
+# found by this test on a loaded CI run: a 555-s stretch whose last 15 s made a floor point of their own, high enough
+# to tilt the drift to its +100 ppm bound (errors 67 ms); a short last block no longer gives a floor point
+@example(p={"seed": 2_147_483_647, "duration": 555.0, "mean_rr": 1.2481989149415942, "drift": -6.0, "latency": 0.0,
+            "bunch": 0.0625, "skipped": 0.0234375, "first_delay": 0.0})
 def test_whole_session_fit_is_monotonic_spaced_by_rr_without_false_gaps(p):
     beats, ds, order = simulate(p)
     rows, stretches = fit_beat_times(notes_of(ds))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+from datetime import datetime
 
 import neurokit2 as nk
 import numpy as np
@@ -141,15 +142,19 @@ def test_edf_rr_channel_steps_at_the_beats_spaced_by_their_rr(ecg_session, tmp_p
     (rr_signal,) = [s for s in edf.signals if s.label.startswith("MISC")]
     fs = rr_signal.sampling_frequency
     values = rr_signal.data
+    # a session starting at a fraction of a second: the file starts at the whole second before it, led by samples
+    started = datetime.fromisoformat(store.session(sid).started_utc)
+    file_start = datetime.combine(edf.startdate, edf.starttime, tzinfo=started.tzinfo)
+    lead_s = round((started - file_start).total_seconds() * fs) / fs
     steps = np.flatnonzero(np.abs(np.diff(values)) > 0.5) + 1  # where a new RR value begins
-    step_t = steps / fs
+    step_t = steps / fs - lead_s
     # the channel holds each interval's RR while it runs: from beat k-1 to beat k it reads RR_k
     t_prev, rr_k = beats.t[:-1], beats.rr_ms[1:]
     changes = np.concatenate([[False], np.abs(np.diff(rr_k)) > 1.0])
     keep = (t_prev > 2.0) & (t_prev < beats.t[-1] - 2.0) & ~beats.gap_before[1:]
     nearest = np.abs(t_prev[keep & changes][:, None] - step_t[None, :]).min(axis=1)
     assert np.max(nearest) <= 1.0 / fs + 1e-9  # every beat is a step of the RR channel, to within a sample
-    got = np.interp(t_prev[keep] + 1.5 / fs, np.arange(values.size) / fs, values)
+    got = np.interp(t_prev[keep] + 1.5 / fs, np.arange(values.size) / fs - lead_s, values)
     assert np.median(np.abs(got - rr_k[keep])) < 0.5
 
 
