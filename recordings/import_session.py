@@ -10,7 +10,7 @@ looks complete.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any
@@ -18,11 +18,6 @@ from typing import Any
 from .store import IMPORT_BATCH_S, Store, StoreError
 
 BEAT_BATCH = 5000
-# children first; any other table with a session_id column follows
-SESSION_TABLES = ("beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks", "packet_errors", "markers",
-                  "link_events", "packets", "lsl_chunks", "lsl_streams")  # fmt: skip
-
-
 class ImportBatches:
     """The session being imported (`sid`) and a clock that commits what was written every IMPORT_BATCH_S."""
 
@@ -57,15 +52,11 @@ def importing_session(store: Store, participant_id: str, protocol_name: str, pro
         raise
 
 
-def remove_partial_import(store: Store, sid: int, tables: Sequence[str] = SESSION_TABLES) -> None:
+def remove_partial_import(store: Store, sid: int) -> None:
     """Take out what a failed import already committed (if the store still takes writes; else recovery marks it)."""
     try:
         with store.transaction():
-            db = store.connection
-            names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            have = [n for n in names if any(c[1] == "session_id" for c in db.execute(f"PRAGMA table_info({n})"))]
-            for table in [*(t for t in tables if t in have), *(t for t in have if t not in tables)]:
-                db.execute(f"DELETE FROM {table} WHERE session_id=?", (sid,))
+            store.delete_session_rows(sid)
             store.connection.execute("DELETE FROM sessions WHERE id=?", (sid,))
     except StoreError:
         pass

@@ -239,8 +239,8 @@ SOURCE_CHOICES = ("live", "simulated", "replay-copy", "imported")
 _LEGACY_SOURCES = {"capture": "imported-capture", "rr": "imported-rr", "polar-sensor-logger": "imported-polar"}
 """Sources written before schema 2, and what they are called now."""
 SESSION_TABLES = ("packet_errors", "beats", "beat_stretches", "heart_rate", "ecg_chunks", "acc_chunks", "markers",
-                  "notes", "link_events", "review_edits", "packets")  # fmt: skip
-"""Tables holding a session's data (deleted with it, children before `packets`)."""
+                  "notes", "link_events", "review_edits", "packets", "lsl_streams")  # fmt: skip
+"""Tables holding a session's data (deleted with it, children before `packets`; `lsl_chunks` hang on `lsl_streams`)."""
 PARTICIPANT_PATTERN_ENV = "CMT_PARTICIPANT_PATTERN"
 PARTICIPANT_RULE = (
     "a participant code is 1-32 ASCII letters, digits, '-' or '_' and contains a digit (P01, "
@@ -1053,8 +1053,7 @@ class Store:
                 linked = [r[0] for r in rows]
                 self._db.execute("UPDATE answer_sets SET session_id=NULL WHERE session_id=?", (session_id,))
                 detail["unlinked_answer_sets"] = linked
-            for table in SESSION_TABLES:
-                self._db.execute(f"DELETE FROM {table} WHERE session_id=?", (session_id,))
+            self.delete_session_rows(session_id)
             self._db.execute("DELETE FROM exclusions WHERE kind='session' AND object_id=?", (session_id,))
             try:
                 self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
@@ -1063,6 +1062,13 @@ class Store:
             self.audit("delete", "session", session_id, by=by, participant_id=info.participant_id, reason=reason,
                        detail=detail)  # fmt: skip
         return detail
+
+    def delete_session_rows(self, session_id: int) -> None:
+        """Delete everything recorded in a session (not the session row), children first; inside a transaction."""
+        self._db.execute("DELETE FROM lsl_chunks WHERE stream_id IN (SELECT id FROM lsl_streams WHERE session_id=?)",
+                         (session_id,))  # fmt: skip
+        for table in SESSION_TABLES:
+            self._db.execute(f"DELETE FROM {table} WHERE session_id=?", (session_id,))
 
     def protocol_dict(self, session_id: int) -> dict[str, Any]:
         row = self._db.execute("SELECT protocol_json FROM sessions WHERE id=?", (session_id,)).fetchone()

@@ -247,3 +247,17 @@ def test_a_capture_of_two_straps_is_imported_one_strap_at_a_time(tmp_path, store
         sid, counts = import_capture(store, cap, "P02", device="strap-b")
         assert counts.beats == 30
         assert set(np.round(store.beats(sid).rr_ms)) == {1000.0}
+
+
+def test_deleting_a_session_with_lsl_streams_takes_its_chunks_too(store_path):
+    """`sessions delete` of a session recorded with --lsl-in (its chunks hang on its streams, not on the session)."""
+    with Store(store_path) as store:
+        sid = store.create_session("P01", "x", {}, "sim")
+        stream = store.add_lsl_stream(sid, "PsychoPy", "Markers", "psy-1", 1, 0.0, "<info/>", 1000.25, 1.0)
+        store.add_lsl_chunk(stream, 3.0, 0.001, [1002.0], [["start"]])
+        store.end_session(sid, "completed")
+        store.delete_session(sid, by="ra1")
+        assert store.sessions() == []
+        db = store.connection
+        assert db.execute("SELECT COUNT(*) FROM lsl_streams").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM lsl_chunks").fetchone()[0] == 0
