@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sqlite3
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 
 from devices.errors import MAX_ATTRIBUTE_BYTES
 
+from .bundle import local_session, session_uuids
 from .decode import DecodeCounts, decode_packets
 from .files import open_private_for_write
 from .import_formats import ImportFormatError
@@ -212,9 +212,9 @@ def import_capture(
         raise ImportFormatError(f"{path}: holds several straps {devices}; import each with --device NAME")
     same = header.get("session_uuid")
     if same is not None:
-        row = store.connection.execute("SELECT id FROM sessions WHERE uuid=?", (same,)).fetchone()
-        if row is not None:
-            raise ImportFormatError(f"{path}: this recording is already in the store as session {row[0]} "
+        existing = local_session(store, same)
+        if existing is not None:
+            raise ImportFormatError(f"{path}: this recording is already in the store as session {existing} "
                                     f"(session UUID {same})")  # fmt: skip
     with importing_session(
         store,
@@ -268,21 +268,13 @@ def _add_whole_markers(store: Store, sid: int, t0: float, t1: float) -> None:
     store.add_marker(sid, t1, "phase_end", "whole", phase_index=0, phase_name="whole", detail={"kind": "rest"})
 
 
-def _session_uuid(store: Store, session_id: int) -> str | None:
-    try:
-        row = store.connection.execute("SELECT uuid FROM sessions WHERE id=?", (session_id,)).fetchone()
-    except sqlite3.OperationalError:  # a store older than schema 4, opened read-only
-        return None
-    return None if row is None or not row[0] else str(row[0])
-
-
 def capture_lines(store: Store, session_id: int, *, include_text: bool = False) -> Iterator[str]:
     """A session as capture lines: its header, then notifications, link events and markers in time order."""
     info = store.session(session_id)
     protocol = store.protocol_dict(session_id)
     header = {"capture": CAPTURE_VERSION, "protocol_name": info.protocol_name, "protocol": protocol,
               "started_utc": info.started_utc, "device": info.device, "week": info.week,
-              "session_uuid": _session_uuid(store, session_id)}  # fmt: skip
+              "session_uuid": session_uuids(store.connection)[session_id]}  # fmt: skip
     yield json.dumps(header, separators=(",", ":"))
     fixed = fixed_labels(protocol)
     markers = [
