@@ -430,7 +430,7 @@ def _rr_files(
     _write(dest / f"{stem}_recording-rr_physio.json", _json_text(sidecar), overwrite, written)
     body = "\n".join(_beat_lines(beats)) + "\n"
     _write_gz(dest / f"{stem}_recording-rr_physioevents.tsv.gz", body, overwrite, written)
-    beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name, getattr(beats, "source", "")))
+    beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name, beats.source))
     _write(dest / f"{stem}_recording-rr_physioevents.json", beats_json, overwrite, written)
 
 
@@ -684,7 +684,7 @@ def _session_files(
     if tl is not None:
         body = "\n".join(_beat_lines(beats)) + ("\n" if len(beats.t) else "")
         _write_gz(dest / f"{stem}_recording-ecg_physioevents.tsv.gz", body, True, written)
-        beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name, getattr(beats, "source", "")))
+        beats_json = _json_text(_beats_sidecar("timestamp", info.protocol_name, beats.source))
         _write(dest / f"{stem}_recording-ecg_physioevents.json", beats_json, True, written)
     elif len(beats.t):
         _rr_files(info, beats, stem, dest, True, written, info_fields)

@@ -156,7 +156,7 @@ def export_edf(
     if not chunks and not len(beats.t) and acc is None:
         raise EdfExportError(f"session {session_id} has neither ECG nor beats (nor ACC): nothing to put in an EDF file")
     annotations = edf_annotations(store, session_id, include_text)
-    if beats is not None and getattr(beats, "source", ""):  # which beats the RR channel holds (`--beats`)
+    if beats.source:  # which beats the RR channel holds (`--beats`)
         annotations.append(EdfAnnotation(0.0, None, _ascii_label(f"beats: {beats.source}")))
     ecg = None
     start = datetime.fromisoformat(info.started_utc)

@@ -83,7 +83,7 @@ def export_kubios(
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["phase_index", "phase", "kind", "kubios_start_s", "kubios_end_s", "session_start_s",
                          "session_end_s", "n_beats", "gaps_inside", "rr_file", "beats"])  # fmt: skip
-        source = getattr(beats, "source", "") or "the strap's beats as recorded"
+        source = beats.source or "the strap's beats as recorded"
         for (st, end_t), mask, path in zip(rows, inside, phase_paths, strict=True):
             k_start, k_end = kubios_times(beats.t, beats.rr_ms, np.array([st.t, end_t]))
             k_end = min(k_end, axis_end)
