@@ -304,6 +304,28 @@ def test_a_frozen_page_never_holds_the_session_back_and_gets_only_the_latest_fra
     store.close()
 
 
+def test_a_web_display_that_dies_tells_the_experimenter_and_the_recording_goes_on(tmp_path):
+    store = Store(tmp_path / "store.sqlite")
+    session = build_session(store, PROTOCOL, parse_device_specs(["sim=P01"], None), seed=1, clock=ScaledClock(1.0))
+    alerts: list[str] = []
+    session.on_alert = alerts.append
+    web = WebDisplay(session, "127.0.0.1", 0)
+
+    def broken() -> None:
+        raise RuntimeError("page server broke")
+
+    web._push_all = broken  # type: ignore[method-assign]
+
+    async def main() -> None:
+        web.session_started(session)
+        await asyncio.sleep(0.5)
+
+    _in_thread(main())
+    web.close_sync()
+    store.close()
+    assert any("web display stopped (RuntimeError: page server broke)" in a for a in alerts), alerts
+
+
 def test_a_slot_keeps_only_the_newest_frame():
     async def main() -> list[str]:
         slot = FrameSlot()

@@ -181,6 +181,14 @@ class WebDisplay(SessionListener):
     def session_started(self, session: LiveSession) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._serve(), name="web-display")
+        self._task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task) -> None:
+        """A web display that dies says so to the experimenter (terminal line and monitor); the recording goes on."""
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.session._alert(f"web display stopped ({type(exc).__name__}: {exc}): the participants' pages show "
+                                "nothing more; the recording goes on")  # fmt: skip
 
     def session_ended(self) -> None:
         self._ended = True
@@ -204,7 +212,7 @@ class WebDisplay(SessionListener):
             self._runner = runner
             await web.SockSite(runner, self._sock).start()
         except Exception as exc:  # the recording goes on without the pages
-            log.error("the web display could not start (%s: %s); the recording goes on", type(exc).__name__, exc)
+            self.session._alert(f"web display could not start ({type(exc).__name__}: {exc}); the recording goes on")
             await self.close()
             return
         self._serving.set()
