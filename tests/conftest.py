@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-# liblsl reads its configuration once per process: set it before any test can load pylsl, so no test (or the
-# subprocesses they start) ever resolves or announces streams beyond this machine.
-os.environ["LSLAPICFG"] = str(Path(__file__).with_name("lsl_loopback.cfg"))
+
+
+def _private_lsl_config() -> str:
+    """The loopback-only LSL configuration with a session id of this run's own.
+
+    liblsl reads its configuration once per process, so this is set before any test can load pylsl: no test (or
+    a subprocess it starts) resolves or announces streams beyond this machine, and two suites running at once on
+    one machine never see each other's streams (LSL only matches streams within one ``SessionID``).
+    """
+    text = Path(__file__).with_name("lsl_loopback.cfg").read_text(encoding="utf-8")
+    text = text.replace("[lab]\n", f"[lab]\nSessionID = cmt-tests-{uuid.uuid4().hex}\n", 1)
+    fd, path = tempfile.mkstemp(prefix="cmt-lsl-", suffix=".cfg")  # private to the user (0600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    atexit.register(os.unlink, path)
+    return path
+
+
+os.environ["LSLAPICFG"] = _private_lsl_config()
 
 
 def _find_shared_data() -> Path | None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,3 +370,34 @@ def test_ecg_metadata_carries_the_rate_measured_in_the_straps_last_session(tmp_p
     assert float(desc.child_value("measured_srate")) == pytest.approx(measured, abs=1e-4)
     assert desc.child_value("device_nominal_srate") == "130"
     assert desc.child_value("srate_source") == f"measured on the host clock in session {sid}"
+
+
+_OUTLET_SCRIPT = """
+import sys, time, pylsl
+outlet = pylsl.StreamOutlet(pylsl.StreamInfo("other-run", "RR", 1, 0, pylsl.cf_float32, sys.argv[1]))
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("same_run", [True, False])
+def test_streams_of_another_test_run_are_invisible(tmp_path, same_run):
+    """Two suites at once on one machine: each run's LSL session id keeps its streams to itself."""
+    import pylsl
+
+    config = os.environ["LSLAPICFG"]
+    if not same_run:  # another run: the same loopback file with a session id of its own
+        text = Path(config).read_text(encoding="utf-8")
+        other = tmp_path / "other.cfg"
+        other.write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("SessionID")) + "\n")
+        config = str(other)
+    source_id = f"cmt-tests-isolation-{uuid.uuid4().hex}"
+    proc = subprocess.Popen([sys.executable, "-c", _OUTLET_SCRIPT, source_id], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "LSLAPICFG": config})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        found = pylsl.resolve_byprop("source_id", source_id, timeout=3.0 if same_run else 2.0)
+        assert len(found) == (1 if same_run else 0)
+    finally:
+        proc.kill()
+        proc.wait()
