@@ -13,7 +13,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -1008,17 +1009,28 @@ def _print_import(store, sid: int, what: str) -> None:
         console.print(Text.assemble("  ", ("note:", "dim"), f" {note}"), highlight=False)
 
 
+@contextmanager
+def _import_progress(what: str) -> Iterator[Callable[[str], None]]:
+    """Progress of an RR or Polar import by its named steps (`IMPORT_STEPS`), ending with `done`."""
+    from recordings.import_session import IMPORT_STEPS
+
+    with _progress(f"import of {what}") as progress:
+        yield lambda name: progress.step(name, IMPORT_STEPS)
+        progress.update(len(IMPORT_STEPS), len(IMPORT_STEPS), "done")
+
+
 def cmd_import_rr(args: argparse.Namespace) -> int:
     from recordings.import_events import import_rr_with_events
     from recordings.import_rr import import_rr
 
     with _open_store(args) as store:
-        if args.events:
-            sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column,
-                                        unit=args.unit, streams=args.stream or ())  # fmt: skip
-        else:
-            sid = import_rr(store, Path(args.file), args.participant, column=args.column, unit=args.unit,
-                            streams=args.stream or ())
+        with _import_progress(args.file) as on_step:
+            if args.events:
+                sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column,
+                                            unit=args.unit, streams=args.stream or (), on_step=on_step)  # fmt: skip
+            else:
+                sid = import_rr(store, Path(args.file), args.participant, column=args.column, unit=args.unit,
+                                streams=args.stream or (), on_step=on_step)  # fmt: skip
         _print_import(store, sid, args.file)
     return 0
 
@@ -1027,7 +1039,8 @@ def cmd_import_polar(args: argparse.Namespace) -> int:
     from recordings.import_polar import import_polar
 
     with _open_store(args) as store:
-        sid = import_polar(store, [Path(f) for f in args.files], args.participant)
+        with _import_progress(", ".join(args.files)) as on_step:
+            sid = import_polar(store, [Path(f) for f in args.files], args.participant, on_step=on_step)
         _print_import(store, sid, f"{len(args.files)} Polar Sensor Logger file(s)")
     return 0
 

@@ -13,12 +13,13 @@ import csv
 import io
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .import_formats import ImportFormatError, read_rr_file
 from .import_rr import rr_file_beats, store_rr_file
+from .import_session import no_step
 from .store import Store
 
 PHASE_KINDS = {"rest", "breathing", "grounding", "imagery", "recall", "refocus", "recovery", "diary", "meditation",
@@ -90,9 +91,11 @@ def parse_events_tsv(text: str, source: str = "<events>", series_end_s: float | 
 
 def import_rr_with_events(
     store: Store, rr_path: Path, participant_id: str, events_path: Path, column: str | None = None,
-    unit: str | None = None, streams: Sequence[str] = (),
+    unit: str | None = None, streams: Sequence[str] = (), on_step: Callable[[str], None] = no_step,
 ) -> int:  # fmt: skip
-    """A session from an RR file (any recognised format) whose phases and markers come from an events TSV."""
+    """A session from an RR file (any recognised format) whose phases and markers come from an events TSV;
+    `on_step` hears the `IMPORT_STEPS` as they begin."""
+    on_step("reading")
     rr = read_rr_file(Path(rr_path), column=column, unit=unit, streams=streams)
     if not rr.intervals:
         raise ImportFormatError(f"{rr_path}: no RR intervals found")
@@ -108,7 +111,7 @@ def import_rr_with_events(
         "description": "imported RR intervals with phases from an events file",
         "phases": [{"name": p.trial_type, "kind": p.kind, "duration_s": p.duration} for p in phases],
     }
-    with store_rr_file(store, rr, participant_id, rr_path, protocol=protocol,
+    with store_rr_file(store, rr, participant_id, rr_path, protocol=protocol, on_step=on_step,
                        extra_settings={"events_from": Path(events_path).name}) as (batch, _):  # fmt: skip
         sid = batch.sid
         for i, p in enumerate(phases):

@@ -28,7 +28,7 @@ stored; what was tolerated is kept in the session's settings as `import_notes`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,7 +37,7 @@ import numpy as np
 
 from .beat_stretches import Interval, Stretches, place_beats
 from .import_formats import ImportFormatError
-from .import_session import importing_session
+from .import_session import importing_session, no_step
 from .limits import MAX_RECORDING_S, LimitError, check_span, check_start, rr_range_ms, rr_range_text
 from .store import Store
 
@@ -330,15 +330,18 @@ def _marker_phases(f: PolarFile, t0: datetime) -> tuple[list[tuple[float, float]
     return spans, points, notes
 
 
-def import_polar(store: Store, paths: Sequence[Path], participant_id: str) -> int:
+def import_polar(
+    store: Store, paths: Sequence[Path], participant_id: str, on_step: Callable[[str], None] = no_step
+) -> int:
     """Create one session from one or more Polar Sensor Logger files of the same recording.
 
     MARKER_START/STOP pairs become phases `marked 1`, `marked 2`, … (without markers: one phase `whole`); what
     was noticed on the way (no contact, phone time stepping back, ACC not imported) is kept in the session's
-    settings as `import_notes`.
+    settings as `import_notes`. `on_step` hears the `IMPORT_STEPS` as they begin.
     """
     if not paths:
         raise ImportFormatError("no Polar Sensor Logger files given")
+    on_step("reading")
     files = [parse_polar_text(_read_text(Path(p)), str(p)) for p in paths]
     notes = [n for f in files for n in f.notes]
     beat_files = [Path(f.path).name for f in files if f.kind in ("rr", "ppi")]
@@ -375,6 +378,7 @@ def import_polar(store: Store, paths: Sequence[Path], participant_id: str) -> in
     phases = [(a, b, f"marked {i + 1}") for i, (a, b) in enumerate(sorted(spans))] or [(0.0, t_end, "whole")]
     protocol = {"name": "marked" if spans else "whole", "description": "imported Polar Sensor Logger recording",
                 "phases": [{"name": n, "kind": "other", "duration_s": b - a} for a, b, n in phases if spans]}
+    on_step("storing")
     with importing_session(
         store,
         participant_id,

@@ -10,7 +10,7 @@ recognised and everything noticed on the way is kept in the session's settings (
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 
 from .beat_stretches import Stretches, place_beats
 from .import_formats import ImportFormatError, RRFile, read_rr_file, sniff
-from .import_session import ImportBatches, importing_session
+from .import_session import ImportBatches, importing_session, no_step
 from .store import Store
 
 WHOLE_PHASE = {"name": "whole", "description": "imported recording without markers", "phases": []}
@@ -61,7 +61,7 @@ def _utc(start: datetime | None) -> str | None:
 @contextmanager
 def store_rr_file(
     store: Store, rr: RRFile, participant_id: str, path: Path, *, protocol: dict[str, Any] | None = None,
-    source: str = "rr", extra_settings: dict[str, Any] | None = None,
+    source: str = "rr", extra_settings: dict[str, Any] | None = None, on_step: Callable[[str], None] = no_step,
 ) -> Iterator[tuple[ImportBatches, Stretches]]:  # fmt: skip
     """Create the session in short batches (`import_session`): beats, ECG, markers; without phases one phase
     `whole`. The caller adds what else it has inside the `with`; the session is `imported` when it ends."""
@@ -70,6 +70,7 @@ def store_rr_file(
         notes.append("the file has no start time: the session's start is the import time")
     settings = {"imported_from": Path(path).name, "format": rr.format, "import_notes": rr.notes + notes,
                 **(extra_settings or {})}  # fmt: skip
+    on_step("storing")
     with importing_session(store, participant_id, (protocol or WHOLE_PHASE)["name"], protocol or WHOLE_PHASE,
                            "rr-file", source=source, started_utc=_utc(start), settings=settings) as batch:  # fmt: skip
         sid = batch.sid
@@ -114,10 +115,11 @@ def _whole_and_file_markers(store: Store, sid: int, markers: list[tuple[float, s
 
 def import_rr(
     store: Store, path: Path, participant_id: str, column: str | None = None, protocol: dict[str, Any] | None = None,
-    unit: str | None = None, streams: Sequence[str] = (),
+    unit: str | None = None, streams: Sequence[str] = (), on_step: Callable[[str], None] = no_step,
 ) -> int:  # fmt: skip
     """Create a session from an RR file recognised by its content; returns the session id. `streams` names the
-    RR/ECG streams of an XDF file to import (see `import_formats.choose_xdf_streams`).
+    RR/ECG streams of an XDF file to import (see `import_formats.choose_xdf_streams`); `on_step` hears the
+    `IMPORT_STEPS` as they begin.
 
     A Polar Sensor Logger file is imported as `import_polar` would (alone; give a recording's files together there).
     """
@@ -125,9 +127,10 @@ def import_rr(
     if plain and sniff(Path(path).read_bytes()[:4096]) == "psl":
         from .import_polar import import_polar
 
-        return import_polar(store, [Path(path)], participant_id)
+        return import_polar(store, [Path(path)], participant_id, on_step=on_step)
+    on_step("reading")
     rr = read_rr_file(Path(path), column=column, unit=unit, streams=streams)
     if not rr.intervals and rr.ecg is None:
         raise ImportFormatError(f"{path}: no RR intervals found")
-    with store_rr_file(store, rr, participant_id, path, protocol=protocol) as (batch, _):
+    with store_rr_file(store, rr, participant_id, path, protocol=protocol, on_step=on_step) as (batch, _):
         return batch.sid

@@ -18,6 +18,12 @@ from typing import Any
 from .store import IMPORT_BATCH_S, Store, StoreError
 
 BEAT_BATCH = 5000
+IMPORT_STEPS = ("reading", "storing")
+"""The named steps an RR or Polar import reports to its `on_step` callback (the CLI shows them as progress)."""
+
+
+def no_step(_name: str) -> None:
+    """The default `on_step`: report nothing."""
 class ImportBatches:
     """The session being imported (`sid`) and a clock that commits what was written every IMPORT_BATCH_S."""
 

@@ -148,7 +148,9 @@ def test_the_command_line_never_shows_a_traceback(shared_data, tmp_path, capsys,
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     if rc == 0:
-        assert out.startswith("imported session 1 ") and err == ""
+        assert out.startswith("imported session 1 ")
+        assert err.splitlines()[-1] == f"progress: import of {path} 2/2 done" and err.count("error") == 0  # stderr
+        assert all(line.startswith("progress: ") for line in err.splitlines())  # has progress only, stdout none
     else:
         assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert sniff(path.read_bytes()) != "text" or "expected" in err or "column" in err
