@@ -1519,16 +1519,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text) if len(text) <= 30 else -1
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text[:30]}")
-    return value
-
-
 def whole_number(lo: int, hi: int, what: str = "a whole number") -> Callable[[str], int]:
     """An argparse type: a whole number from `lo` to `hi`, refused in one line otherwise."""
 
@@ -1544,6 +1534,8 @@ def whole_number(lo: int, hi: int, what: str = "a whole number") -> Callable[[st
 
 record_id = whole_number(1, 2**63 - 1, "an id")
 """A session or answer-set id: a positive whole number a SQLite row id can hold."""
+study_week = whole_number(1, 1000, "a study week")
+pixels = whole_number(1, 16384, "a size in pixels")
 
 
 def _add_store(p: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
@@ -1615,7 +1607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant-screen", action="append", metavar="ID=N",
                    help="put participant ID's window on screen N (numbered from 1 as Qt lists them; repeatable); "
                         "by default each participant gets a screen of their own while there are enough")  # fmt: skip
-    p.add_argument("--week", type=_positive_int,
+    p.add_argument("--week", type=study_week,
                    help="study week of this session (default: the participant's next week); links it to that "
                         "week's diary")  # fmt: skip
     p.add_argument("--lsl", action="store_true",
@@ -1647,7 +1639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant")
     p.add_argument("--source", help="only this source (live, simulated, replay-copy, imported, imported-FORMAT)")
     p.add_argument("--state", help="only this state (completed, stopped, interrupted, imported, running)")
-    p.add_argument("--week", type=_positive_int, help="only this study week")
+    p.add_argument("--week", type=study_week, help="only this study week")
     p.add_argument("--protocol", help="only sessions of this protocol")
     p = command(sessions, "exclude", cmd_sessions_exclude,
                 "leave a session out of study analyses and exports (kept; `sessions restore` undoes it)")  # fmt: skip
@@ -1664,7 +1656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sessions, "set-week", cmd_sessions_set_week,
                 "record a session's study week (imports have none; or correct one); audited")  # fmt: skip
     p.add_argument("session", type=record_id)
-    p.add_argument("week", type=_positive_int)
+    p.add_argument("week", type=study_week)
     p.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p.add_argument("--by", help="who (default: the operating-system user)")
     p = command(sessions, "delete", cmd_sessions_delete,
@@ -1798,8 +1790,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "render the participant display at the middle of every phase to PNG files")  # fmt: skip
     p.add_argument("name", help="built-in protocol name or a TOML file")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--width", type=_positive_int, default=1280)
-    p.add_argument("--height", type=_positive_int, default=720)
+    p.add_argument("--width", type=pixels, default=1280)
+    p.add_argument("--height", type=pixels, default=720)
     p.add_argument("--force", action="store_true", help="replace existing PNG files")
     p = command(protos, "validate", cmd_protocols_validate, "check a protocol TOML file")
     p.add_argument("file")
@@ -1807,7 +1799,7 @@ def build_parser() -> argparse.ArgumentParser:
     diary = sub.add_parser("diary", help="weekly diary").add_subparsers(dest="sub", required=True)
     p = command(diary, "add", cmd_diary_add, "enter a weekly diary (interactively, or a CSV/JSON file)")
     p.add_argument("--participant", help="pseudonymous participant ID")
-    p.add_argument("--week", type=_positive_int, help="week number (1, 2, ...)")
+    p.add_argument("--week", type=study_week, help="week number (1, 2, ...)")
     p.add_argument("--from", dest="from_file", metavar="FILE", help="CSV or JSON file of answers (batch entry)")
     p.add_argument("--session", type=record_id, help="the session these answers belong to")
     p.add_argument("--by", help="who enters the answers (default: the operating-system user)")

@@ -66,7 +66,7 @@ def _required(parser: argparse.ArgumentParser, tmp_path: Path) -> list[str]:
             continue
         if action.choices:
             value = sorted(action.choices)[0]
-        elif action.type in (int, app._positive_int) or hasattr(action.type, "whole_number_range"):
+        elif action.type is int or hasattr(action.type, "whole_number_range"):
             value = "999"
         else:
             value = str(tmp_path / "missing" / "P99")

@@ -90,6 +90,10 @@ CASES = [
      "not a pseudonymous code"),
     ("umlaut-participant-code", ["session", "run", "--participant", "ÄÖÜ1"], None, None,
      "not a pseudonymous code"),
+    ("week-beyond-a-study", ["session", "run", "--participant", "P01", "--week", "1001"], None, None,
+     "a study week from 1 to 1000"),
+    ("preview-width-of-zero", ["protocols", "preview", "cmt-soothing", "--out", "x", "--width", "0"], None, None,
+     "a size in pixels from 1 to 16384"),
 ]
 
 
