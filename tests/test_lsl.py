@@ -167,11 +167,17 @@ def test_ecg_stream_has_every_sample_at_130_hz_on_the_session_clock(streamed):
     assert np.median(dt) == pytest.approx(1 / 130.0, rel=1e-6)
     slew_budget = 0.5 / 73
     assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(130.0, rel=slew_budget)
-    # each frame arrives after its last sample: stamps never run ahead of the arrival time
+    # each frame arrives after its last sample: stamps run ahead of the arrival time only by what is left of the
+    # first frame's own extra delay (its lag over the least one), which the slew takes off at half a sample a frame
+    # (a loaded machine delays that first frame by tenths of a session second at ×10; this once failed a flat 50 ms)
+    chunks = store.ecg_chunks(sid)
     last_per_frame = stamps[72::73]
-    arrivals = np.array([t for t, _ns, _fs, _s in store.ecg_chunks(sid)])[: len(last_per_frame)]
+    arrivals = np.array([t for t, _ns, _fs, _s in chunks])[: len(last_per_frame)]
+    device_s = np.array([ns for _t, ns, _fs, _s in chunks])[: len(last_per_frame)] / 1e9
+    first_excess = (arrivals[0] - device_s[0]) - float(np.min(arrivals - device_s))
+    left = np.maximum(0.0, first_excess - np.arange(len(last_per_frame)) * 0.5 / 130.0)
     lag = (arrivals + outlets.offset) - last_per_frame
-    assert np.all(lag > -0.05)
+    assert np.all(lag > -(left + 0.05))
     assert np.median(lag) < 0.5
 
 
