@@ -806,6 +806,14 @@ def _progress(what: str = "", total: int | None = None) -> Progress:
     return Progress(what, total)
 
 
+@contextmanager
+def _step_progress(what: str, steps: Sequence[str]) -> Iterator[Callable[[str], None]]:
+    """Progress of work by its named `steps` (an `on_step` callback to hand to it), ending with `done`."""
+    with _progress(what) as progress:
+        yield lambda name: progress.step(name, steps)
+        progress.update(len(steps), len(steps), "done")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     written: list[Path] = []
@@ -853,11 +861,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from biofeedback.analysis.report import REPORT_STEPS, write_report
 
-    with _open_store(args, readonly=True) as store, _progress(f"report of session {args.session}") as progress:
-        out = write_report(store, args.session, Path(args.out), overwrite=args.force, correction=args.correction,
-                           include_text=args.include_text, beats=args.beats,
-                           on_step=lambda name: progress.step(name, REPORT_STEPS))  # fmt: skip
-        progress.update(len(REPORT_STEPS), len(REPORT_STEPS), "done")
+    with _open_store(args, readonly=True) as store:
+        with _step_progress(f"report of session {args.session}", REPORT_STEPS) as on_step:
+            out = write_report(store, args.session, Path(args.out), overwrite=args.force, correction=args.correction,
+                               include_text=args.include_text, beats=args.beats, on_step=on_step)  # fmt: skip
         _say_beats(store, args.session, args.beats)
     console.print(f"wrote {out}")
     return 0
@@ -1009,22 +1016,13 @@ def _print_import(store, sid: int, what: str) -> None:
         console.print(Text.assemble("  ", ("note:", "dim"), f" {note}"), highlight=False)
 
 
-@contextmanager
-def _import_progress(what: str) -> Iterator[Callable[[str], None]]:
-    """Progress of an RR or Polar import by its named steps (`IMPORT_STEPS`), ending with `done`."""
-    from recordings.import_session import IMPORT_STEPS
-
-    with _progress(f"import of {what}") as progress:
-        yield lambda name: progress.step(name, IMPORT_STEPS)
-        progress.update(len(IMPORT_STEPS), len(IMPORT_STEPS), "done")
-
-
 def cmd_import_rr(args: argparse.Namespace) -> int:
     from recordings.import_events import import_rr_with_events
     from recordings.import_rr import import_rr
+    from recordings.import_session import IMPORT_STEPS
 
     with _open_store(args) as store:
-        with _import_progress(args.file) as on_step:
+        with _step_progress(f"import of {args.file}", IMPORT_STEPS) as on_step:
             if args.events:
                 sid = import_rr_with_events(store, Path(args.file), args.participant, Path(args.events), args.column,
                                             unit=args.unit, streams=args.stream or (), on_step=on_step)  # fmt: skip
@@ -1037,9 +1035,10 @@ def cmd_import_rr(args: argparse.Namespace) -> int:
 
 def cmd_import_polar(args: argparse.Namespace) -> int:
     from recordings.import_polar import import_polar
+    from recordings.import_session import IMPORT_STEPS
 
     with _open_store(args) as store:
-        with _import_progress(", ".join(args.files)) as on_step:
+        with _step_progress(f"import of {', '.join(args.files)}", IMPORT_STEPS) as on_step:
             sid = import_polar(store, [Path(f) for f in args.files], args.participant, on_step=on_step)
         _print_import(store, sid, f"{len(args.files)} Polar Sensor Logger file(s)")
     return 0

@@ -24,6 +24,8 @@ IMPORT_STEPS = ("reading", "storing")
 
 def no_step(_name: str) -> None:
     """The default `on_step`: report nothing."""
+
+
 class ImportBatches:
     """The session being imported (`sid`) and a clock that commits what was written every IMPORT_BATCH_S."""
 
